@@ -1,17 +1,20 @@
 """Dataclass configs filled from YAML and dotted ``key=value`` overrides, checked at load time.
 
-The dataclasses are the schema. YAML and overrides only fill them, through OmegaConf's structured
-configs, so a typo or a wrong type fails before the first step, with the nearest valid keys named.
+The dataclasses are the schema. YAML and overrides only fill them, checked against each field's type
+annotation, so a typo or a wrong type fails before the first step, with the nearest valid keys named.
+(OmegaConf's structured configs were the first choice; they reject the union annotations that scheduled
+values need, ``float | [start_step, start, end, end_step]``, so the filling is done here.)
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import os
+import types
+import typing
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
@@ -107,19 +110,122 @@ def load_yaml(path: str) -> dict:
 
 def build_config(schema_type: type[T], layers: list[tuple[str, dict]]) -> T:
     """Fill ``schema_type`` from (name, mapping) layers, later layers winning. Each layer is checked for
-    unknown keys (with suggestions) and wrong types (naming the key) before it is merged."""
-    base = OmegaConf.structured(schema_type)
+    unknown keys (with suggestions); each value is checked against its field's type annotation."""
     default = schema_type()
+    merged: dict = {}
     for where, mapping in layers:
         _check_keys(default, mapping, where)
-        try:
-            base = OmegaConf.merge(base, OmegaConf.create(mapping))
-        except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", None) or "?"
-            raise ConfigError(f"{where}: bad value for '{key}': {str(e).splitlines()[0]}") from None
-    obj = OmegaConf.to_object(base)
+        _merge(merged, mapping, where)
+    return _fill(schema_type, merged, "")
+
+
+def _merge(dst: dict, src: dict, where: str) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v, where)
+        else:
+            dst[k] = (v, where) if not isinstance(v, dict) else _tag(v, where)
+
+
+def _tag(d: dict, where: str) -> dict:
+    return {k: _tag(v, where) if isinstance(v, dict) else (v, where) for k, v in d.items()}
+
+
+def _fill(cls: type, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        key = prefix + f.name
+        item = values[f.name]
+        if dataclasses.is_dataclass(hints[f.name]) or _dataclass_in(hints[f.name]):
+            sub = _dataclass_in(hints[f.name]) or hints[f.name]
+            kwargs[f.name] = _fill(sub, item, key + ".")
+        else:
+            value, where = item
+            kwargs[f.name] = _coerce(value, hints[f.name], key, where)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid values in '{prefix.rstrip('.') or 'config'}': {e}") from None
+    # keep the defaults of untouched nested sections but construct them fresh
     return obj
 
 
+def _dataclass_in(tp):
+    for a in typing.get_args(tp):
+        if dataclasses.is_dataclass(a):
+            return a
+    return None
+
+
+def _coerce(value, tp, key: str, where: str):
+    """``value`` as type ``tp`` or a ConfigError naming the key."""
+    def bad():
+        return ConfigError(f"{where}: bad value for '{key}': {value!r} is not of type {_type_name(tp)}")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except ConfigError:
+                pass
+        raise bad()
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    if origin in (tuple, list, collections.abc.Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: '{key}' needs {len(args)} values, got {len(value)}: {value!r}")
+            return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+        inner = args[0] if args else typing.Any
+        out = [_coerce(v, inner, key, where) for v in value]
+        return tuple(out) if (origin is tuple or tp is tuple) else out
+    return value
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def to_plain(cfg: Any):
+    """Dataclasses to dicts and tuples to lists, for YAML and JSON."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_plain(v) for v in cfg]
+    return cfg
+
+
 def to_yaml(cfg: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    import yaml
+
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False, default_flow_style=None)

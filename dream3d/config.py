@@ -1,0 +1,90 @@
+"""The run's config schema: one dataclass per component, composed here. YAML presets in ``configs/`` and
+dotted command-line overrides fill it (see :mod:`dream3d.configtools`)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from renderers.cameras import CameraSampler
+
+from .configtools import ConfigError, build_config, load_yaml, parse_overrides
+from .guidance.csd import CSDConfig
+from .guidance.ism import ISMConfig
+from .guidance.prior import PriorConfig
+from .guidance.sds import SDSConfig
+from .guidance.vsd import VSDConfig
+from .mesh.stage import MeshConfig
+from .representations.gaussians import GaussianConfig
+from .representations.nerf import NeRFConfig
+from .train import ReferenceViewConfig, TrainConfig
+
+CONFIG_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "configs"))
+GUIDANCE_METHODS = ("sds", "vsd", "ism", "csd")
+
+
+@dataclass
+class GuidanceSection:
+    method: str = "sds"  # one of GUIDANCE_METHODS; only that method's section is used
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    sds: SDSConfig = field(default_factory=SDSConfig)
+    vsd: VSDConfig = field(default_factory=VSDConfig)
+    ism: ISMConfig = field(default_factory=ISMConfig)
+    csd: CSDConfig = field(default_factory=CSDConfig)
+
+
+@dataclass
+class OutputConfig:
+    mesh: bool = True  # run the mesh stage (mesh.glb, mesh.obj)
+    turntable_frames: int = 48
+    turntable_resolution: int = 256
+
+
+@dataclass
+class RunConfig:
+    prompt: str = ""
+    image: str | None = None  # image-to-3D: the reference image (front view)
+    seed: int = 0
+    representation: str = "gaussians"  # "gaussians" (DreamGaussian) or "nerf" (DreamFusion / ProlificDreamer)
+    gaussians: GaussianConfig = field(default_factory=GaussianConfig)
+    nerf: NeRFConfig = field(default_factory=NeRFConfig)
+    guidance: GuidanceSection = field(default_factory=GuidanceSection)
+    cameras: CameraSampler = field(default_factory=CameraSampler)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reference: ReferenceViewConfig = field(default_factory=ReferenceViewConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def preset_path(name: str) -> str:
+    """A preset name (``dreamgaussian``) or a YAML file path."""
+    if os.path.exists(name):
+        return name
+    path = os.path.join(CONFIG_DIR, name if name.endswith(".yaml") else name + ".yaml")
+    if not os.path.exists(path):
+        names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+        raise ConfigError(f"no config file or preset named {name!r}; presets: {', '.join(names)}")
+    return path
+
+
+def load_run_config(preset: str | None = "dreamgaussian", overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
+    """Preset, then ``extra`` (values the CLI sets, like the prompt), then dotted overrides."""
+    layers = []
+    if preset:
+        path = preset_path(preset)
+        layers.append((path, load_yaml(path)))
+    if extra:
+        layers.append(("command line", extra))
+    if overrides:
+        layers.append(("overrides", parse_overrides(overrides)))
+    cfg = build_config(RunConfig, layers)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    if cfg.representation not in ("gaussians", "nerf"):
+        raise ConfigError(f"representation must be 'gaussians' or 'nerf', got {cfg.representation!r}")
+    if cfg.guidance.method not in GUIDANCE_METHODS:
+        raise ConfigError(f"guidance.method must be one of {', '.join(GUIDANCE_METHODS)}, got {cfg.guidance.method!r}")
+    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
+        raise ConfigError("train.steps and train.batch_size must be at least 1")

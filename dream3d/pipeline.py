@@ -1,0 +1,181 @@
+"""The whole job: prompt (or image) -> optimized Gaussians or NeRF -> textured mesh -> files.
+
+A run folder holds ``config.yaml`` (written first), ``checkpoint.pt`` (while training), ``gaussians.ply``
+or ``nerf.safetensors``, ``mesh.glb``, ``mesh.obj`` (+ ``.mtl``, ``.png``), ``turntable.mp4``, ``val/`` and,
+written last, ``metrics.json``: its presence marks a finished run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .configtools import to_plain, to_yaml
+from .io import atomic_write_text
+
+
+class RunError(ValueError):
+    """A run that cannot start as asked; the message says what to do."""
+
+
+def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
+    from .guidance.csd import CSD
+    from .guidance.ism import ISM
+    from .guidance.prior import DiffusionPrior
+    from .guidance.sds import SDS
+    from .guidance.vsd import VSD
+
+    prior = DiffusionPrior.load(cfg.guidance.prior)
+    rule = {"sds": SDS, "vsd": VSD, "ism": ISM, "csd": CSD}[cfg.guidance.method]
+    gcfg = getattr(cfg.guidance, cfg.guidance.method)
+    g = torch.Generator().manual_seed(cfg.seed + 2 if generator_seed is None else generator_seed)
+    return rule(prior, gcfg, generator=g)
+
+
+def load_reference_image(path: str, size: int, background_threshold: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input image as (1, size, size, 3) RGB on white and its (1, size, size, 1) foreground mask.
+
+    The mask comes from the alpha channel; without one, pixels brighter than ``background_threshold`` in
+    every channel count as a white background (with a warning)."""
+    import imageio.v3 as iio
+
+    if not os.path.exists(path):
+        raise RunError(f"input image {path!r} does not exist")
+    try:
+        img = np.asarray(iio.imread(path))
+    except Exception as e:  # imageio raises many types for unreadable files
+        raise RunError(f"cannot read image {path!r} ({type(e).__name__}: {e}); give a PNG or JPEG file") from None
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 8:
+        raise RunError(f"image {path!r} has shape {img.shape}; need an RGB or RGBA image of at least 8x8 pixels")
+    x = torch.from_numpy(img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0))
+    if x.shape[-1] == 4:
+        rgb, mask = x[..., :3], x[..., 3:]
+    else:
+        warnings.warn(f"{path} has no alpha channel: taking pixels brighter than {background_threshold} as background", stacklevel=2)
+        rgb = x
+        mask = (rgb.min(-1, keepdim=True).values < background_threshold).float()
+    if mask.sum() < 4:
+        raise RunError(f"image {path!r} has no foreground: give an RGBA image with the object opaque, or a white background")
+    # Centre nothing, crop nothing: the reference camera sees the image as it is, composited on white.
+    rgb = rgb * mask + (1 - mask)
+    chw = torch.cat([rgb, mask], -1).permute(2, 0, 1)[None]
+    chw = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = chw[0].permute(1, 2, 0)
+    return out[None, ..., :3].clamp(0, 1), out[None, ..., 3:].clamp(0, 1)
+
+
+def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
+    finished = os.path.exists(os.path.join(out_dir, "metrics.json"))
+    started = os.path.exists(os.path.join(out_dir, "checkpoint.pt"))
+    if finished and not overwrite:
+        raise RunError(f"{out_dir} holds a finished run; choose another -o folder or pass --overwrite")
+    if started and not (resume or overwrite):
+        raise RunError(f"{out_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start again")
+    if resume and not started:
+        raise RunError(f"--resume: {out_dir} has no checkpoint.pt to resume from")
+    if overwrite:
+        for name in ("metrics.json", "checkpoint.pt"):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+
+
+def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool = False, log=print, stop_after: int | None = None) -> dict:
+    """Run the whole pipeline into ``out_dir``; returns the metrics (also written to metrics.json).
+    ``stop_after`` stops training early (as an interruption would), leaving a resumable checkpoint."""
+    from .train import Trainer
+
+    if not cfg.prompt.strip() and not cfg.image:
+        raise RunError('the prompt is empty: say what to make, e.g. dream3d generate "a red cube"')
+    check_output_dir(out_dir, resume, overwrite)
+    os.makedirs(out_dir, exist_ok=True)
+    t_start = time.time()
+    reference = None
+    if cfg.image:
+        reference = load_reference_image(cfg.image, cfg.reference.resolution)
+        if not cfg.prompt.strip():
+            log("no prompt with the image: the other views get unconditional SDS")
+    atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
+    guidance = build_guidance(cfg)
+    trainer = Trainer(cfg, cfg.prompt, out_dir, guidance=guidance, reference=reference, log=log)
+    if resume:
+        trainer.load_checkpoint()
+        log(f"resumed {trainer.ckpt_path} at step {trainer.step}")
+    train_info = trainer.run(stop_after=stop_after)
+    if trainer.step < cfg.train.steps:
+        log(f"stopped at step {trainer.step}/{cfg.train.steps}; continue with --resume")
+        return {"stopped_at": trainer.step}
+    metrics = {"prompt": cfg.prompt, "image": cfg.image, "representation": cfg.representation, "guidance": cfg.guidance.method,
+               "train": train_info, "history": trainer.history}
+    files = save_representation(trainer, out_dir)
+    if cfg.output.mesh:
+        t0 = time.time()
+        mesh, mesh_info = extract_textured_mesh(trainer, cfg)
+        from .mesh.export import export_mesh
+
+        files.update({k: str(v) for k, v in export_mesh(mesh, out_dir, turntable=True, turntable_frames=cfg.output.turntable_frames,
+                                                           turntable_resolution=cfg.output.turntable_resolution).items()})
+        metrics["mesh"] = mesh_info | {"seconds": round(time.time() - t0, 2)}
+    if reference is not None:
+        metrics["reference_view"] = reference_view_scores(trainer, reference)
+    metrics["files"] = {k: os.path.basename(v) for k, v in files.items()}
+    metrics["total_seconds"] = round(time.time() - t_start, 2)
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(to_plain(metrics), indent=1, default=float))
+    log(f"done in {metrics['total_seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {out_dir}")
+    return metrics
+
+
+def save_representation(trainer, out_dir: str) -> dict:
+    if trainer.cfg.representation == "gaussians":
+        path = os.path.join(out_dir, "gaussians.ply")
+        trainer.model.save_ply(path)
+        return {"ply": path}
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    path = os.path.join(out_dir, "nerf.safetensors")
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items() if isinstance(v, torch.Tensor)}, tmp)
+    return {"nerf": path}
+
+
+def extract_textured_mesh(trainer, cfg: RunConfig):
+    """The mesh stage on the trained representation (DreamGaussian's density query for Gaussians)."""
+    from .mesh.stage import gaussian_render_fn, mesh_from_density_fn, mesh_from_gaussians
+
+    model = trainer.model
+    if cfg.representation == "gaussians":
+        with torch.no_grad():
+            inp = model.render_inputs()
+            render_fn = gaussian_render_fn(inp["means"].detach(), inp["quats"].detach(), inp["scales"].detach(), inp["opacities"].detach(),
+                                           inp["colors"].detach(), inp["sh_degree"])
+            return mesh_from_gaussians(inp["means"].detach(), inp["quats"].detach(), inp["scales"].detach(), inp["opacities"].detach(),
+                                       render_fn, cfg.mesh)
+
+    def render_fn(cameras):
+        with torch.no_grad():
+            out = model.render(cameras, shading="albedo", background=torch.zeros(3, device=trainer.device), stratified=False)
+        return out.rgb, out.alpha
+
+    with torch.no_grad():
+        return mesh_from_density_fn(lambda p: model.density(p), render_fn, cfg.mesh, device=trainer.device)
+
+
+@torch.no_grad()
+def reference_view_scores(trainer, reference) -> dict:
+    """Silhouette IoU and PSNR of the final render at the reference camera against the input."""
+    ref_rgb, ref_mask = reference
+    cams = trainer._reference_cameras(ref_rgb.shape[1])
+    rgb, alpha, _ = trainer.render(cams, shading="albedo")
+    rgb, alpha = rgb.cpu(), alpha.cpu()
+    a, b = alpha > 0.5, ref_mask > 0.5
+    iou = float((a & b).sum() / (a | b).sum().clamp_min(1))
+    mse = float(((rgb - ref_rgb) ** 2).mean())
+    return {"silhouette_iou": iou, "psnr_db": float(-10 * np.log10(max(mse, 1e-10)))}

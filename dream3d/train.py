@@ -1,0 +1,261 @@
+"""The text-to-3D (and image-to-3D) optimization loop.
+
+    cameras ~ sampler  ->  render(representation, cameras)  ->  guidance loss (+ regularizers, + reference view)
+        ->  backward  ->  NaN guard  ->  optimizer step  ->  densify (Gaussians)  ->  checkpoint / validation
+
+Randomness comes from generators seeded from ``cfg.seed`` and saved in every checkpoint, so a resumed run
+reaches the same parameters as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from renderers.cameras import Cameras, CameraSampler, orbit_cameras
+
+from .guidance.schedules import Scheduled, scheduled
+from .io import atomic_save_torch
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 400
+    batch_size: int = 4  # cameras rendered per step
+    resolution: Scheduled = 64  # render size; [start_step, start, end, end_step] for progressive resolution
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # Gaussians render over this colour
+    lambda_opacity: float = 0.0  # NeRF: push the accumulated alpha towards 0 (sparsity)
+    lambda_entropy: float = 0.0  # NeRF: push the accumulated alpha towards 0 or 1
+    lambda_orientation: float = 0.0  # NeRF: DreamFusion's orientation loss (normals facing away)
+    checkpoint_every: int = 100  # steps; 0 = only at the end
+    val_every: int = 100  # steps between validation renders; 0 = off
+    nan_policy: str = "skip"  # a non-finite loss or gradient: "skip" the step, or "stop" (last good checkpoint kept)
+    max_nan_skips: int = 20  # more skipped steps than this stops the run
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.nan_policy not in ("skip", "stop"):
+            raise ValueError(f"train.nan_policy must be 'skip' or 'stop', got {self.nan_policy!r}")
+
+
+@dataclass
+class ReferenceViewConfig:
+    """Image-to-3D: the input image is the front view at a fixed camera (DreamGaussian / Magic123)."""
+
+    elevation: float = 0.0
+    azimuth: float = 0.0
+    radius: float = 2.8
+    fov_y: float = 45.0
+    resolution: int = 64  # the image is resized to this square size
+    lambda_rgb: float = 1000.0
+    lambda_mask: float = 100.0
+    every: int = 1  # fit the reference view on every n-th step
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    guidance_loss: float
+    grad_norm: float
+    t: float
+    skipped: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Owns the representation, its optimizer, the guidance and the generators; ``run`` trains."""
+
+    def __init__(self, cfg, prompt: str, out_dir: str, guidance=None, reference=None, log=print):
+        from .representations.gaussians import GaussianModel
+        from .representations.nerf import NeRFModel
+
+        self.cfg, self.prompt, self.out_dir, self.log = cfg, prompt, out_dir, log
+        self.device = resolve_device(cfg.train.device)
+        self.g_cam = torch.Generator().manual_seed(cfg.seed)
+        self.g_model = torch.Generator().manual_seed(cfg.seed + 1)
+        torch.manual_seed(cfg.seed)
+        if cfg.representation == "gaussians":
+            self.model = GaussianModel(cfg.gaussians, generator=self.g_model).to(self.device)
+            self.opt = self.model.make_optimizer()
+        elif cfg.representation == "nerf":
+            self.model = NeRFModel(cfg.nerf).to(self.device)
+            self.opt = torch.optim.Adam(self.model.parameter_groups(), betas=(0.9, 0.99), eps=1e-15)
+        else:
+            raise ValueError(f"representation must be 'gaussians' or 'nerf', got {cfg.representation!r}")
+        self.guidance = guidance
+        self.reference = reference  # (rgb (1,H,W,3), mask (1,H,W,1)) for image-to-3D, or None
+        self.step = 0
+        self.nan_skips = 0
+        self.history: list[dict] = []
+        self.ckpt_path = os.path.join(out_dir, "checkpoint.pt")
+        self.train_seconds = 0.0
+
+    # -- rendering ------------------------------------------------------------------------------
+    def render(self, cameras: Cameras, step: int | None = None, shading: str | None = None, generator=None):
+        """rgb (B,H,W,3), alpha (B,H,W,1) and the raw render object."""
+        cameras = cameras.to(self.device)
+        bg = torch.tensor(self.cfg.train.background, device=self.device)
+        if self.cfg.representation == "gaussians":
+            out = self.model.render(cameras, background=bg)
+            return out.rgb, out.alpha, out
+        from .representations.nerf import pick_shading, sample_light_positions
+
+        if shading is None:
+            shading = "albedo" if step is None else pick_shading(step, self.cfg.nerf, generator)
+        lights = sample_light_positions(cameras, self.cfg.nerf, generator) if shading in ("lambertian", "textureless") else None
+        out = self.model.render(cameras, shading=shading, light_positions=lights, orientation=self.cfg.train.lambda_orientation > 0 and step is not None,
+                                stratified=step is not None, generator=generator)
+        return out.rgb, out.alpha, out
+
+    def _reference_cameras(self, size: int) -> Cameras:
+        r = self.cfg.reference
+        return orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, size, size)
+
+    # -- one step -------------------------------------------------------------------------------
+    def train_step(self) -> StepResult:
+        cfg, step = self.cfg, self.step
+        res = int(round(scheduled(cfg.train.resolution, step)))
+        cams = cfg.cameras.sample(cfg.train.batch_size, res, res, generator=self.g_cam)
+        if self.cfg.representation == "gaussians":
+            self.model.update_learning_rate(self.opt, step)
+        rgb, alpha, raw = self.render(cams, step=step, generator=self.g_model)
+        loss = torch.zeros((), device=self.device)
+        gl = gn = tt = float("nan")
+        if self.guidance is not None:
+            try:
+                gout = self.guidance(rgb, cams, self.prompt, step)
+            except FloatingPointError as e:
+                raise NonFiniteError(str(e)) from None
+            loss = loss + gout.loss
+            gl, gn, tt = gout.loss.item(), gout.grad_norm.item(), gout.t.float().mean().item()
+        if self.cfg.representation == "nerf":
+            reg = raw.regularizers()
+            loss = loss + cfg.train.lambda_opacity * reg["opacity"] + cfg.train.lambda_entropy * reg["entropy"]
+            if "orientation" in reg:
+                loss = loss + cfg.train.lambda_orientation * reg["orientation"]
+        ref_raw = None
+        if self.reference is not None and step % cfg.reference.every == 0:
+            ref_rgb, ref_mask = self.reference
+            rc = self._reference_cameras(ref_rgb.shape[1])
+            prgb, palpha, ref_raw = self.render(rc, shading="albedo", generator=self.g_model)
+            loss = loss + cfg.reference.lambda_rgb * torch.nn.functional.mse_loss(prgb, ref_rgb.to(self.device)) \
+                + cfg.reference.lambda_mask * torch.nn.functional.mse_loss(palpha, ref_mask.to(self.device))
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"loss became {loss.item()} at step {step}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in self.opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not torch.isfinite(p.grad).all():
+                    raise NonFiniteError(f"non-finite gradient in '{group.get('name', '?')}' at step {step}")
+        if self.cfg.representation == "gaussians":
+            self.model.add_densification_stats(raw, grad_scale=cfg.train.batch_size)
+        self.opt.step()  # (VSD's student takes its own LoRA step inside the guidance call)
+        info = {}
+        if self.cfg.representation == "gaussians":
+            info = self.model.densify_step(step, self.opt, self.g_model) or {}
+        return StepResult(loss.item(), gl, gn, tt, extra=info)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        s = {
+            "step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "g_cam": self.g_cam.get_state(), "g_model": self.g_model.get_state(), "nan_skips": self.nan_skips,
+            "train_seconds": self.train_seconds, "history": self.history,
+        }
+        if self.guidance is not None:
+            s["g_guidance"] = self.guidance.generator.get_state()
+            if hasattr(self.guidance, "state_dict"):
+                s["guidance"] = self.guidance.state_dict()
+        return s
+
+    def save_checkpoint(self) -> None:
+        atomic_save_torch(self.state(), self.ckpt_path)
+
+    def load_checkpoint(self, path: str | None = None) -> None:
+        s = torch.load(path or self.ckpt_path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(s["model"])
+        if self.cfg.representation == "gaussians":
+            self.opt = self.model.make_optimizer()
+        self.opt.load_state_dict(s["optimizer"])
+        self.g_cam.set_state(s["g_cam"])
+        self.g_model.set_state(s["g_model"])
+        if self.guidance is not None and "g_guidance" in s:
+            self.guidance.generator.set_state(s["g_guidance"])
+            if "guidance" in s and hasattr(self.guidance, "load_state_dict"):
+                self.guidance.load_state_dict(s["guidance"])
+        self.step, self.nan_skips = s["step"], s["nan_skips"]
+        self.train_seconds, self.history = s["train_seconds"], list(s["history"])
+
+    # -- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_views(self, size: int = 64) -> np.ndarray:
+        """Front, side, back and overhead renders side by side, (size, 4*size, 3) in [0, 1]."""
+        c = self.cfg.cameras
+        r, fov = sum(c.radius) / 2, sum(c.fov_y) / 2
+        cams = orbit_cameras([15.0, 15.0, 15.0, 75.0], [0.0, 90.0, 180.0, 0.0], r, fov, size, size)
+        rgb, _, _ = self.render(cams, shading="albedo")
+        return torch.cat(list(rgb.clamp(0, 1).cpu()), 1).numpy()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> dict:
+        from .prior.sample import save_png
+
+        cfg = self.cfg.train
+        done_now = 0
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="text-to-3D" if self.reference is None else "image-to-3D", unit="step", dynamic_ncols=True)
+        last_good = None
+        while self.step < cfg.steps:
+            if stop_after is not None and done_now >= stop_after:
+                break
+            t0 = time.time()
+            try:
+                r = self.train_step()
+            except NonFiniteError as e:
+                self.nan_skips += 1
+                self.opt.zero_grad(set_to_none=True)
+                if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
+                    bar.close()
+                    raise NonFiniteError(f"{e}; stopped after {self.nan_skips} bad steps. The last good checkpoint is kept at "
+                                         f"{self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume.") from None
+                self.log(f"step {self.step}: {e}; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
+                r = StepResult(float("nan"), float("nan"), float("nan"), float("nan"), skipped=True)
+            self.train_seconds += time.time() - t0
+            self.step += 1
+            done_now += 1
+            if not r.skipped:
+                last_good = r
+            if self.step % 10 == 0 or self.step == cfg.steps:
+                rec = {"step": self.step, "loss": r.loss, "guidance_loss": r.guidance_loss, "grad_norm": r.grad_norm, "t": r.t}
+                if self.cfg.representation == "gaussians":
+                    rec["num_gaussians"] = len(self.model)
+                self.history.append(rec)
+            post = {"loss": f"{r.loss:.4g}", "t": f"{r.t:.0f}"}
+            if self.cfg.representation == "gaussians":
+                post["N"] = len(self.model)
+            bar.set_postfix(post)
+            bar.update(1)
+            if cfg.val_every and self.step % cfg.val_every == 0:
+                save_png(os.path.join(self.out_dir, "val", f"step_{self.step:05d}.png"), self.validation_views())
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        return {"steps": self.step, "train_seconds": round(self.train_seconds, 2), "nan_skips": self.nan_skips,
+                "steps_per_second": round(self.step / max(self.train_seconds, 1e-9), 3) if self.step else 0.0,
+                "final_loss": None if last_good is None else last_good.loss,
+                "final_grad_norm": None if last_good is None else last_good.grad_norm}
