@@ -56,12 +56,20 @@ def _check_keys(schema: Any, mapping: dict, where: str, prefix: str = "") -> Non
         elif key not in leaves:
             if key in sections:
                 raise ConfigError(f"{where}: '{key}' is a section; set one of its keys, e.g. '{key}.{dotted_keys(schema_at(schema, key))[0]}'")
-            near = difflib.get_close_matches(key, sorted(leaves | sections), n=3, cutoff=0.5)
-            if not near:  # a right leaf name under a wrong section is a common slip
-                tail = key.rsplit(".", 1)[-1]
-                near = [x for x in sorted(leaves) if x.rsplit(".", 1)[-1] == tail][:3]
-            hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else "; see `dream3d generate --print-config` for every key"
-            raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
+            while isinstance(v, dict) and v:  # name the full dotted key that was meant
+                k2, v = next(iter(v.items()))
+                key = f"{key}.{k2}"
+            raise ConfigError(f"{where}: unknown config key '{key}'{_suggest(key, leaves, sections)}")
+
+
+def _suggest(key: str, leaves: set, sections: set) -> str:
+    """Leaves with the same last name first (a right name under a wrong section), then close spellings."""
+    tail = key.rsplit(".", 1)[-1]
+    near = sorted((x for x in leaves if x.rsplit(".", 1)[-1] == tail), key=lambda x: -difflib.SequenceMatcher(None, key, x).ratio())
+    near += [x for x in difflib.get_close_matches(key, sorted(leaves | sections), n=4, cutoff=0.5) if x not in near]
+    if not near:
+        return "; see `dream3d generate --print-config` for every key"
+    return f"; did you mean {', '.join(repr(n) for n in near[:4])}?"
 
 
 def schema_at(schema: Any, dotted: str) -> Any:

@@ -1,0 +1,112 @@
+"""The CLI driven as a user would: subprocesses, exit codes, messages, files."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TINY_RUN
+
+ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONWARNINGS="ignore")
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dream3d.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=900)
+
+
+def test_help_lists_every_command():
+    r = run("--help")
+    assert r.returncode == 0 and all(w in r.stdout for w in ("generate", "ablate", "prior"))
+    for sub in (["generate"], ["ablate"], ["prior"], ["prior", "train"], ["prior", "sample"], ["prior", "eval"]):
+        h = run(*sub, "--help")
+        assert h.returncode == 0 and "usage:" in h.stdout, sub
+
+
+def test_generate_writes_loadable_files(tiny_prior, tmp_path):
+    import trimesh
+
+    out = tmp_path / "run"
+    r = run("generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "-o", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    mesh = trimesh.load(out / "mesh.glb", force="mesh")
+    assert len(mesh.faces) > 0 and mesh.visual.material is not None
+    obj = trimesh.load(out / "mesh.obj", force="mesh")
+    assert len(obj.faces) == len(mesh.faces)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prompt"] == "a red cube" and metrics["train"]["steps"] == 4
+    assert "a red cube" in (out / "config.yaml").read_text()
+    import imageio.v3 as iio
+
+    assert iio.imread(out / "turntable.mp4").shape[0] == 4
+    # a finished run is not overwritten by accident
+    again = run("generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "-o", str(out))
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def test_bad_override_fails_with_the_key_named(tmp_path):
+    r = run("generate", "a red cube", "train.stepz=3", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "train.stepz" in r.stderr and "train.steps" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_empty_prompt_and_unreadable_image_fail_cleanly(tmp_path):
+    r = run("generate", "", "-o", str(tmp_path / "e"))
+    assert r.returncode == 2 and "prompt is empty" in r.stderr
+    assert not (tmp_path / "e" / "metrics.json").exists()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    r = run("generate", "--image", str(bad), "-o", str(tmp_path / "i"))
+    assert r.returncode == 2 and "cannot read image" in r.stderr
+    assert not (tmp_path / "i" / "metrics.json").exists() and not (tmp_path / "i" / "checkpoint.pt").exists()
+
+
+def test_interrupted_run_resumes(tiny_prior, tmp_path):
+    out = tmp_path / "run"
+    args = ["generate", "a blue sphere", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "-o", str(out)]
+    r = run(*args, "--stop-after", "2")
+    assert r.returncode == 0 and (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    r = run(*args)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = run(*args, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 4
+
+
+def test_ablate_two_by_two_grid(tiny_prior, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "base: dreamgaussian\n"
+        f"overrides: {json.dumps(TINY_RUN + ['guidance.prior.model=' + tiny_prior, 'output.mesh=false'])}\n"
+        "prompts: ['a red cube', 'a green cone']\nseeds: [0]\n"
+        "variants:\n  cfg10: [guidance.sds.guidance_scale=10]\n  cfg50: [guidance.sds.guidance_scale=50]\n")
+    r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "abl" / "results.csv")))
+    assert len(rows) == 4 and {r["variant"] for r in rows} == {"cfg10", "cfg50"}
+    assert (tmp_path / "abl" / "contact_sheet.png").exists() and "| cfg10 |" in (tmp_path / "abl" / "results.md").read_text()
+    # a second run skips the finished cells
+    r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
+    assert r.returncode == 0 and r.stderr.count("skipped") == 4
+
+
+def test_image_to_3d_fits_the_reference_view(tiny_prior, tmp_path):
+    import imageio.v3 as iio
+    import torch
+
+    from dream3d.world.render import render_colored_mesh
+    from dream3d.world.shapes import scene_for_prompt
+    from renderers.cameras import orbit_cameras
+
+    rgb, alpha = render_colored_mesh(scene_for_prompt("a yellow cube"), orbit_cameras(0.0, 0.0, 2.8, 45.0, 64, 64))
+    rgba = torch.cat([rgb, alpha], -1)[0].numpy()
+    iio.imwrite(tmp_path / "cube.png", (rgba * 255).round().astype(np.uint8))
+    out = tmp_path / "img"
+    r = run("generate", "--image", str(tmp_path / "cube.png"), "a yellow cube", *TINY_RUN, "train.steps=60",
+            "train.checkpoint_every=0", "train.val_every=0", "gaussians.num_points=1000", "gaussians.densify_from_step=1000",
+            f"guidance.prior.model={tiny_prior}", "-o", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = json.loads((out / "metrics.json").read_text())["reference_view"]
+    assert ref["silhouette_iou"] > 0.8 and ref["psnr_db"] > 18, ref

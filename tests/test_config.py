@@ -1,0 +1,64 @@
+import glob
+import os
+
+import pytest
+
+from dream3d.config import CONFIG_DIR, RunConfig, load_run_config
+from dream3d.configtools import ConfigError, dotted_keys, parse_overrides, to_yaml
+
+
+@pytest.mark.parametrize("preset", sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))))
+def test_every_preset_loads_and_documents_itself(preset):
+    cfg = load_run_config(preset)
+    assert isinstance(cfg, RunConfig)
+    with open(os.path.join(CONFIG_DIR, preset + ".yaml")) as f:
+        assert f.readline().startswith("#"), "each preset starts with a comment saying what it is"
+
+
+def test_required_presets_exist():
+    names = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))}
+    assert {"dreamgaussian", "dreamfusion", "prolificdreamer", "gaussian-vsd", "gaussian-ism"} <= names
+    assert load_run_config("dreamfusion").representation == "nerf" and load_run_config("prolificdreamer").guidance.method == "vsd"
+
+
+def test_overrides_fill_nested_fields_with_types():
+    cfg = load_run_config("dreamgaussian", ["train.steps=12", "guidance.sds.guidance_scale=[0,100,10,50]", "cameras.fov_y=[30,40]",
+                                            "gaussians.max_gaussians=null", "prompt=a red cube"])
+    assert cfg.train.steps == 12 and cfg.guidance.sds.guidance_scale == [0, 100, 10, 50]
+    assert cfg.cameras.fov_y == (30.0, 40.0) and cfg.gaussians.max_gaussians is None and cfg.prompt == "a red cube"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.step=5", ["train.step", "train.steps"]),
+    ("trian.steps=5", ["trian.steps", "train.steps"]),
+    ("guidance_scale=5", ["guidance_scale", "guidance.sds.guidance_scale"]),
+    ("train.steps=many", ["train.steps", "many"]),
+    ("train=5", ["train", "section"]),
+    ("cameras.fov_y=[1,2,3]", ["cameras.fov_y", "2 values"]),
+    ("representation=voxels", ["representation", "voxels"]),
+    ("guidance.method=magic", ["guidance.method", "magic"]),
+    ("steps", ["key=value"]),
+])
+def test_bad_overrides_name_the_key_and_the_fix(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_run_config("dreamgaussian", [override])
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(ConfigError, match="dreamgaussian"):
+        load_run_config("dreamgausian")
+
+
+def test_saved_config_reloads_to_the_same_config(tmp_path):
+    cfg = load_run_config("prolificdreamer", ["train.steps=7", "prompt=a blue cone"])
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_run_config(str(path)) == cfg
+
+
+def test_every_schema_key_is_reachable_by_override():
+    keys = dotted_keys(RunConfig())
+    assert "guidance.vsd.lora_rank" in keys and "mesh.extract.target_faces" in keys and "nerf.levels" in keys
+    assert parse_overrides(["a.b.c=1", "a.d=[1, 2]", "e=text with spaces"]) == {"a": {"b": {"c": 1}, "d": [1, 2]}, "e": "text with spaces"}
