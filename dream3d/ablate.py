@@ -117,6 +117,8 @@ def _quality(cell_dir: str) -> dict | None:
         parse_prompt(prompt)
     except ValueError:
         return None
+    if not os.path.exists(os.path.join(cell_dir, "mesh.glb")):  # output.mesh=false: nothing to judge
+        return None
     return evaluate_run(cell_dir)
 
 

@@ -6,11 +6,8 @@ import json
 import os
 import sys
 
+from .commands import UserError, add_generate_and_ablate
 from .configtools import ConfigError, build_config, parse_overrides, to_yaml
-
-
-class UserError(Exception):
-    """An error caused by the input; printed without a traceback, exit code 2."""
 
 
 def _prior_train(args) -> None:
@@ -120,8 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--per-prompt", type=int, default=400)
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=_prior_train_classifier)
-
-    from .commands import add_generate_and_ablate  # noqa: E402  (kept beside the pipeline it drives)
 
     add_generate_and_ablate(sub)
     return p

@@ -5,11 +5,16 @@ import argparse
 import re
 import sys
 
+
+
+class UserError(Exception):
+    """An error caused by the input; printed without a traceback, exit code 2."""
+
+
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def _generate(args) -> None:
-    from .cli import UserError
     from .config import load_run_config
     from .configtools import to_yaml
     from .pipeline import RunError, generate
@@ -35,8 +40,12 @@ def _generate(args) -> None:
 
 def _ablate(args) -> None:
     from .ablate import run_ablation
+    from .pipeline import RunError
 
-    run_ablation(args.spec, args.output, log=lambda m: print(m, file=sys.stderr))
+    try:
+        run_ablation(args.spec, args.output, log=lambda m: print(m, file=sys.stderr))
+    except RunError as e:
+        raise UserError(str(e)) from None
 
 
 def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:

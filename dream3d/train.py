@@ -252,7 +252,8 @@ class Trainer:
             bar.update(1)
             if cfg.val_every and self.step % cfg.val_every == 0:
                 save_png(os.path.join(self.out_dir, "val", f"step_{self.step:05d}.png"), self.validation_views())
-            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps:
+            checkpoint_due = (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps
+            if checkpoint_due and not r.skipped:  # a bad step never overwrites the last good checkpoint
                 self.save_checkpoint()
         bar.close()
         return {"steps": self.step, "train_seconds": round(self.train_seconds, 2), "nan_skips": self.nan_skips,

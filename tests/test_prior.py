@@ -39,12 +39,13 @@ def test_embedded_prior_samples_have_the_prompted_colour():
 
 
 def test_tokenizer_keeps_each_world_word_whole(tmp_path):
-    captions = [p + s for p in all_prompts() for s in ("", ", front view", ", overhead view")]
+    captions = [p + s for p in all_prompts() for s in ("", ", front view", ", side view", ", back view", ", overhead view")]
     tok = train_tokenizer(captions, str(tmp_path / "tok"), 16)
     for cap in captions[:50]:
         ids = tok(cap).input_ids
         assert len(ids) == len(_split_words(cap)) + 2  # one token a word, plus start and end
-    assert tok.decode(tok("a purple snowman, back view").input_ids, skip_special_tokens=True) == "a purple snowman, back view"
+    text = tok.decode(tok("a purple snowman, back view").input_ids, skip_special_tokens=True)
+    assert text.replace(" ,", ",") == "a purple snowman, back view"  # CLIP's decoder spaces out punctuation
 
 
 def _tiny(root):

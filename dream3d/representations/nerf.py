@@ -1,0 +1,434 @@
+"""A NeRF for score distillation (DreamFusion; ProlificDreamer's first stage).
+
+Geometry and colour come from one multi-resolution hash grid (Instant-NGP) written in plain PyTorch,
+read by two small MLP heads: density and albedo. At initialisation a density bias "blob" (high at the
+centre, falling linearly with radius, negative far out) gives the optimiser a solid object to carve
+rather than empty space to fill; without it early SDS gradients have nothing to shade.
+
+Shading follows DreamFusion: ``"albedo"`` (colour as is), ``"lambertian"`` (albedo lit by a random point
+light plus ambient), ``"textureless"`` (the same lighting on a white albedo, which forces geometry to
+explain shape), and ``"normal"`` (normals as colours, for viewing). Normals are minus the normalised
+density gradient, by central finite differences (cheap, and smooth at hash-grid resolution) or autograd.
+
+The scene lives in the cube [-bound, bound]^3; rays are clipped to the sphere of radius ``bound``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from renderers.cameras import Cameras
+from renderers.volume import render_volume
+
+SHADINGS = ("albedo", "lambertian", "textureless", "normal")
+# Instant-NGP's spatial hash: XOR of the integer vertex coordinates times these primes, modulo T.
+HASH_PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass
+class NeRFConfig:
+    bound: float = 1.0  # scene cube [-bound, bound]^3; rays are clipped to the sphere of this radius
+    # hash grid (Instant-NGP): L levels of T = 2**log2_table_size entries with F features each,
+    # resolutions growing geometrically from base_resolution to max_resolution cells per side
+    levels: int = 16
+    log2_table_size: int = 19
+    features_per_level: int = 2
+    base_resolution: int = 16
+    max_resolution: int = 2048
+    # MLP heads
+    hidden_dim: int = 64
+    hidden_layers: int = 1
+    density_activation: str = "softplus"  # "softplus" or "exp" (exp with its gradient clamped)
+    blob_density: float = 10.0  # density bias at the centre ...
+    blob_radius: float = 0.5  # ... falling linearly to 0 at this radius (and negative beyond)
+    normal_method: str = "finite_difference"  # or "autograd"
+    normal_eps: float = 1e-2  # finite-difference step, in world units
+    # background: "mlp" (a small MLP of the view direction) or "fixed" (background_color)
+    background: str = "mlp"
+    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # rendering and shading
+    num_samples: int = 64
+    ambient_ratio: float = 0.1
+    light_jitter: float = 1.0  # std of the noise added to the camera position to place the light
+    light_distance: tuple[float, float] = (0.8, 1.5)  # light distance, as a multiple of the camera's
+    albedo_warmup_steps: int = 0  # albedo-only shading before this step (see pick_shading)
+    albedo_prob: float = 0.0  # afterwards: albedo with this probability, ...
+    textureless_prob: float = 0.5  # ... textureless with this one, lambertian otherwise
+    # learning rates (hash tables like a larger one than the MLPs)
+    lr_grid: float = 1e-2
+    lr_mlp: float = 1e-3
+    lr_background: float = 1e-3
+
+    def __post_init__(self):
+        if self.density_activation not in ("softplus", "exp"):
+            raise ValueError(f"density_activation must be 'softplus' or 'exp'; got {self.density_activation!r}")
+        if self.normal_method not in ("finite_difference", "autograd"):
+            raise ValueError(f"normal_method must be 'finite_difference' or 'autograd'; got {self.normal_method!r}")
+        if self.background not in ("mlp", "fixed"):
+            raise ValueError(f"background must be 'mlp' or 'fixed'; got {self.background!r}")
+        if self.max_resolution < self.base_resolution or self.levels < 1:
+            raise ValueError("need levels >= 1 and max_resolution >= base_resolution")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hash grid
+
+
+class HashGrid(nn.Module):
+    """Multi-resolution hash encoding of points in [0, 1]^3 -> (P, levels * features).
+
+    Level l has N_l cells per side (vertices at k / N_l, k = 0..N_l). Where the (N_l + 1)^3 vertices fit
+    in the table the level is indexed densely (no collisions); finer levels share a table of T entries
+    through the spatial hash. Features are trilinearly interpolated from the 8 vertices of the cell.
+    All levels live in one parameter, level l at rows ``offsets[l]:offsets[l+1]``.
+    """
+
+    def __init__(self, levels: int = 16, log2_table_size: int = 19, features: int = 2, base_resolution: int = 16, max_resolution: int = 2048):
+        super().__init__()
+        growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / (levels - 1)) if levels > 1 else 1.0
+        self.resolutions = [int(math.floor(base_resolution * growth**l + 1e-6)) for l in range(levels)]
+        self.table_size = 2**log2_table_size
+        self.dense = [(n + 1) ** 3 <= self.table_size for n in self.resolutions]
+        sizes = [(n + 1) ** 3 if d else self.table_size for n, d in zip(self.resolutions, self.dense)]
+        self.offsets = [0]
+        for s in sizes:
+            self.offsets.append(self.offsets[-1] + s)
+        self.features = features
+        self.out_dim = levels * features
+        # Instant-NGP's init: tiny uniform values, so the MLPs start from an almost constant input.
+        self.table = nn.Parameter(torch.empty(self.offsets[-1], features).uniform_(-1e-4, 1e-4))
+
+    def level_corners(self, x: Tensor, level: int) -> tuple[Tensor, Tensor]:
+        """Table rows (P, 8) and trilinear weights (P, 8) of the cell around each point at ``level``.
+
+        Corner k = 4 bx + 2 by + bz sits at the cell's low (b = 0) or high (b = 1) side per axis; both
+        the index and the weight factor per axis, so they are built from (P, 2) pieces by broadcasting.
+        """
+        n = self.resolutions[level]
+        pos = x * n
+        i0 = pos.detach().floor().clamp(0, n - 1)
+        frac = pos - i0  # in [0, 1]; differentiable in x
+        c = i0.long()[:, :, None] + torch.tensor([0, 1], device=x.device)  # (P, 3, 2) low/high vertex per axis
+        if self.dense[level]:
+            m = n + 1
+            idx = c[:, 0, :, None, None] * (m * m) + c[:, 1, None, :, None] * m + c[:, 2, None, None, :]
+        else:
+            h = c * torch.tensor(HASH_PRIMES, device=x.device)[:, None]
+            idx = (h[:, 0, :, None, None] ^ h[:, 1, None, :, None] ^ h[:, 2, None, None, :]) & (self.table_size - 1)
+        w = torch.stack([1 - frac, frac], -1)  # (P, 3, 2)
+        w = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
+        return idx.reshape(-1, 8) + self.offsets[level], w.reshape(-1, 8)
+
+    def encode(self, x: Tensor, table: Tensor) -> Tensor:
+        """Plain autograd implementation (differentiable in x too, for autograd normals)."""
+        out = []
+        for level in range(len(self.resolutions)):
+            idx, w = self.level_corners(x, level)
+            out.append((w[..., None] * F.embedding(idx, table)).sum(1))
+        return torch.cat(out, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[-1] != 3:
+            raise ValueError(f"HashGrid expects points (P, 3) in [0, 1]; got shape {tuple(x.shape)}")
+        if x.requires_grad and torch.is_grad_enabled():
+            return self.encode(x, self.table)
+        return _HashEncode.apply(x, self.table, self)
+
+
+class _HashEncode(torch.autograd.Function):
+    """The hash encoding for inputs that need no gradient, saving only the points.
+
+    Autograd would keep every level's (P, 8) corner rows and weights for the backward pass, about
+    0.8 KB per point at 16 levels; recomputing them in backward keeps 12 bytes. The table gradient is
+    a scatter-add of weight x output-gradient into the rows each point touched.
+    """
+
+    @staticmethod
+    def forward(ctx, x, table, grid):
+        ctx.save_for_backward(x)
+        ctx.grid = grid
+        ctx.table_shape = table.shape
+        return grid.encode(x, table)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        grid, Fdim = ctx.grid, ctx.grid.features
+        grad_table = torch.zeros(ctx.table_shape, device=grad_out.device, dtype=grad_out.dtype)
+        for level in range(len(grid.resolutions)):
+            idx, w = grid.level_corners(x, level)
+            g = grad_out[:, level * Fdim : (level + 1) * Fdim]
+            grad_table.index_add_(0, idx.reshape(-1), (w[..., None] * g[:, None, :]).reshape(-1, Fdim))
+        return None, grad_table, None
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp whose backward clamps its input, so one large density cannot blow up a step."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=15))
+
+
+def _mlp(n_in: int, hidden: int, n_out: int, layers: int) -> nn.Sequential:
+    mods, d = [], n_in
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, n_out))
+    return nn.Sequential(*mods)
+
+
+def _freq_encode(d: Tensor, n_freqs: int) -> Tensor:
+    f = 2.0 ** torch.arange(n_freqs, device=d.device, dtype=d.dtype) * math.pi
+    x = d[..., None] * f  # (..., 3, n)
+    return torch.cat([d, torch.sin(x).flatten(-2), torch.cos(x).flatten(-2)], -1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Regularisers
+
+
+def orientation_penalty(normals: Tensor, dirs: Tensor) -> Tensor:
+    """DreamFusion's per-sample orientation term max(0, n . d)^2: zero where a normal faces the camera
+    (against the ray direction d), positive where it faces away."""
+    return (normals * dirs).sum(-1).clamp_min(0) ** 2
+
+
+def orientation_per_ray(weights: Tensor, normals: Tensor, dirs: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """(n_rays,) sum over each ray's samples of stopgrad(w) * orientation_penalty; packed (N,) inputs.
+
+    The weights are detached as in DreamFusion: the term moves normals, not where density sits."""
+    pen = weights.detach() * orientation_penalty(normals, dirs)
+    return torch.zeros(n_rays, device=pen.device, dtype=pen.dtype).index_add(0, ray_indices, pen)
+
+
+def opacity_loss(alpha: Tensor) -> Tensor:
+    """Sparsity: mean sqrt(alpha^2 + 0.01), a smoothed L1 that discourages filling the scene."""
+    return torch.sqrt(alpha**2 + 0.01).mean()
+
+
+def entropy_loss(alpha: Tensor, eps: float = 1e-5) -> Tensor:
+    """Mean binary entropy of the accumulated alpha: pushes pixels to fully opaque or fully clear."""
+    a = alpha.clamp(eps, 1 - eps)
+    return -(a * torch.log(a) + (1 - a) * torch.log(1 - a)).mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Lights and shading choice
+
+
+def sample_light_positions(cameras: Cameras, cfg: NeRFConfig, generator: torch.Generator | None = None) -> Tensor:
+    """(B, 3) point lights near each camera: the camera direction jittered by ``light_jitter``, at
+    ``light_distance`` times the camera's distance (DreamFusion samples lights around the camera)."""
+    o = cameras.origins
+    B = o.shape[0]
+    noise = torch.randn(B, 3, generator=generator).to(o)
+    direction = F.normalize(F.normalize(o, dim=-1) + cfg.light_jitter * noise, dim=-1)
+    lo, hi = cfg.light_distance
+    scale = lo + (hi - lo) * torch.rand(B, 1, generator=generator).to(o)
+    return direction * o.norm(dim=-1, keepdim=True) * scale
+
+
+def pick_shading(step: int, cfg: NeRFConfig, generator: torch.Generator | None = None) -> str:
+    """The shading mode for a training step: albedo during warm-up, then random as configured."""
+    if step < cfg.albedo_warmup_steps:
+        return "albedo"
+    u = float(torch.rand((), generator=generator))
+    if u < cfg.albedo_prob:
+        return "albedo"
+    if u < cfg.albedo_prob + cfg.textureless_prob:
+        return "textureless"
+    return "lambertian"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass
+class NeRFRender:
+    rgb: Tensor  # (B, H, W, 3)
+    alpha: Tensor  # (B, H, W, 1)
+    depth: Tensor  # (B, H, W, 1)
+    normal: Tensor | None = None  # (B, H, W, 3) composited normals (sum of w n), when computed
+    orientation: Tensor | None = None  # (B, H, W, 1) per-pixel orientation term, when asked for
+
+    def regularizers(self) -> dict[str, Tensor]:
+        """Scalar regularisers: "opacity", "entropy", and "orientation" when it was rendered."""
+        out = {"opacity": opacity_loss(self.alpha), "entropy": entropy_loss(self.alpha)}
+        if self.orientation is not None:
+            out["orientation"] = self.orientation.mean()
+        return out
+
+
+class NeRFModel(nn.Module):
+    def __init__(self, cfg: NeRFConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or NeRFConfig()
+        self.encoding = HashGrid(cfg.levels, cfg.log2_table_size, cfg.features_per_level, cfg.base_resolution, cfg.max_resolution)
+        self.density_net = _mlp(self.encoding.out_dim, cfg.hidden_dim, 1, cfg.hidden_layers)
+        self.albedo_net = _mlp(self.encoding.out_dim, cfg.hidden_dim, 3, cfg.hidden_layers)
+        self.background_net = _mlp(3 + 3 * 2 * 4, 32, 3, 1) if cfg.background == "mlp" else None
+        self.register_buffer("background_color", torch.tensor(cfg.background_color, dtype=torch.float32), persistent=False)
+
+    # -- fields -----------------------------------------------------------------------------------
+
+    def _features(self, p: Tensor) -> Tensor:
+        x = (p / self.cfg.bound + 1) / 2
+        return self.encoding(x.clamp(0, 1))
+
+    def density_bias(self, points: Tensor) -> Tensor:
+        """The blob: blob_density * (1 - |p| / blob_radius), added to the raw density."""
+        return self.cfg.blob_density * (1 - points.norm(dim=-1) / self.cfg.blob_radius)
+
+    def _activate(self, raw: Tensor) -> Tensor:
+        return F.softplus(raw) if self.cfg.density_activation == "softplus" else _TruncExp.apply(raw)
+
+    def raw_density(self, points: Tensor) -> Tensor:
+        """Pre-activation density (P,) of flat points (P, 3)."""
+        return self.density_net(self._features(points))[:, 0] + self.density_bias(points)
+
+    def density(self, points: Tensor, chunk: int = 1 << 18) -> Tensor:
+        """Density sigma >= 0 at points (..., 3) -> (...); evaluated in chunks (for grids of millions)."""
+        flat = points.reshape(-1, 3)
+        out = [self._activate(self.raw_density(flat[s : s + chunk])) for s in range(0, flat.shape[0], chunk)]
+        return (torch.cat(out) if out else flat.new_zeros(0)).reshape(points.shape[:-1])
+
+    def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """(sigma (...), albedo (..., 3)) at points (..., 3)."""
+        flat = points.reshape(-1, 3)
+        h = self._features(flat)
+        sigma = self._activate(self.density_net(h)[:, 0] + self.density_bias(flat))
+        albedo = torch.sigmoid(self.albedo_net(h))
+        return sigma.reshape(points.shape[:-1]), albedo.reshape(*points.shape[:-1], 3)
+
+    def normals(self, points: Tensor) -> Tensor:
+        """Unit outward normals (..., 3): minus the normalised gradient of the raw density."""
+        flat = points.reshape(-1, 3)
+        if self.cfg.normal_method == "finite_difference":
+            e = self.cfg.normal_eps
+            steps = torch.cat([torch.eye(3), -torch.eye(3)]).to(flat) * e  # (6, 3)
+            raw = self.raw_density((flat[:, None, :] + steps).reshape(-1, 3)).reshape(-1, 6)
+            grad = (raw[:, :3] - raw[:, 3:]) / (2 * e)
+        else:
+            keep_graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                p = flat.detach().requires_grad_(True)
+                raw = self.raw_density(p)
+                (grad,) = torch.autograd.grad(raw.sum(), p, create_graph=keep_graph)
+            if not keep_graph:
+                grad = grad.detach()
+        return (-F.normalize(grad, dim=-1, eps=1e-12)).reshape(points.shape)
+
+    def background(self, dirs: Tensor) -> Tensor:
+        """Background colour (..., 3) seen along unit view directions (..., 3)."""
+        if self.background_net is None:
+            return self.background_color.to(dirs).expand(*dirs.shape[:-1], 3)
+        return torch.sigmoid(self.background_net(_freq_encode(dirs, 4)))
+
+    def field(self, shading: str = "albedo", ambient_ratio: float | None = None, with_normals: bool = False) -> "ShadedField":
+        """A field callable for :mod:`renderers.volume` that shades as asked."""
+        return ShadedField(self, shading, self.cfg.ambient_ratio if ambient_ratio is None else ambient_ratio, with_normals)
+
+    # -- rendering --------------------------------------------------------------------------------
+
+    def render(
+        self,
+        cameras: Cameras,
+        shading: str = "albedo",
+        light_positions: Tensor | None = None,
+        ambient_ratio: float | None = None,
+        orientation: bool = False,
+        background: Tensor | None = None,
+        num_samples: int | None = None,
+        stratified: bool = True,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+        estimator=None,
+        chunk: int = 1 << 15,
+    ) -> NeRFRender:
+        """Render a batch of cameras.
+
+        light_positions: (B, 3) point lights for "lambertian"/"textureless" (see sample_light_positions).
+        orientation: also render the per-pixel orientation term (needs normals, so costs more).
+        background: (3,), (B, 3) or (B, H, W, 3) to override the model's own background.
+        """
+        if shading not in SHADINGS:
+            raise ValueError(f"shading must be one of {SHADINGS}; got {shading!r}")
+        if shading in ("lambertian", "textureless") and light_positions is None:
+            raise ValueError(f"shading={shading!r} needs light_positions (B, 3); see sample_light_positions()")
+        cameras = cameras.to(self.encoding.table.device)
+        if background is None:
+            _, d = cameras.rays()
+            background = self.background(d)
+        with_normals = shading != "albedo" or orientation
+        fld = self.field(shading, ambient_ratio, with_normals)
+
+        def per_ray(r, rays_o, rays_d):
+            pen = orientation_per_ray(r.sample_weights, r.sample_extras["normal"], rays_d[r.ray_indices], r.ray_indices, rays_o.shape[0])
+            return {"orientation": pen[:, None]}
+
+        imgs = render_volume(
+            fld, cameras, radius=self.cfg.bound, num_samples=num_samples or self.cfg.num_samples, background=background,
+            stratified=stratified, generator=generator, backend=backend, estimator=estimator,
+            ray_cond=light_positions, per_ray=per_ray if orientation else None, chunk=chunk,
+        )
+        return NeRFRender(imgs.rgb, imgs.alpha, imgs.depth, imgs.extras.get("normal"), imgs.extras.get("orientation"))
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer groups with the config's learning rates (grid, MLP heads, background)."""
+        groups = [
+            {"params": [self.encoding.table], "lr": self.cfg.lr_grid, "name": "grid"},
+            {"params": list(self.density_net.parameters()) + list(self.albedo_net.parameters()), "lr": self.cfg.lr_mlp, "name": "mlp"},
+        ]
+        if self.background_net is not None:
+            groups.append({"params": list(self.background_net.parameters()), "lr": self.cfg.lr_background, "name": "background"})
+        return groups
+
+
+class ShadedField:
+    """``field(points, dirs[, light]) -> (sigma, rgb, extras)`` for the volume renderer.
+
+    ``light`` is the point-light position per sample (the renderer gathers it from per-ray data).
+    ``extras`` holds "normal" when normals were computed, so the renderer composites a normal map.
+    """
+
+    def __init__(self, model: NeRFModel, shading: str, ambient_ratio: float, with_normals: bool):
+        if shading not in SHADINGS:
+            raise ValueError(f"shading must be one of {SHADINGS}; got {shading!r}")
+        self.model, self.shading, self.ambient = model, shading, ambient_ratio
+        self.with_normals = with_normals or shading != "albedo"
+
+    def density(self, points: Tensor) -> Tensor:
+        return self.model.density(points)
+
+    def __call__(self, points: Tensor, dirs: Tensor, light: Tensor | None = None):
+        shape = points.shape[:-1]
+        p = points.reshape(-1, 3)
+        sigma, albedo = self.model(p)
+        extras = {}
+        if self.with_normals:
+            n = self.model.normals(p)
+            extras["normal"] = n.reshape(*shape, 3)
+        if self.shading == "albedo":
+            rgb = albedo
+        elif self.shading == "normal":
+            rgb = (n + 1) / 2
+        else:
+            if light is None:
+                raise ValueError(f"shading={self.shading!r} needs a light position per sample")
+            to_light = F.normalize(light.reshape(-1, 3).to(p) - p, dim=-1)
+            lit = self.ambient + (1 - self.ambient) * (n * to_light).sum(-1, keepdim=True).clamp_min(0)
+            rgb = (albedo if self.shading == "lambertian" else torch.ones_like(albedo)) * lit
+        return sigma.reshape(shape), rgb.reshape(*shape, 3), extras
