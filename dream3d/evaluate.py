@@ -1,0 +1,402 @@
+"""Quality of a generated object against the shape world's ground truth.
+
+Three questions, each answered from the exported mesh (``mesh.glb``, +Y up, front +Z, like the world):
+
+- **Geometry**: volumetric IoU with the ground-truth mesh on a shared voxel grid.
+- **Colour**: the mean albedo of the object against the ground truth's from the same cameras, and which of
+  the world's colours most of its surface is closest to.
+- **The judge's view**: the world classifier (trained on world renders only) names colour, shape and view of
+  renders from every side, lit as the prior's training images were. For front-distinct objects, a back-half
+  view judged "front" is a second face: the Janus problem. The judge learned the world's fixed light as well
+  as the features: it sees a second door on a house, but reads a snowman's view from its shading alone, so
+  a two-faced snowman passes (tests/test_evaluate.py records both).
+
+Occupancy needs no spatial index (trimesh's ``contains`` wants rtree or embree): rays along each grid axis
+are cast through the voxel centres and the crossings counted (parity), per connected component, because
+the world's composites are unions of closed parts that overlap and parity alone would carve the overlaps
+out. The three axes vote, so a small hole in a generated surface flips at most one of them.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+
+from renderers.cameras import Cameras, orbit_cameras
+from renderers.mesh import face_normals, interpolate, rasterize_mesh, sample_texture, shade_lambert
+
+from .world.render import AMBIENT, LIGHT_DIR
+from .world.shapes import COLORS, COMPOSITES, DETAIL, ColoredMesh, parse_prompt, scene_for_prompt
+
+
+@dataclass
+class EvalConfig:
+    iou_resolution: int = 64  # voxels per side of the occupancy grid over [-bound, bound]^3
+    bound: float = 1.0  # world objects fit inside the unit sphere
+    image_size: int = 64  # the classifier's input size
+    supersample: int = 2  # render at image_size * supersample, then average down (anti-aliasing)
+    elevation: float = 15.0  # the ring of judged views
+    azimuths: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
+    overhead_elevation: float = 65.0  # named "overhead" (> 60); higher, a house shows only its dark roof
+    radius: float = 2.9  # the middle of the training cameras' 2.6..3.2
+    fov_y: float = 45.0  # the middle of 40..50
+    back_azimuths: tuple[float, ...] = (135.0, 180.0, 225.0)  # views that must not show the front
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+def _parity_along(tri: np.ndarray, axis: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """Inside (parity of surface crossings) of every voxel centre of a ``shape`` box, for rays along ``axis``.
+
+    ``tri`` (F, 3, 3) is in grid-index units: voxel centre (i, j, k) sits at coordinates (i, j, k). Rays pass
+    through the centres, shifted by a tiny irrational offset so that none runs exactly through a shared edge
+    or vertex (which would count one crossing twice). Returns a bool array of ``shape``, in x, y, z order."""
+    u, v = [a for a in range(3) if a != axis]
+    nu, nv, nw = shape[u], shape[v], shape[axis]
+    ju, jv = 1e-4 * np.sqrt(2.0), 1e-4 * np.sqrt(3.0)
+    pu, pv, pw = tri[..., u] - ju, tri[..., v] - jv, tri[..., axis]  # rays now at integer (i, j)
+    area = (pu[:, 1] - pu[:, 0]) * (pv[:, 2] - pv[:, 0]) - (pv[:, 1] - pv[:, 0]) * (pu[:, 2] - pu[:, 0])
+    keep = np.abs(area) > 1e-12  # faces seen edge-on are never crossed
+    pu, pv, pw, area = pu[keep], pv[keep], pw[keep], area[keep]
+    i0 = np.clip(np.ceil(pu.min(1)), 0, nu).astype(np.int64)
+    i1 = np.clip(np.floor(pu.max(1)), -1, nu - 1).astype(np.int64)
+    j0 = np.clip(np.ceil(pv.min(1)), 0, nv).astype(np.int64)
+    j1 = np.clip(np.floor(pv.max(1)), -1, nv - 1).astype(np.int64)
+    ni, nj = np.maximum(i1 - i0 + 1, 0), np.maximum(j1 - j0 + 1, 0)
+    count = ni * nj
+    hist = np.zeros(nu * nv * (nw + 1), np.int64)
+    face = np.repeat(np.arange(len(count)), count)
+    if len(face):
+        offs = np.arange(len(face)) - np.repeat(np.cumsum(count) - count, count)
+        i = i0[face] + offs % ni[face]
+        j = j0[face] + offs // ni[face]
+        a_u, a_v, a_w = pu[face], pv[face], pw[face]
+
+        def edge(p, q):  # twice the signed area of (vertex p, vertex q, ray point)
+            return (a_u[:, q] - a_u[:, p]) * (j - a_v[:, p]) - (a_v[:, q] - a_v[:, p]) * (i - a_u[:, p])
+
+        l0, l1, l2 = edge(1, 2), edge(2, 0), edge(0, 1)
+        s = np.sign(area[face])
+        inside = (l0 * s >= 0) & (l1 * s >= 0) & (l2 * s >= 0)
+        w = (l0 * a_w[:, 0] + l1 * a_w[:, 1] + l2 * a_w[:, 2]) / area[face]
+        # A crossing at depth w lies before every voxel centre k >= ceil(w).
+        k = np.clip(np.ceil(w[inside]), 0, nw).astype(np.int64)
+        np.add.at(hist, (i[inside] * nv + j[inside]) * (nw + 1) + k, 1)
+    inside_uvw = (np.cumsum(hist.reshape(nu, nv, nw + 1), axis=-1)[..., :nw] % 2).astype(bool)
+    order = np.empty(3, np.int64)
+    order[[u, v, axis]] = [0, 1, 2]
+    return inside_uvw.transpose(order)
+
+
+def occupancy_grid(mesh: trimesh.Trimesh, resolution: int = 64, bound: float = 1.0) -> np.ndarray:
+    """(R, R, R) bool occupancy of voxel centres ``-bound + (k + 0.5) * 2 bound / R``, indexed [x, y, z].
+
+    Vertices are welded by position first (an exported mesh splits them along UV seams) and repeated faces
+    dropped (a face counted twice cancels its crossing); then each connected component is filled on its
+    own, within its bounding box, and the results are OR-ed: the union of closed parts."""
+    if resolution < 2 or bound <= 0:
+        raise ValueError(f"need resolution >= 2 and bound > 0; got {resolution}, {bound}")
+    occ = np.zeros((resolution,) * 3, bool)
+    if mesh is None or len(mesh.faces) == 0:
+        return occ
+    welded = trimesh.Trimesh(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64), process=True)
+    _, first = np.unique(np.sort(welded.faces, axis=1), axis=0, return_index=True)
+    welded.update_faces(np.sort(first))
+    step = 2 * bound / resolution
+    for part in welded.split(only_watertight=False):
+        if len(part.faces) < 4:  # fewer than four triangles enclose nothing
+            continue
+        tri = (np.asarray(part.triangles, np.float64) + bound) / step - 0.5  # grid-index units
+        lo = np.clip(np.floor(tri.min((0, 1))), 0, resolution - 1).astype(int)
+        hi = np.clip(np.ceil(tri.max((0, 1))), 0, resolution - 1).astype(int)
+        if (tri.max((0, 1)) < 0).any() or (tri.min((0, 1)) > resolution - 1).any():
+            continue  # entirely outside the grid
+        box = tuple(int(x) for x in hi - lo + 1)
+        votes = sum(_parity_along(tri - lo, axis, box).astype(np.int8) for axis in range(3))
+        occ[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] |= votes >= 2
+    return occ
+
+
+def volumetric_iou(mesh_a: trimesh.Trimesh, mesh_b: trimesh.Trimesh, resolution: int = 64, bound: float = 1.0) -> float:
+    """Intersection over union of the two meshes' insides on one voxel grid (0 when both are empty)."""
+    a = occupancy_grid(mesh_a, resolution, bound)
+    b = occupancy_grid(mesh_b, resolution, bound)
+    union = int((a | b).sum())
+    return float((a & b).sum() / union) if union else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- renders
+
+
+@dataclass
+class Surface:
+    """What the renderer needs of a coloured mesh: geometry and either vertex colours or uv + texture."""
+
+    vertices: torch.Tensor  # (V, 3) float32
+    faces: torch.Tensor  # (F, 3) long
+    vertex_colors: torch.Tensor | None = None  # (V, 3)
+    uv: torch.Tensor | None = None  # (V, 2), OBJ convention (v up), as trimesh loads glTF
+    texture: torch.Tensor | None = None  # (H, W, 3), row 0 at the top
+
+
+def surface_from_colored(mesh: ColoredMesh) -> Surface:
+    v, f, c = mesh.flat()
+    return Surface(torch.from_numpy(v), torch.from_numpy(f).long(), vertex_colors=torch.from_numpy(c))
+
+
+def _material_texture(material) -> tuple[np.ndarray | None, np.ndarray]:
+    """(texture image (H, W, 3) in [0, 1] or None, colour factor (3,)) of a trimesh material. glTF
+    multiplies the texture by ``baseColorFactor``; without a texture the material's main colour is it."""
+    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+    factor = getattr(material, "baseColorFactor", None)
+    if factor is None and image is None:
+        factor = getattr(material, "main_color", None)
+    if factor is None:
+        factor = np.ones(3)
+    factor = np.asarray(factor)
+    factor = factor[:3] / 255.0 if factor.dtype == np.uint8 else factor[:3].astype(np.float64)
+    tex = None if image is None else np.asarray(image.convert("RGB"), np.float32) / 255.0
+    return tex, factor
+
+
+def surface_from_trimesh(mesh: trimesh.Trimesh) -> Surface:
+    """A renderable surface from a loaded mesh: glTF texture (x base colour factor), vertex or face colours."""
+    v = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
+    f = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
+    vis = mesh.visual
+    if isinstance(vis, trimesh.visual.texture.TextureVisuals):
+        tex, factor = _material_texture(vis.material)
+        if tex is not None and vis.uv is not None and len(vis.uv) == len(v):
+            tex = torch.from_numpy(tex * factor.astype(np.float32))
+            return Surface(v, f, uv=torch.as_tensor(np.asarray(vis.uv), dtype=torch.float32), texture=tex)
+        return Surface(v, f, vertex_colors=torch.tensor(factor, dtype=torch.float32).expand(len(v), 3).contiguous())
+    if isinstance(vis, trimesh.visual.color.ColorVisuals) and vis.kind == "face":
+        fc = torch.as_tensor(np.asarray(vis.face_colors)[:, :3] / 255.0, dtype=torch.float32)
+        return Surface(v[f].reshape(-1, 3), torch.arange(3 * len(f)).reshape(-1, 3), vertex_colors=fc.repeat_interleave(3, 0))
+    if isinstance(vis, trimesh.visual.color.ColorVisuals) and vis.kind == "vertex":
+        return Surface(v, f, vertex_colors=torch.as_tensor(np.asarray(vis.vertex_colors)[:, :3] / 255.0, dtype=torch.float32))
+    raise ValueError("the mesh carries no colour (no texture, vertex or face colours); export it with its texture")
+
+
+def judge_cameras(cfg: EvalConfig, size: int | None = None) -> Cameras:
+    """The judged views: a ring at ``cfg.elevation`` over ``cfg.azimuths``, then one overhead view."""
+    size = size or cfg.image_size
+    el = [cfg.elevation] * len(cfg.azimuths) + [cfg.overhead_elevation]
+    az = list(cfg.azimuths) + [0.0]
+    return orbit_cameras(torch.tensor(el), torch.tensor(az), cfg.radius, cfg.fov_y, size, size)
+
+
+def render_views(surface: Surface, cameras: Cameras, supersample: int = 1) -> dict[str, torch.Tensor]:
+    """Flat-shaded renders in the world's lighting, as the classifier's training images were made.
+
+    Returns ``shaded`` (B, H, W, 3) on white, ``albedo`` (B, H, W, 3) premultiplied by coverage (unlit
+    colour, for colour comparisons) and ``alpha`` (B, H, W, 1). With ``supersample`` s > 1 the cameras
+    are rendered s times larger and averaged down, which also smooths the facets of marching-cubes meshes."""
+    s = int(supersample)
+    cams = cameras.resized(cameras.width * s, cameras.height * s) if s > 1 else cameras
+    raster = rasterize_mesh(surface.vertices, surface.faces, cams, backend="torch")
+    if surface.texture is not None:
+        albedo = sample_texture(surface.texture, interpolate(surface.uv, surface.faces, raster))
+    else:
+        albedo = interpolate(surface.vertex_colors, surface.faces, raster)
+    normals = face_normals(surface.vertices, surface.faces)[raster.face_id.clamp_min(0)]
+    alpha = raster.mask[..., None].float()
+    albedo = albedo.clamp(0, 1) * alpha
+    lit = shade_lambert(albedo, normals, LIGHT_DIR, AMBIENT) * alpha
+    out = {"albedo": albedo, "lit": lit, "alpha": alpha}
+    if s > 1:
+        out = {k: F.avg_pool2d(x.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1) for k, x in out.items()}
+    return {"shaded": out["lit"] + (1 - out["alpha"]), "albedo": out["albedo"], "alpha": out["alpha"]}
+
+
+# ---------------------------------------------------------------------------------------------- colour
+
+
+def colour_error(gen: dict[str, torch.Tensor], gt: dict[str, torch.Tensor]) -> dict:
+    """Colour agreement of two sets of renders from the same cameras (outputs of :func:`render_views`).
+
+    ``color_distance``: RGB distance of the mean foreground albedo over all views (0 to sqrt 3).
+    ``color_pixel_error``: mean RGB distance per pixel where both cover (None where they never overlap).
+    ``palette_color``: the world colour most foreground pixels of ``gen`` are nearest to (pixels nearest
+    the dark detail colour do not vote), a judge that needs no classifier."""
+    def mean_colour(r):
+        cover = r["alpha"].sum()
+        return (r["albedo"].sum((0, 1, 2)) / cover) if cover > 0 else None
+
+    mg, mt = mean_colour(gen), mean_colour(gt)
+    out = {"color_distance": None if mg is None or mt is None else float((mg - mt).norm()),
+           "mean_albedo": None if mg is None else [round(float(x), 4) for x in mg]}
+    both = (gen["alpha"][..., 0] > 0.99) & (gt["alpha"][..., 0] > 0.99)
+    if both.any():
+        d = (gen["albedo"] / gen["alpha"].clamp_min(1e-6) - gt["albedo"] / gt["alpha"].clamp_min(1e-6)).norm(dim=-1)
+        out["color_pixel_error"] = float(d[both].mean())
+    else:
+        out["color_pixel_error"] = None
+    fg = gen["alpha"][..., 0] > 0.99
+    out["palette_color"] = None
+    if fg.any():
+        pix = (gen["albedo"] / gen["alpha"].clamp_min(1e-6))[fg]
+        palette = torch.tensor(list(COLORS.values()) + [DETAIL], dtype=pix.dtype)
+        nearest = torch.cdist(pix, palette).argmin(-1)
+        votes = torch.bincount(nearest, minlength=len(palette))[: len(COLORS)]
+        if votes.sum() > 0:
+            out["palette_color"] = list(COLORS)[int(votes.argmax())]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- judge
+
+
+@functools.lru_cache(maxsize=1)
+def _load_default_classifier():
+    from .world.classifier import load_classifier
+
+    return load_classifier()
+
+
+def default_classifier():
+    """The shipped world classifier, or None while assets/world_classifier does not exist."""
+    try:
+        return _load_default_classifier()
+    except FileNotFoundError:
+        return None
+
+
+def judge(classifier, shaded: torch.Tensor, cfg: EvalConfig, color: str, shape: str) -> dict:
+    """Classifier verdicts on the judged views (``shaded`` from :func:`judge_cameras` order).
+
+    ``janus`` (front-distinct shapes only; None otherwise): some back-half view is judged "front"."""
+    from .world.classifier import VIEWS, predict
+
+    pred = predict(classifier, shaded.clamp(0, 1))
+    el = [cfg.elevation] * len(cfg.azimuths) + [cfg.overhead_elevation]
+    az = list(cfg.azimuths) + [0.0]
+    front = VIEWS.index("front")
+    views = [{"elevation": e, "azimuth": a, "color": c, "shape": s, "view": v, "p_front": round(float(p[front]), 4)}
+             for e, a, c, s, v, p in zip(el, az, pred.color, pred.shape, pred.view, pred.probs["view"])]
+    out = {
+        "color_accuracy": float(np.mean([c == color for c in pred.color])),
+        "shape_accuracy": float(np.mean([s == shape for s in pred.shape])),
+        "front_distinct": shape in COMPOSITES,
+        "janus": None,
+        "views": views,
+    }
+    if shape in COMPOSITES:
+        back = [v for v in views if v["elevation"] == cfg.elevation and any(abs((v["azimuth"] - b + 180) % 360 - 180) < 1e-6 for b in cfg.back_azimuths)]
+        out["janus"] = any(v["view"] == "front" for v in back)
+        out["janus_views"] = [v["azimuth"] for v in back if v["view"] == "front"]
+        out["front_seen"] = any(v["view"] == "front" for v in views if v["elevation"] == cfg.elevation and v["azimuth"] % 360 == 0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+
+def _as_trimesh(mesh) -> trimesh.Trimesh:
+    if isinstance(mesh, trimesh.Trimesh):
+        return mesh
+    if isinstance(mesh, trimesh.Scene):
+        geoms = list(mesh.dump())
+        if len(geoms) == 1:
+            return geoms[0]
+        raise ValueError(f"the scene holds {len(geoms)} meshes; evaluate one mesh (dream3d exports one)")
+    raise TypeError(f"expected a trimesh.Trimesh, got {type(mesh).__name__}")
+
+
+def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None = None) -> dict:
+    """Every measure for one generated mesh (world frame, +Y up, front +Z) of a world prompt.
+
+    ``classifier``: a WorldClassifier, "auto" (the shipped one if present) or None (skip its measures, which
+    are then None)."""
+    cfg = cfg or EvalConfig()
+    t0 = time.time()
+    color, shape, _ = parse_prompt(prompt)
+    mesh = _as_trimesh(mesh)
+    gt = scene_for_prompt(prompt)
+    out = {"prompt": prompt, "color": color, "shape": shape, "vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
+           "iou": volumetric_iou(mesh, gt.to_trimesh(), cfg.iou_resolution, cfg.bound)}
+    cams = judge_cameras(cfg)
+    gt_views = render_views(surface_from_colored(gt), cams, cfg.supersample)
+    if len(mesh.faces):
+        gen_views = render_views(surface_from_trimesh(mesh), cams, cfg.supersample)
+    else:
+        gen_views = {k: torch.zeros_like(v) for k, v in gt_views.items()}
+        gen_views["shaded"] = torch.ones_like(gt_views["shaded"])
+    out.update(colour_error(gen_views, gt_views))
+    out["palette_color_correct"] = out["palette_color"] == color
+    if classifier == "auto":
+        classifier = default_classifier()
+    out["classifier"] = classifier is not None
+    if classifier is not None:
+        out.update(judge(classifier, gen_views["shaded"], cfg, color, shape))
+    else:
+        out.update({"color_accuracy": None, "shape_accuracy": None, "front_distinct": shape in COMPOSITES, "janus": None, "views": None})
+    out["eval_seconds"] = round(time.time() - t0, 2)
+    return out
+
+
+def load_mesh(path: str) -> trimesh.Trimesh:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no mesh at {path}; a finished run folder holds mesh.glb (was output.mesh off?)")
+    return _as_trimesh(trimesh.load(path, force="mesh"))
+
+
+def run_prompt(run_dir: str) -> str:
+    """The prompt a run was made from, read from its config.yaml."""
+    import yaml
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no config.yaml in {run_dir}: is it a dream3d run folder?")
+    with open(path) as fh:
+        prompt = (yaml.safe_load(fh) or {}).get("prompt", "")
+    if not prompt:
+        raise ValueError(f"{path} has no prompt: only text-to-3D runs of world prompts can be evaluated")
+    return prompt
+
+
+def evaluate_run(run_dir: str, classifier="auto", cfg: EvalConfig | None = None) -> dict:
+    """:func:`evaluate_mesh` on a run folder's mesh.glb and config.yaml prompt, plus the run's own timing
+    from metrics.json (``run``: total seconds, steps, steps per second) when it is there."""
+    out = evaluate_mesh(load_mesh(os.path.join(run_dir, "mesh.glb")), run_prompt(run_dir), classifier, cfg)
+    out["run_dir"] = run_dir
+    mpath = os.path.join(run_dir, "metrics.json")
+    if os.path.exists(mpath):
+        with open(mpath) as fh:
+            m = json.load(fh)
+        train = m.get("train", {})
+        out["run"] = {"total_seconds": m.get("total_seconds"), "train_seconds": train.get("train_seconds"),
+                      "steps": train.get("steps"), "steps_per_second": train.get("steps_per_second")}
+    return out
+
+
+def summarize(results: list[dict]) -> dict:
+    """Means over objects; the Janus rate is over front-distinct objects judged by the classifier."""
+    def mean(key, rows=results):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    judged = [r for r in results if r.get("front_distinct") and r.get("janus") is not None]
+    runs = [r.get("run") or {} for r in results]
+    secs = [x["total_seconds"] for x in runs if x.get("total_seconds") is not None]
+    sps = [x["steps_per_second"] for x in runs if x.get("steps_per_second") is not None]
+    return {
+        "objects": len(results),
+        "iou": mean("iou"),
+        "color_accuracy": mean("color_accuracy"),
+        "shape_accuracy": mean("shape_accuracy"),
+        "palette_color_accuracy": mean("palette_color_correct"),
+        "color_distance": mean("color_distance"),
+        "janus_rate": float(np.mean([r["janus"] for r in judged])) if judged else None,
+        "janus_objects": len(judged),
+        "seconds": float(np.mean(secs)) if secs else None,
+        "steps_per_second": float(np.mean(sps)) if sps else None,
+    }
