@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -395,3 +396,19 @@ def test_stage_runs_on_cuda_tensors():
     assert iou_with_box(cpu) >= 0.8
     err = face_colour_errors(cpu)
     assert float(err.mean()) < 0.03
+
+
+def test_hollow_shell_extracts_as_a_solid():
+    """SDS Gaussians sit on the surface only; the mesh must not keep the inner wall of the shell."""
+    from dream3d.mesh.extract import ExtractConfig, extract_mesh
+
+    grid = make_grid(1.0, 64)
+    r = grid.points().norm(dim=-1)
+    shell = torch.exp(-(((r - 0.6) / 0.05) ** 2))  # density only near radius 0.6
+    v, f, _ = extract_mesh(shell, grid, ExtractConfig(threshold=0.5, smooth_iterations=0, target_faces=0))
+    m = trimesh.Trimesh(v.numpy(), f.numpy())
+    assert len(m.split(only_watertight=False)) == 1, "one closed surface, no inner wall"
+    outer = 0.6 + 0.05 * math.sqrt(math.log(2))
+    assert abs(m.volume - 4 / 3 * math.pi * outer**3) / (4 / 3 * math.pi * outer**3) < 0.05
+    v2, f2, _ = extract_mesh(shell, grid, ExtractConfig(threshold=0.5, smooth_iterations=0, target_faces=0, fill_cavities=False))
+    assert len(trimesh.Trimesh(v2.numpy(), f2.numpy()).split(only_watertight=False)) == 2

@@ -35,6 +35,7 @@ class ExtractConfig:
     smooth_lambda: float = 0.5
     smooth_mu: float = -0.53
     target_faces: int = 20000  # decimate above this face count (0: never)
+    fill_cavities: bool = True  # treat empty pockets enclosed by the surface as inside (see fill_cavities)
 
 
 def choose_threshold(field: Tensor, cfg: ExtractConfig) -> float:
@@ -194,6 +195,19 @@ def clean_mesh(v: np.ndarray, f: np.ndarray, cfg: ExtractConfig, spacing: float)
     return v, f
 
 
+def fill_cavities(field: Tensor, level: float) -> Tensor:
+    """Raise empty pockets that the surface encloses above ``level``.
+
+    Score distillation only sees the outside, so SDS-trained Gaussians gather on the visible surface and
+    leave the inside empty: marching cubes then returns an inner wall as well, and the mesh is a hollow
+    shell (twice the faces, and no volume). Filling the enclosed pockets keeps the outer surface only."""
+    from scipy.ndimage import binary_fill_holes
+
+    occupied = (field > level).cpu().numpy()
+    cavity = torch.from_numpy(binary_fill_holes(occupied) & ~occupied).to(field.device)
+    return torch.where(cavity, torch.full_like(field, 2.0 * level if level > 0 else 1.0), field)
+
+
 def extract_mesh(field: Tensor, grid: Grid, cfg: ExtractConfig | None = None) -> tuple[Tensor, Tensor, float]:
     """Density grid to a cleaned mesh: vertices (V, 3) float32, faces (F, 3) int64 (CPU tensors) and the
     threshold used. Raises ValueError when the field is empty or full at that threshold."""
@@ -201,6 +215,8 @@ def extract_mesh(field: Tensor, grid: Grid, cfg: ExtractConfig | None = None) ->
     if field.shape != (grid.resolution,) * 3:
         raise ValueError(f"field has shape {tuple(field.shape)} but the grid is {grid.resolution}^3")
     level = choose_threshold(field, cfg)
+    if cfg.fill_cavities:
+        field = fill_cavities(field, level)
     v, f = marching_cubes(field, grid, level)
     v, f = clean_mesh(v, f, cfg, float(grid.spacing.min()))
     if len(f) == 0:
