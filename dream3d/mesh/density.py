@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from renderers.gaussians import quat_to_rotmat
+
 
 @dataclass
 class Grid:
@@ -56,19 +58,6 @@ def make_grid(bound: float | Sequence | Tensor, resolution: int) -> Grid:
     if not bool((hi > lo).all()):
         raise ValueError(f"the box is empty: min {lo.tolist()} is not below max {hi.tolist()} on every axis")
     return Grid(lo, hi, int(resolution))
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """(N, 4) wxyz quaternions (normalised here) to (N, 3, 3) rotation matrices."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        -1,
-    ).reshape(-1, 3, 3)
 
 
 def gaussian_precisions(quats: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
