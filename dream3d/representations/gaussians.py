@@ -328,9 +328,9 @@ class GaussianModel(nn.Module):
         c = self.cfg
         grads = self.mean_grads()
         hot = grads >= c.densify_grad_threshold
-        if c.max_gaussians is not None and len(self) >= c.max_gaussians:
-            hot = torch.zeros_like(hot)
         big = self.get_scales().amax(-1) > c.split_size
+        if c.max_gaussians is not None:
+            hot = _within_budget(hot, big, grads, c.max_gaussians - len(self), c.split_count - 1)
         n_clone = self.clone(hot & ~big, optimizer)
         pad = torch.zeros(n_clone, dtype=torch.bool, device=hot.device)  # clones are not split again
         n_split = self.split(torch.cat([hot & big, pad]), optimizer, generator)
@@ -514,3 +514,16 @@ def _read_ply(path) -> tuple[list[str], int, np.ndarray]:
     if len(raw) != n * len(names) * 4:
         raise ValueError(f"{path}: file is truncated ({len(raw)} of {n * len(names) * 4} data bytes)")
     return names, n, np.frombuffer(raw, dtype="<f4").reshape(n, len(names))
+
+
+def _within_budget(hot: Tensor, big: Tensor, grads: Tensor, budget: int, split_extra: int) -> Tensor:
+    """The subset of ``hot`` with the largest gradients whose densification adds at most ``budget`` Gaussians
+    (a clone adds one, a split ``split_extra``), so ``max_gaussians`` is a cap rather than a starting line."""
+    if budget <= 0:
+        return torch.zeros_like(hot)
+    cost = torch.where(big, split_extra, 1)
+    order = torch.argsort(torch.where(hot, grads, torch.full_like(grads, -1.0)), descending=True)
+    fits = (torch.cumsum(cost[order] * hot[order], 0) <= budget) & hot[order]
+    out = torch.zeros_like(hot)
+    out[order[fits]] = True
+    return out
