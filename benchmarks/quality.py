@@ -1,10 +1,11 @@
 """Text-to-3D quality per preset, judged against the shape world's ground truth.
 
-    python benchmarks/quality.py                                   # dreamgaussian, 10 prompts, runs/quality
+    python benchmarks/quality.py                                   # dreamgaussian, 14 prompts, runs/quality
     python benchmarks/quality.py --presets dreamgaussian,dreamfusion,gaussian-vsd --steps 200
     python benchmarks/quality.py --limit 2 --out /tmp/q guidance.prior.model=/tmp/pa/prior train.steps=3 ...
 
-The prompt set names every shape once with the colours cycling, so every colour appears. Each (preset,
+The prompt set names every shape once with the colours cycling, so every colour appears, then every
+front-distinct shape (house, mug, chair, snowman) again in another colour. Each (preset,
 prompt) is generated with ``dream3d generate`` in a subprocess into OUT/PRESET/PROMPT; a folder whose
 metrics.json exists is finished and is not generated again (an interrupted one is resumed), so the command
 can be re-run until the table is complete. Every run is then evaluated (dream3d.evaluate): volumetric IoU,
@@ -27,18 +28,27 @@ from dream3d.config import load_run_config
 from dream3d.configtools import ConfigError
 import trimesh
 
-from dream3d.evaluate import EvalConfig, default_classifier, evaluate_mesh, evaluate_run, summarize
-from dream3d.io import atomic_write_text
-from dream3d.world.shapes import COLORS, SHAPES, parse_prompt
+from dream3d.evaluate import (EvalConfig, default_classifier, evaluate_mesh, evaluate_run, load_mesh, render_views, summarize,
+                              surface_from_colored, surface_from_trimesh)
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from dream3d.io import atomic_write_bytes, atomic_write_text
+from renderers.cameras import orbit_cameras
+from dream3d.world.shapes import COLORS, COMPOSITES, SHAPES, parse_prompt, scene_for_prompt
 
 
 BASELINE = "baseline: grey ball"
 
 
 def default_prompts() -> list[str]:
-    """Every shape once; colours cycle so all six appear."""
+    """Every shape once, colours cycling so all six appear; then every front-distinct shape again in the next
+    colours, so the Janus rate is over 8 objects rather than 4."""
     colours = list(COLORS)
-    return [f"a {colours[i % len(colours)]} {shape}" for i, shape in enumerate(SHAPES)]
+    once = [f"a {colours[i % len(colours)]} {shape}" for i, shape in enumerate(SHAPES)]
+    again = [f"a {colours[(len(SHAPES) + i) % len(colours)]} {shape}" for i, shape in enumerate(COMPOSITES)]
+    return once + again
 
 
 def slug(prompt: str) -> str:
@@ -70,12 +80,12 @@ def fmt(x, spec=".3f") -> str:
 
 
 def summary_table(summaries: dict[str, dict]) -> str:
-    head = "| preset | objects | IoU | colour acc | shape acc | Janus rate | palette colour acc | colour dist | s / object | steps/s |"
+    head = "| preset | objects | IoU | colour acc | shape acc | Janus rate | Janus (classifier) | palette colour acc | colour dist | s / object | steps/s |"
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for preset, s in summaries.items():
         janus = "n/a" if s["janus_rate"] is None else f"{s['janus_rate']:.2f} ({s['janus_objects']})"
         rows.append(f"| {preset} | {s['objects']} | {fmt(s['iou'])} | {fmt(s['color_accuracy'], '.2f')} | {fmt(s['shape_accuracy'], '.2f')} | "
-                    f"{janus} | {fmt(s['palette_color_accuracy'], '.2f')} | {fmt(s['color_distance'])} | {fmt(s['seconds'], '.0f')} | "
+                    f"{janus} | {fmt(s.get('janus_rate_classifier'), '.2f')} | {fmt(s['palette_color_accuracy'], '.2f')} | {fmt(s['color_distance'])} | {fmt(s['seconds'], '.0f')} | "
                     f"{fmt(s['steps_per_second'], '.2f')} |")
     return "\n".join(rows)
 
@@ -88,6 +98,26 @@ def object_table(preset: str, results: list[dict]) -> str:
         rows.append(f"| {r['prompt']} | {fmt(r['iou'])} | {fmt(r['color_accuracy'], '.2f')} | {fmt(r['shape_accuracy'], '.2f')} | "
                     f"{r['palette_color'] or 'n/a'} | {janus} | {fmt(r['color_distance'])} | {steps if steps is not None else 'n/a'} | {fmt(secs, '.0f')} |")
     return "\n".join(rows)
+
+
+def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.ndarray:
+    """One row per object: ground truth front | generated front | ground truth back | generated back
+    (lit like the world, on white), then the label."""
+    from PIL import Image, ImageDraw
+
+    cams = orbit_cameras(torch.tensor([cfg.elevation] * 2), torch.tensor([0.0, 180.0]), cfg.radius, cfg.fov_y, size, size)
+    rows = []
+    for r in results:
+        gt = render_views(surface_from_colored(scene_for_prompt(r["prompt"])), cams, 2)["shaded"]
+        gen = render_views(surface_from_trimesh(load_mesh(os.path.join(r["run_dir"], "mesh.glb"))), cams, 2)["shaded"]
+        tiles = [gt[0], gen[0], gt[1], gen[1]]
+        label = Image.new("RGB", (190, size), "white")
+        janus = "-" if r.get("janus") is None else ("yes" if r["janus"] else "no")
+        ImageDraw.Draw(label).multiline_text((6, 6), f"{r['prompt']}\nIoU {r['iou']:.2f}\ncolour {r['palette_color']}\nJanus {janus}", fill="black")
+        rows.append(np.concatenate([(t.clamp(0, 1).numpy() * 255).astype(np.uint8) for t in tiles] + [np.asarray(label)], 1))
+    head = Image.new("RGB", (rows[0].shape[1], 18), "white")
+    ImageDraw.Draw(head).text((6, 3), "truth front | generated front | truth back | generated back", fill="black")
+    return np.concatenate([np.asarray(head)] + rows, 0)
 
 
 def main(argv=None) -> dict:
@@ -167,11 +197,19 @@ def main(argv=None) -> dict:
           f"Prompts: {', '.join(prompts)}. Overrides of this invocation: {' '.join(overrides) or 'none'} (runs finished "
           "earlier keep the settings in their own config.yaml; the steps column is what each run trained).",
           "IoU: volumetric, 64^3 over [-1, 1]^3. Colour / shape accuracy: the world classifier over 8 azimuths at 15 deg and "
-          "one overhead view. Janus rate: front-distinct objects with a back-half view judged 'front' (count in brackets). "
+          "one overhead view. Janus rate: front-distinct objects whose renders are closer to the ground truth's two-faced twin "
+          "than to the ground truth where the two differ (count in brackets; dream3d.evaluate.janus_check); beside it the "
+          "classifier's verdict (a back-half view judged 'front'), which misses a snowman's second face. "
           "Palette colour: the world colour most of the surface is nearest to. Colour dist: RGB distance of the mean albedo "
           "to the ground truth's. s / object and steps/s from each run's metrics.json.", "", table, ""]
     for preset in report["results"]:
         md += [object_table(preset, [r for r in report["results"][preset] if "error" not in r]), ""]
+    for preset in presets:
+        done = [r for r in report["results"][preset] if "error" not in r]
+        if done:
+            path = os.path.join(args.out, f"{preset}_sheet.png")
+            atomic_write_bytes(path, iio.imwrite("<bytes>", contact_sheet(done, cfg), extension=".png"))
+            md += [f"![{preset}]({preset}_sheet.png)", ""]
     atomic_write_text(os.path.join(args.out, "quality.md"), "\n".join(md))
     print(f"wrote {os.path.join(args.out, 'quality.json')} and {os.path.join(args.out, 'quality.md')}", file=sys.stderr)
     return report

@@ -48,6 +48,18 @@ def _ablate(args) -> None:
         raise UserError(str(e)) from None
 
 
+def _mesh(args) -> None:
+    from .pipeline import RunError, remesh
+
+    bad = [w for w in args.overrides if not _OVERRIDE.match(w)]
+    if bad:
+        raise UserError(f"overrides must look like key=value; got {' '.join(bad)}")
+    try:
+        remesh(args.run, args.overrides, log=lambda m: print(m, file=sys.stderr))
+    except RunError as e:
+        raise UserError(str(e)) from None
+
+
 def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "generate", help="text (or image) to a textured 3D mesh",
@@ -73,6 +85,18 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--stop-after", type=int, help="stop after this many steps, leaving a checkpoint for --resume")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     g.set_defaults(func=_generate)
+
+    m = sub.add_parser(
+        "mesh", help="extract the mesh of a finished run again with other mesh settings, without training",
+        description="Re-runs the mesh stage (density grid, marching cubes, UV, colours, optional refinement) and the export "
+                    "on a finished run folder's checkpoint, with mesh.* / output.* overrides. Updates mesh.glb, mesh.obj, "
+                    "turntable.mp4, config.yaml and the mesh entry of metrics.json.",
+        epilog="example:\n  dream3d mesh out/red_cube mesh.resolution=256 mesh.texture.texture_size=1024",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("run", help="a finished run folder (written by dream3d generate)")
+    m.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="mesh.* or output.* settings, e.g. mesh.resolution=256")
+    m.set_defaults(func=_mesh)
 
     a = sub.add_parser(
         "ablate", help="run a grid of configs x prompts x seeds; write a table and a contact sheet",

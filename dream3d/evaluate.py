@@ -6,10 +6,12 @@ Three questions, each answered from the exported mesh (``mesh.glb``, +Y up, fron
 - **Colour**: the mean albedo of the object against the ground truth's from the same cameras, and which of
   the world's colours most of its surface is closest to.
 - **The judge's view**: the world classifier (trained on world renders only) names colour, shape and view of
-  renders from every side, lit as the prior's training images were. For front-distinct objects, a back-half
-  view judged "front" is a second face: the Janus problem. The judge learned the world's fixed light as well
-  as the features: it sees a second door on a house, but reads a snowman's view from its shading alone, so
-  a two-faced snowman passes (tests/test_evaluate.py records both).
+  renders from every side, lit as the prior's training images were.
+- **Janus**: for front-distinct objects, is the front feature there once or twice? The generated renders are
+  compared with the ground truth and with its two-faced twin where those two differ (:func:`janus_check`).
+  The classifier's own answer (a back-half view judged "front") is kept beside it, but its view head learned
+  the world's fixed light as well as the features: it sees a second door on a house, yet reads a snowman's
+  view from its shading alone, so a two-faced snowman passes it (tests/test_evaluate.py records both).
 
 Occupancy needs no spatial index (trimesh's ``contains`` wants rtree or embree): rays along each grid axis
 are cast through the voxel centres and the crossings counted (parity), per connected component, because
@@ -47,7 +49,8 @@ class EvalConfig:
     overhead_elevation: float = 65.0  # named "overhead" (> 60); higher, a house shows only its dark roof
     radius: float = 2.9  # the middle of the training cameras' 2.6..3.2
     fov_y: float = 45.0  # the middle of 40..50
-    back_azimuths: tuple[float, ...] = (135.0, 180.0, 225.0)  # views that must not show the front
+    back_azimuths: tuple[float, ...] = (135.0, 180.0, 225.0)  # views the classifier must not judge "front"
+    janus_image_size: int = 128  # the front features are small: a snowman's eyes are ~1 px at 64
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -273,7 +276,7 @@ def default_classifier():
 def judge(classifier, shaded: torch.Tensor, cfg: EvalConfig, color: str, shape: str) -> dict:
     """Classifier verdicts on the judged views (``shaded`` from :func:`judge_cameras` order).
 
-    ``janus`` (front-distinct shapes only; None otherwise): some back-half view is judged "front"."""
+    ``janus_classifier`` (front-distinct shapes only; None otherwise): some back-half view is judged "front"."""
     from .world.classifier import VIEWS, predict
 
     pred = predict(classifier, shaded.clamp(0, 1))
@@ -286,15 +289,64 @@ def judge(classifier, shaded: torch.Tensor, cfg: EvalConfig, color: str, shape: 
         "color_accuracy": float(np.mean([c == color for c in pred.color])),
         "shape_accuracy": float(np.mean([s == shape for s in pred.shape])),
         "front_distinct": shape in COMPOSITES,
-        "janus": None,
+        "janus_classifier": None,
         "views": views,
     }
     if shape in COMPOSITES:
         back = [v for v in views if v["elevation"] == cfg.elevation and any(abs((v["azimuth"] - b + 180) % 360 - 180) < 1e-6 for b in cfg.back_azimuths)]
-        out["janus"] = any(v["view"] == "front" for v in back)
-        out["janus_views"] = [v["azimuth"] for v in back if v["view"] == "front"]
+        out["janus_classifier"] = any(v["view"] == "front" for v in back)
+        out["janus_classifier_views"] = [v["azimuth"] for v in back if v["view"] == "front"]
         out["front_seen"] = any(v["view"] == "front" for v in views if v["elevation"] == cfg.elevation and v["azimuth"] % 360 == 0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- Janus
+
+
+def janus_twin(mesh: ColoredMesh) -> ColoredMesh:
+    """The object together with a copy of itself turned 180 degrees about +Y: its front feature (door, face,
+    handle, backrest) on both sides. What a two-faced (Janus) result looks like."""
+    turned = mesh.vertices * np.array([-1, 1, -1], np.float32)  # a rotation: the winding stays outward
+    return ColoredMesh(np.concatenate([mesh.vertices, turned]), np.concatenate([mesh.faces, mesh.faces + len(mesh.vertices)]),
+                       np.concatenate([mesh.face_colors, mesh.face_colors]))
+
+
+def janus_check(mesh: trimesh.Trimesh, gt: ColoredMesh, color: str, cfg: EvalConfig) -> dict:
+    """Does the generated object show its front feature once (as ``gt``) or twice (as :func:`janus_twin`)?
+
+    Both hypotheses are rendered (unlit albedo over white) from the ring of judged views at
+    ``janus_image_size``; only the pixels where they differ can tell them apart, and there the generated
+    render, white-balanced to the ground truth's body colour, is compared with each. ``janus`` is True when it is closer to the two-faced object. Unlike the
+    classifier this needs no learned notion of "front", so it also sees a snowman's second face.
+    ``janus_margin`` = (d_one - d_two) / (d_one + d_two): near -1 clearly one front, near +1 clearly two."""
+    size = cfg.janus_image_size
+    cams = judge_cameras(cfg, size)[: len(cfg.azimuths)]
+
+    def render(surface):
+        r = render_views(surface, cams, cfg.supersample)
+        return r["albedo"], r["alpha"]
+
+    (a1, m1), (a2, m2) = render(surface_from_colored(gt)), render(surface_from_colored(janus_twin(gt)))
+    one, two = a1 + (1 - m1), a2 + (1 - m2)
+    if len(mesh.faces):
+        # White-balance the generated renders to the body colour, view by view: the gain that takes the
+        # median generated colour where the ground truth shows its body colour to that colour. A texture that
+        # is darker or tinted overall is then not mistaken for a second dark feature.
+        ag, mg = render(surface_from_trimesh(mesh))
+        body = torch.tensor(COLORS[color], dtype=ag.dtype)
+        on_body = ((a1 / m1.clamp_min(1e-6) - body).abs().amax(-1) < 0.05) & (m1[..., 0] > 0.99) & (mg[..., 0] > 0.99)
+        gain = torch.stack([body / (ag[b] / mg[b].clamp_min(1e-6))[on_body[b]].median(0).values.clamp_min(1e-3)
+                            if on_body[b].sum() > 10 else torch.ones(3) for b in range(len(cams))])
+        gen = (ag * gain.clamp(0.25, 4.0)[:, None, None]).clamp(0, 1) + (1 - mg)
+    else:
+        gen = torch.ones_like(one)
+    region = (one - two).abs().sum(-1) > 0.15
+    if not region.any():
+        return {"janus": None, "janus_margin": None}
+    d_one = float((gen - one).abs().sum(-1)[region].sum())
+    d_two = float((gen - two).abs().sum(-1)[region].sum())
+    margin = (d_one - d_two) / max(d_one + d_two, 1e-9)
+    return {"janus": d_two < d_one, "janus_margin": round(margin, 4)}
 
 
 # ---------------------------------------------------------------------------------------------- entry points
@@ -338,7 +390,8 @@ def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None =
     if classifier is not None:
         out.update(judge(classifier, gen_views["shaded"], cfg, color, shape))
     else:
-        out.update({"color_accuracy": None, "shape_accuracy": None, "front_distinct": shape in COMPOSITES, "janus": None, "views": None})
+        out.update({"color_accuracy": None, "shape_accuracy": None, "front_distinct": shape in COMPOSITES, "janus_classifier": None, "views": None})
+    out.update(janus_check(mesh, gt, color, cfg) if shape in COMPOSITES else {"janus": None})
     out["eval_seconds"] = round(time.time() - t0, 2)
     return out
 
@@ -379,7 +432,8 @@ def evaluate_run(run_dir: str, classifier="auto", cfg: EvalConfig | None = None)
 
 
 def summarize(results: list[dict]) -> dict:
-    """Means over objects; the Janus rate is over front-distinct objects judged by the classifier."""
+    """Means over objects. The Janus rate is over front-distinct objects (:func:`janus_check`); the classifier's
+    Janus rate (a back-half view judged "front") is reported beside it."""
     def mean(key, rows=results):
         vals = [r[key] for r in rows if r.get(key) is not None]
         return float(np.mean(vals)) if vals else None
@@ -397,6 +451,7 @@ def summarize(results: list[dict]) -> dict:
         "color_distance": mean("color_distance"),
         "janus_rate": float(np.mean([r["janus"] for r in judged])) if judged else None,
         "janus_objects": len(judged),
+        "janus_rate_classifier": mean("janus_classifier", [r for r in results if r.get("front_distinct")]),
         "seconds": float(np.mean(secs)) if secs else None,
         "steps_per_second": float(np.mean(sps)) if sps else None,
     }

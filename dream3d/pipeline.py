@@ -115,19 +115,55 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
                "train": train_info, "history": trainer.history}
     files = save_representation(trainer, out_dir)
     if cfg.output.mesh:
-        t0 = time.time()
-        mesh, mesh_info = extract_textured_mesh(trainer, cfg)
-        from .mesh.export import export_mesh
-
-        files.update({k: str(v) for k, v in export_mesh(mesh, out_dir, turntable=True, turntable_frames=cfg.output.turntable_frames,
-                                                           turntable_resolution=cfg.output.turntable_resolution).items()})
-        metrics["mesh"] = mesh_info | {"seconds": round(time.time() - t0, 2)}
+        metrics["mesh"] = mesh_and_export(trainer, cfg, out_dir, files)
     if reference is not None:
         metrics["reference_view"] = reference_view_scores(trainer, reference)
     metrics["files"] = {k: os.path.basename(v) for k, v in files.items()}
     metrics["total_seconds"] = round(time.time() - t_start, 2)
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(to_plain(metrics), indent=1, default=float))
     log(f"done in {metrics['total_seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {out_dir}")
+    return metrics
+
+
+def mesh_and_export(trainer, cfg: RunConfig, out_dir: str, files: dict) -> dict:
+    """The mesh stage on the trained representation, then mesh.glb, mesh.obj (+mtl, png) and turntable.mp4;
+    adds the written files to ``files`` and returns the stage's figures."""
+    from .mesh.export import export_mesh
+
+    t0 = time.time()
+    mesh, mesh_info = extract_textured_mesh(trainer, cfg)
+    files.update({k: str(v) for k, v in export_mesh(mesh, out_dir, turntable=True, turntable_frames=cfg.output.turntable_frames,
+                                                       turntable_resolution=cfg.output.turntable_resolution).items()})
+    return mesh_info | {"seconds": round(time.time() - t0, 2)}
+
+
+def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
+    """Extract and export the mesh of a finished run again, with other ``mesh.*`` / ``output.*`` settings
+    (``key=value`` overrides), without training: the representation comes from the run's checkpoint.
+    Updates the run's config.yaml and the ``mesh`` and ``files`` entries of its metrics.json."""
+    from .config import load_run_config
+    from .train import Trainer
+
+    overrides = list(overrides or [])
+    for name in ("config.yaml", "checkpoint.pt", "metrics.json"):
+        if not os.path.exists(os.path.join(run_dir, name)):
+            raise RunError(f"{run_dir} has no {name}: only a finished dream3d run folder can be meshed again")
+    bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("mesh.", "output."))]
+    if bad:
+        raise RunError(f"only mesh.* and output.* settings can change after training; got {', '.join(bad)}")
+    cfg = load_run_config(os.path.join(run_dir, "config.yaml"), overrides)
+    trainer = Trainer(cfg, cfg.prompt, run_dir, log=log)
+    trainer.load_checkpoint()
+    if trainer.step < cfg.train.steps:
+        raise RunError(f"the checkpoint in {run_dir} is at step {trainer.step} of {cfg.train.steps}; finish the run with --resume first")
+    with open(os.path.join(run_dir, "metrics.json")) as fh:
+        metrics = json.load(fh)
+    files: dict = {}
+    metrics["mesh"] = to_plain(mesh_and_export(trainer, cfg, run_dir, files))
+    metrics["files"] = metrics.get("files", {}) | {k: os.path.basename(v) for k, v in files.items()}
+    atomic_write_text(os.path.join(run_dir, "config.yaml"), to_yaml(cfg))
+    atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(metrics, indent=1, default=float))
+    log(f"meshed again in {metrics['mesh']['seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {run_dir}")
     return metrics
 
 

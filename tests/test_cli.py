@@ -19,8 +19,8 @@ def run(*args, cwd=None):
 
 def test_help_lists_every_command():
     r = run("--help")
-    assert r.returncode == 0 and all(w in r.stdout for w in ("generate", "ablate", "prior"))
-    for sub in (["generate"], ["ablate"], ["prior"], ["prior", "train"], ["prior", "sample"], ["prior", "eval"]):
+    assert r.returncode == 0 and all(w in r.stdout for w in ("generate", "mesh", "ablate", "prior"))
+    for sub in (["generate"], ["mesh"], ["ablate"], ["prior"], ["prior", "train"], ["prior", "sample"], ["prior", "eval"]):
         h = run(*sub, "--help")
         assert h.returncode == 0 and "usage:" in h.stdout, sub
 
@@ -44,6 +44,15 @@ def test_generate_writes_loadable_files(tiny_prior, tmp_path):
     # a finished run is not overwritten by accident
     again = run("generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "-o", str(out))
     assert again.returncode != 0 and "--overwrite" in again.stderr
+    # the mesh of a finished run can be extracted again with other mesh settings, and only those
+    bad = run("mesh", str(out), "train.steps=9")
+    assert bad.returncode == 2 and "train.steps" in bad.stderr and "mesh.*" in bad.stderr
+    r = run("mesh", str(out), "mesh.texture.texture_size=32")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert trimesh.load(out / "mesh.obj", force="mesh").visual.material.image.size == (32, 32)
+    assert "texture_size: 32" in (out / "config.yaml").read_text()
+    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 4  # the training record stays
+    assert run("mesh", str(tmp_path / "nothing")).returncode == 2
 
 
 def test_bad_override_fails_with_the_key_named(tmp_path):
