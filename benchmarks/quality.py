@@ -24,19 +24,18 @@ import subprocess
 import sys
 import time
 
-from dream3d.config import load_run_config
-from dream3d.configtools import ConfigError
-import trimesh
-
-from dream3d.evaluate import (EvalConfig, default_classifier, evaluate_mesh, evaluate_run, load_mesh, render_views, summarize,
-                              surface_from_colored, surface_from_trimesh)
 import imageio.v3 as iio
 import numpy as np
 import torch
+import trimesh
 
+from dream3d.config import load_run_config
+from dream3d.configtools import ConfigError
+from dream3d.evaluate import (EvalConfig, default_classifier, evaluate_mesh, evaluate_run, load_mesh, render_views, summarize,
+                              surface_from_colored, surface_from_trimesh)
 from dream3d.io import atomic_write_bytes, atomic_write_text
-from renderers.cameras import orbit_cameras
 from dream3d.world.shapes import COLORS, COMPOSITES, SHAPES, parse_prompt, scene_for_prompt
+from renderers.cameras import orbit_cameras
 
 
 BASELINE = "baseline: grey ball"

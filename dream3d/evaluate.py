@@ -311,13 +311,15 @@ def janus_twin(mesh: ColoredMesh) -> ColoredMesh:
                        np.concatenate([mesh.face_colors, mesh.face_colors]))
 
 
-def janus_check(mesh: trimesh.Trimesh, gt: ColoredMesh, color: str, cfg: EvalConfig) -> dict:
-    """Does the generated object show its front feature once (as ``gt``) or twice (as :func:`janus_twin`)?
+def janus_check(surface: Surface | None, gt: ColoredMesh, color: str, cfg: EvalConfig) -> dict:
+    """Does the generated object (``surface``; None when the mesh is empty) show its front feature once (as
+    ``gt``) or twice (as :func:`janus_twin`)?
 
     Both hypotheses are rendered (unlit albedo over white) from the ring of judged views at
     ``janus_image_size``; only the pixels where they differ can tell them apart, and there the generated
-    render, white-balanced to the ground truth's body colour, is compared with each. ``janus`` is True when it is closer to the two-faced object. Unlike the
-    classifier this needs no learned notion of "front", so it also sees a snowman's second face.
+    render, white-balanced to the ground truth's body colour, is compared with each. ``janus`` is True when
+    it is closer to the two-faced object. Unlike the classifier this needs no learned notion of "front", so
+    it also sees a snowman's second face.
     ``janus_margin`` = (d_one - d_two) / (d_one + d_two): near -1 clearly one front, near +1 clearly two."""
     size = cfg.janus_image_size
     cams = judge_cameras(cfg, size)[: len(cfg.azimuths)]
@@ -328,11 +330,11 @@ def janus_check(mesh: trimesh.Trimesh, gt: ColoredMesh, color: str, cfg: EvalCon
 
     (a1, m1), (a2, m2) = render(surface_from_colored(gt)), render(surface_from_colored(janus_twin(gt)))
     one, two = a1 + (1 - m1), a2 + (1 - m2)
-    if len(mesh.faces):
+    if surface is not None:
         # White-balance the generated renders to the body colour, view by view: the gain that takes the
         # median generated colour where the ground truth shows its body colour to that colour. A texture that
         # is darker or tinted overall is then not mistaken for a second dark feature.
-        ag, mg = render(surface_from_trimesh(mesh))
+        ag, mg = render(surface)
         body = torch.tensor(COLORS[color], dtype=ag.dtype)
         on_body = ((a1 / m1.clamp_min(1e-6) - body).abs().amax(-1) < 0.05) & (m1[..., 0] > 0.99) & (mg[..., 0] > 0.99)
         gain = torch.stack([body / (ag[b] / mg[b].clamp_min(1e-6))[on_body[b]].median(0).values.clamp_min(1e-3)
@@ -377,8 +379,9 @@ def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None =
            "iou": volumetric_iou(mesh, gt.to_trimesh(), cfg.iou_resolution, cfg.bound)}
     cams = judge_cameras(cfg)
     gt_views = render_views(surface_from_colored(gt), cams, cfg.supersample)
-    if len(mesh.faces):
-        gen_views = render_views(surface_from_trimesh(mesh), cams, cfg.supersample)
+    surface = surface_from_trimesh(mesh) if len(mesh.faces) else None
+    if surface is not None:
+        gen_views = render_views(surface, cams, cfg.supersample)
     else:
         gen_views = {k: torch.zeros_like(v) for k, v in gt_views.items()}
         gen_views["shaded"] = torch.ones_like(gt_views["shaded"])
@@ -391,7 +394,7 @@ def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None =
         out.update(judge(classifier, gen_views["shaded"], cfg, color, shape))
     else:
         out.update({"color_accuracy": None, "shape_accuracy": None, "front_distinct": shape in COMPOSITES, "janus_classifier": None, "views": None})
-    out.update(janus_check(mesh, gt, color, cfg) if shape in COMPOSITES else {"janus": None})
+    out.update(janus_check(surface, gt, color, cfg) if shape in COMPOSITES else {"janus": None})
     out["eval_seconds"] = round(time.time() - t0, 2)
     return out
 

@@ -110,6 +110,18 @@ def rigid_inverse(m: Tensor) -> Tensor:
     return out
 
 
+def project_points(points: Tensor, cameras: "Cameras") -> tuple[Tensor, Tensor]:
+    """World points (T, 3) to pixel coordinates (B, T, 2) (pixel centres at +0.5) and camera-space z (B, T)."""
+    vm = cameras.viewmats.to(points)
+    c = torch.einsum("bij,tj->bti", vm[:, :3, :3], points) + vm[:, None, :3, 3]
+    z = c[..., 2]
+    K = cameras.K.to(points)
+    zs = z.clamp_min(1e-8)
+    x = K[:, None, 0, 0] * c[..., 0] / zs + K[:, None, 0, 2]
+    y = K[:, None, 1, 1] * c[..., 1] / zs + K[:, None, 1, 2]
+    return torch.stack([x, y], -1), z
+
+
 def intrinsics_from_fov(fov_y_deg: Tensor | float, width: int, height: int) -> Tensor:
     """(B, 3, 3) intrinsics with square pixels and the principal point at the image centre."""
     fov = torch.as_tensor(fov_y_deg, dtype=torch.float32).reshape(-1)

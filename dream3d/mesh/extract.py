@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from renderers.cameras import Cameras, orbit_cameras
+from renderers.cameras import Cameras, orbit_cameras, project_points
 
 from .density import Grid
 
@@ -241,14 +241,12 @@ def fill_hidden(field: Tensor, grid: Grid, level: float, views: int = 26, max_vi
     cams = surrounding_cameras(grid, views, res)
     pts = grid.points().reshape(-1, 3)
     surf = occupied.reshape(-1)
-    vm, K = cams.viewmats.float(), cams.K.float()
     seen = torch.zeros(pts.shape[0], dtype=torch.int32)
     margin = 2.0 * float(grid.spacing.max())  # a pixel spans ~2 samples: nearer than this behind the surface is not hidden
     for b in range(len(cams)):
-        c = pts @ vm[b, :3, :3].T + vm[b, :3, 3]
-        z = c[:, 2].clamp_min(1e-6)
-        u = (K[b, 0, 0] * c[:, 0] / z + K[b, 0, 2]).floor().long()
-        v = (K[b, 1, 1] * c[:, 1] / z + K[b, 1, 2]).floor().long()
+        xy, z = project_points(pts, cams[b : b + 1])
+        u, v = xy[0].floor().long().unbind(-1)
+        z = z[0]
         on_screen = (u >= 0) & (u < res) & (v >= 0) & (v < res)
         pix = torch.where(on_screen, v * res + u, res * res)  # off-screen samples go to a spare bin
         first_hit = torch.full((res * res + 1,), float("inf")).scatter_reduce(0, pix[surf], z[surf], "amin")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from renderers.cameras import Cameras, orbit_cameras
+from renderers.cameras import Cameras, orbit_cameras, project_points
 from renderers.mesh import face_normals, interpolate, rasterize_mesh, rasterize_uv, sample_texture
 
 RenderFn = Callable[[Cameras], tuple[Tensor, Tensor]]
@@ -122,18 +122,6 @@ def bake_cameras(vertices: Tensor, cfg: TextureConfig, resolution: int | None = 
 # ------------------------------------------------------------------------------------------- back-project
 
 
-def _project(p: Tensor, cams: Cameras) -> tuple[Tensor, Tensor]:
-    """World points (T, 3) to pixel coordinates (B, T, 2) and camera z (B, T)."""
-    vm = cams.viewmats.to(p)
-    c = torch.einsum("bij,tj->bti", vm[:, :3, :3], p) + vm[:, None, :3, 3]
-    z = c[..., 2]
-    K = cams.K.to(p)
-    zs = z.clamp_min(1e-8)
-    x = K[:, None, 0, 0] * c[..., 0] / zs + K[:, None, 0, 2]
-    y = K[:, None, 1, 1] * c[..., 1] / zs + K[:, None, 1, 2]
-    return torch.stack([x, y], -1), z
-
-
 def _sample_image(img: Tensor, xy: Tensor) -> Tensor:
     """Bilinear samples of images (B, H, W, C) at pixel coordinates xy (B, T, 2) -> (B, T, C)."""
     H, W = img.shape[1:3]
@@ -204,7 +192,7 @@ def back_project(
         rgb, alpha = render_fn(cams)
         rgb, alpha = rgb.to(dev).float(), alpha.to(dev).float()
         depth = rasterize_mesh(vertices, faces, cams).depth  # (B, H, W), 0 where empty
-        xy, z = _project(pos, cams)
+        xy, z = project_points(pos, cams)
         H, W = depth.shape[1:]
         j, i = xy[..., 0].floor().long(), xy[..., 1].floor().long()
         inside = (j >= 0) & (j < W) & (i >= 0) & (i < H) & (z > 0)
