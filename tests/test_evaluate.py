@@ -242,3 +242,36 @@ def test_quality_benchmark_scores_finished_runs(tmp_path):
 
     sheet = iio.imread(tmp_path / "dreamgaussian_sheet.png")
     assert sheet.shape[0] == 18 + 2 * 128 and sheet.shape[1] == 4 * 128 + 190
+
+
+def test_mesh_level_benchmark_silhouette_iou_matches_the_projected_ball():
+    """benchmarks/mesh_level.py's silhouettes of a ball of grid samples against the ball's exact outline
+    (pixels whose ray passes within the radius of the centre): near 1 for the same ball, ~r^2 ratio for a smaller one."""
+    import importlib.util
+    import pathlib
+
+    from dream3d.mesh.density import make_grid
+    from renderers.cameras import project_points
+
+    spec = importlib.util.spec_from_file_location("mesh_level", pathlib.Path(__file__).parents[1] / "benchmarks" / "mesh_level.py")
+    ml = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ml)
+    cams = ml.silhouette_views()
+    pts = make_grid(1.0, 96).points().reshape(-1, 3)
+    xy, _ = project_points(pts, cams)
+    u, v = xy.floor().long().unbind(-1)
+    pix = torch.where((u >= 0) & (u < ml.SIZE) & (v >= 0) & (v < ml.SIZE), v * ml.SIZE + u, ml.SIZE * ml.SIZE)
+    # the exact outline: a pixel centre's ray from the camera centre passes within 0.5 of the origin
+    s = torch.arange(ml.SIZE) + 0.5
+    pys, pxs = torch.meshgrid(s, s, indexing="ij")
+    K, c2w = cams.K, torch.linalg.inv(cams.viewmats)
+    d_cam = torch.stack([(pxs - K[:, None, None, 0, 2]) / K[:, None, None, 0, 0], (pys - K[:, None, None, 1, 2]) / K[:, None, None, 1, 1],
+                         torch.ones(len(cams), ml.SIZE, ml.SIZE)], -1)
+    d = torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], d_cam)
+    d = d / d.norm(dim=-1, keepdim=True)
+    o = c2w[:, None, None, :3, 3]
+    closest = o - (o * d).sum(-1, keepdim=True) * d
+    target = (closest.norm(dim=-1) < 0.5).reshape(len(cams), -1)
+    same = ml.silhouette_iou(pts.norm(dim=-1) < 0.5, pix, target)
+    assert same > 0.9
+    assert abs(ml.silhouette_iou(pts.norm(dim=-1) < 0.3, pix, target) - 0.36) < 0.08
