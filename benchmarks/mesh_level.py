@@ -31,12 +31,13 @@ from dream3d.mesh.density import gaussian_bounds, gaussian_density_grid, make_gr
 from dream3d.mesh.extract import choose_threshold, extract_mesh, fill_hidden
 from dream3d.train import Trainer
 from dream3d.world.shapes import parse_prompt, scene_for_prompt
-from renderers.cameras import orbit_cameras, project_points
+from renderers.cameras import Cameras, orbit_cameras, project_points
 
 SIZE = 64
 
 
-def silhouette_views() -> "orbit_cameras":
+def silhouette_views() -> Cameras:
+    """The 16 views the silhouettes are compared in: 8 azimuths at elevations 0 and 35 deg, 64 px."""
     el = torch.tensor([0.0] * 8 + [35.0] * 8)
     az = torch.tensor([45.0 * i for i in range(8)] * 2)
     return orbit_cameras(el, az, 2.9, 45.0, SIZE, SIZE)
