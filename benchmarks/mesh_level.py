@@ -27,11 +27,12 @@ import trimesh
 
 from dream3d.config import load_run_config
 from dream3d.evaluate import volumetric_iou
-from dream3d.mesh.density import gaussian_bounds, gaussian_density_grid, make_grid
+from dream3d.mesh.density import gaussian_density_grid
 from dream3d.mesh.extract import choose_threshold, extract_mesh, fill_hidden
+from dream3d.mesh.stage import gaussian_grid
 from dream3d.train import Trainer
 from dream3d.world.shapes import parse_prompt, scene_for_prompt
-from renderers.cameras import Cameras, orbit_cameras, project_points
+from renderers.cameras import Cameras, orbit_cameras, pixel_bins, project_points
 
 SIZE = 64
 
@@ -61,13 +62,11 @@ def measure_run(run_dir: str, ratios: list[float]) -> dict:
     mc, cams = cfg.mesh, silhouette_views()
     with torch.no_grad():
         g = trainer.model.render_inputs()
-        grid = make_grid(gaussian_bounds(g["means"], g["quats"], g["scales"], mc.cutoff), mc.resolution)
+        grid = gaussian_grid(g["means"], g["quats"], g["scales"], mc)
         dens = gaussian_density_grid(g["means"], g["quats"], g["scales"], g["opacities"], grid, mc.block, mc.cutoff)
         _, alpha, _ = trainer.render(cams)
     target = (alpha[..., 0] > 0.5).reshape(len(cams), -1).cpu()
-    xy, _ = project_points(grid.points().reshape(-1, 3), cams)
-    u, v = xy.floor().long().unbind(-1)
-    pix = torch.where((u >= 0) & (u < SIZE) & (v >= 0) & (v < SIZE), v * SIZE + u, SIZE * SIZE)
+    pix = pixel_bins(project_points(grid.points().reshape(-1, 3), cams)[0], SIZE, SIZE)
     median = choose_threshold(dens, dataclasses.replace(mc.extract, threshold=None, threshold_ratio=1.0))
     try:
         parse_prompt(cfg.prompt)
@@ -79,8 +78,8 @@ def measure_run(run_dir: str, ratios: list[float]) -> dict:
         level = r * median
         field = fill_hidden(dens, grid, level, mc.extract.fill_views, mc.extract.fill_max_visible) if mc.extract.fill_hidden else dens
         row = {"ratio": r, "silhouette_iou": silhouette_iou((field > level).reshape(-1).cpu(), pix, target)}
-        if gt is not None:
-            vtx, faces, _ = extract_mesh(dens, grid, dataclasses.replace(mc.extract, threshold=None, threshold_ratio=r))
+        if gt is not None:  # the stage's extraction at this level, on the field already filled
+            vtx, faces, _ = extract_mesh(field, grid, dataclasses.replace(mc.extract, fill_hidden=False), level=level)
             row["gt_iou"] = volumetric_iou(trimesh.Trimesh(vtx.numpy(), faces.numpy(), process=False), gt)
         rows.append(row)
     return {"run": run_dir, "prompt": cfg.prompt, "rows": rows}

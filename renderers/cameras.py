@@ -122,6 +122,14 @@ def project_points(points: Tensor, cameras: "Cameras") -> tuple[Tensor, Tensor]:
     return torch.stack([x, y], -1), z
 
 
+def pixel_bins(xy: Tensor, width: int, height: int) -> Tensor:
+    """Flat pixel index ``row * width + col`` of pixel coordinates (..., 2) from :func:`project_points`;
+    points off the image go to one spare bin, ``width * height``, so they can be scattered without masking."""
+    u, v = xy.floor().long().unbind(-1)
+    on_screen = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    return torch.where(on_screen, v * width + u, width * height)
+
+
 def intrinsics_from_fov(fov_y_deg: Tensor | float, width: int, height: int) -> Tensor:
     """(B, 3, 3) intrinsics with square pixels and the principal point at the image centre."""
     fov = torch.as_tensor(fov_y_deg, dtype=torch.float32).reshape(-1)

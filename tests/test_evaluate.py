@@ -251,16 +251,14 @@ def test_mesh_level_benchmark_silhouette_iou_matches_the_projected_ball():
     import pathlib
 
     from dream3d.mesh.density import make_grid
-    from renderers.cameras import project_points
+    from renderers.cameras import pixel_bins, project_points
 
     spec = importlib.util.spec_from_file_location("mesh_level", pathlib.Path(__file__).parents[1] / "benchmarks" / "mesh_level.py")
     ml = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ml)
     cams = ml.silhouette_views()
     pts = make_grid(1.0, 96).points().reshape(-1, 3)
-    xy, _ = project_points(pts, cams)
-    u, v = xy.floor().long().unbind(-1)
-    pix = torch.where((u >= 0) & (u < ml.SIZE) & (v >= 0) & (v < ml.SIZE), v * ml.SIZE + u, ml.SIZE * ml.SIZE)
+    pix = pixel_bins(project_points(pts, cams)[0], ml.SIZE, ml.SIZE)
     # the exact outline: a pixel centre's ray from the camera centre passes within 0.5 of the origin
     s = torch.arange(ml.SIZE) + 0.5
     pys, pxs = torch.meshgrid(s, s, indexing="ij")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from renderers.cameras import Cameras, orbit_cameras, project_points
+from renderers.cameras import Cameras, orbit_cameras, pixel_bins, project_points
 
 from .density import Grid
 
@@ -245,10 +245,8 @@ def fill_hidden(field: Tensor, grid: Grid, level: float, views: int = 26, max_vi
     margin = 2.0 * float(grid.spacing.max())  # a pixel spans ~2 samples: nearer than this behind the surface is not hidden
     for b in range(len(cams)):
         xy, z = project_points(pts, cams[b : b + 1])
-        u, v = xy[0].floor().long().unbind(-1)
-        z = z[0]
-        on_screen = (u >= 0) & (u < res) & (v >= 0) & (v < res)
-        pix = torch.where(on_screen, v * res + u, res * res)  # off-screen samples go to a spare bin
+        pix, z = pixel_bins(xy[0], res, res), z[0]
+        on_screen = pix < res * res
         first_hit = torch.full((res * res + 1,), float("inf")).scatter_reduce(0, pix[surf], z[surf], "amin")
         seen += ~(on_screen & (z > first_hit[pix] + margin))
     hidden = ~surf & (seen <= max_visible)

@@ -67,13 +67,18 @@ def _run(field_fn: Callable[[Grid], Tensor], grid: Grid, render_fn: RenderFn, cf
     return mesh, info
 
 
+def gaussian_grid(means: Tensor, quats: Tensor, scales: Tensor, cfg: MeshConfig) -> Grid:
+    """The grid the mesh stage samples Gaussians on: ``cfg.bound``, or the box around their ``cfg.cutoff`` sigmas."""
+    box = cfg.bound if cfg.bound is not None else gaussian_bounds(means, quats, scales, cfg.cutoff)
+    return make_grid(box, cfg.resolution)
+
+
 def mesh_from_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, render_fn: RenderFn,
                         cfg: MeshConfig | None = None, loss_fn: LossFn | None = None) -> tuple[TexturedMesh, dict]:
     """Textured mesh of N Gaussians (quats wxyz, scales linear, opacities in [0, 1]) and an info dict
     (threshold, face counts, seconds per stage)."""
     cfg = cfg or MeshConfig()
-    box = cfg.bound if cfg.bound is not None else gaussian_bounds(means, quats, scales, cfg.cutoff)
-    grid = make_grid(box, cfg.resolution)
+    grid = gaussian_grid(means, quats, scales, cfg)
     field_fn = lambda g: gaussian_density_grid(means, quats, scales, opacities, g, cfg.block, cfg.cutoff)  # noqa: E731
     return _run(field_fn, grid, render_fn, cfg, loss_fn)
 
