@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/render.py                        # everything, writes the json
     python benchmarks/render.py --gaussians 5000 20000 --sizes 64 128 --json out.json
+    python benchmarks/render.py --only gaussians --gaussians 7000 --batch 4 --tile-sizes 16 8 4 --json /tmp/tiles.json
 
 One function per renderer returns rows (dicts); ``main`` prints them as a table and writes them all to
 one json file (atomically). Each timed step renders a batch of cameras and backpropagates a loss over
@@ -81,9 +82,10 @@ def gaussian_scene(n: int, device, seed: int = 0):
     return [t.to(device).requires_grad_(True) for t in (means, quats, scales, opac, colors)]
 
 
-def bench_gaussians(counts, sizes, batch: int, repeats: int, device, dense_max_pairs: float) -> list[dict]:
-    """Rows of {renderer, backend, n, size, batch, forward_s, backward_s, total_s, vs_torch}."""
-    backends = ["torch"]
+def bench_gaussians(counts, sizes, batch: int, repeats: int, device, dense_max_pairs: float, tile_sizes=(8,)) -> list[dict]:
+    """Rows of {renderer, backend, n, size, batch, forward_s, backward_s, total_s, vs_torch}; the torch
+    compositor once per tile size ("torch/t16", ...), and vs_torch relative to the first of them."""
+    backends = [f"torch/t{ts}" for ts in tile_sizes]
     if device.type == "cuda":
         try:
             import gsplat  # noqa: F401
@@ -99,13 +101,14 @@ def bench_gaussians(counts, sizes, batch: int, repeats: int, device, dense_max_p
             bg = torch.ones(3, device=device)
             times = {}
             for backend in backends:
-                times[backend] = time_fwd_bwd(lambda *p, b=backend: rasterize_gaussians(*p, cams, bg, backend=b), params, repeats)
+                name, _, ts = backend.partition("/t")
+                times[backend] = time_fwd_bwd(lambda *p, b=name, t=int(ts or 0) or None: rasterize_gaussians(*p, cams, bg, backend=b, tile_size=t), params, repeats)
             if batch * size * size * n <= dense_max_pairs:
                 times["dense"] = time_fwd_bwd(lambda *p: rasterize_gaussians_dense(*p, cams, bg), params, repeats)
-            ref = sum(times["torch"])
+            ref = sum(times[backends[0]])
             for backend, (f, b) in times.items():
                 rows.append(dict(renderer="gaussians", backend=backend, n=n, size=size, batch=batch, forward_s=f, backward_s=b, total_s=f + b, vs_torch=(f + b) / ref))
-                print(f"  gaussians {backend:7} n={n:<6d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)", flush=True)
+                print(f"  gaussians {backend:9} n={n:<6d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)", flush=True)
     return rows
 
 
@@ -132,10 +135,10 @@ def bench_volume(sizes, samples: int, shadings, batch: int, repeats: int, device
             for backend, est in backends.items():
                 fn = lambda *p, b=backend, e=est: model.render(cams, shading, lights, num_samples=samples, backend=b, estimator=e)  # noqa: E731
                 times[backend] = time_fwd_bwd(fn, params, repeats)
-            ref = sum(times["torch"])
+            ref = sum(times[backends[0]])
             for backend, (f, b) in times.items():
                 rows.append(dict(renderer=f"vol/{shading[:4]}", backend=backend, n=samples, size=size, batch=batch, forward_s=f, backward_s=b, total_s=f + b, vs_torch=(f + b) / ref))
-                print(f"  volume {shading:11} {backend:7} S={samples:<4d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)", flush=True)
+                print(f"  volume {shading:11} {backend:9} S={samples:<4d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)", flush=True)
     return rows
 
 
@@ -158,6 +161,7 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", default=["gaussians", "volume"], choices=["gaussians", "volume"], help="which renderers to time")
     ap.add_argument("--gaussians", type=int, nargs="+", default=[5000, 20000, 50000], help="Gaussian counts")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="square image sizes in pixels")
+    ap.add_argument("--tile-sizes", type=int, nargs="+", default=[8], help="tile edges for the torch compositor (one row each)")
     ap.add_argument("--batch", type=int, default=1, help="cameras rendered per call")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per row (after one warm-up); the median is kept")
     ap.add_argument("--dense-max-pairs", type=float, default=3e7, help="run the dense reference only up to B*H*W*N pairs")
@@ -174,7 +178,7 @@ def main(argv=None):
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} clock={'cpu' if args.cpu_time else 'wall'}")
     rows = []
     if "gaussians" in args.only:
-        rows += bench_gaussians(args.gaussians, args.sizes, args.batch, args.repeats, args.device, args.dense_max_pairs)
+        rows += bench_gaussians(args.gaussians, args.sizes, args.batch, args.repeats, args.device, args.dense_max_pairs, args.tile_sizes)
     if "volume" in args.only:
         rows += bench_volume(args.volume_sizes, args.samples, args.volume_shadings, args.batch, args.repeats, args.device)
     print_table(rows)

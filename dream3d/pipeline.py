@@ -104,8 +104,10 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
     guidance = build_guidance(cfg)
     trainer = Trainer(cfg, cfg.prompt, out_dir, guidance=guidance, reference=reference, log=log)
+    earlier = 0.0  # training time of earlier sittings, so total_seconds of a resumed run covers them too
     if resume:
         trainer.load_checkpoint()
+        earlier = trainer.train_seconds
         log(f"resumed {trainer.ckpt_path} at step {trainer.step}")
     train_info = trainer.run(stop_after=stop_after)
     if trainer.step < cfg.train.steps:
@@ -119,7 +121,7 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     if reference is not None:
         metrics["reference_view"] = reference_view_scores(trainer, reference)
     metrics["files"] = {k: os.path.basename(v) for k, v in files.items()}
-    metrics["total_seconds"] = round(time.time() - t_start, 2)
+    metrics["total_seconds"] = round(time.time() - t_start + earlier, 2)
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(to_plain(metrics), indent=1, default=float))
     log(f"done in {metrics['total_seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {out_dir}")
     return metrics

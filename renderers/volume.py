@@ -9,7 +9,10 @@ density ``sigma >= 0`` and colour in [0, 1]. Two optional extensions keep shadin
   ``field(points, dirs, cond)`` with ``cond`` gathered per sample, since a field only sees samples.
 
 A field may also offer ``field.density(points) -> sigma``; the occupancy grid then queries that instead
-of the full field when it skips empty space.
+of the full field when it skips empty space, and the torch path uses it for a no-grad pass that finds the
+samples worth evaluating. A field may offer ``field.coarse``, called like the field, for samples that
+barely show (``detail_eps``): a NeRF's finite-difference normals cost six density queries per sample, so
+skipping them where the weight is tiny is most of the speed of a shaded render.
 
 Compositing follows the usual quadrature: a sample on the interval [t0, t1] has opacity
 ``1 - exp(-sigma (t1 - t0))``, transmittance ``exp(-sum of earlier sigma dt)``, and weight T * alpha.
@@ -200,6 +203,7 @@ def render_rays(
     ray_cond: Tensor | None = None,
     early_stop_eps: float = 1e-4,
     alpha_thre: float = 0.0,
+    detail_eps: float = 0.0,
 ) -> VolumeRender:
     """Render R rays through ``field``.
 
@@ -219,6 +223,9 @@ def render_rays(
         skips samples on empty spans (near == far).
     alpha_thre: nerfacc only: also skip samples with opacity below this (0 keeps empty space, so density
         can still grow there).
+    detail_eps: torch path, fields with ``.density`` and ``.coarse``: samples whose compositing weight in
+        the no-grad density pass is below this are evaluated by ``field.coarse`` (same signature and
+        outputs, cheaper: no normals, say) instead of the full field. They keep their gradients. 0: off.
     """
     if rays_o.ndim != 2 or rays_o.shape[-1] != 3 or rays_d.shape != rays_o.shape:
         raise ValueError(f"rays_o and rays_d must both be (R, 3); got {tuple(rays_o.shape)} and {tuple(rays_d.shape)}")
@@ -239,10 +246,10 @@ def render_rays(
         backend = "nerfacc" if (estimator is not None and rays_o.is_cuda and nerfacc_available()) else "torch"
     if backend == "nerfacc":
         return _render_nerfacc(field, rays_o, rays_d, near_t, far_t, num_samples, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre)
-    return _render_dense(field, rays_o, rays_d, near_t, far_t, num_samples, bg, stratified, generator, ray_cond, early_stop_eps)
+    return _render_dense(field, rays_o, rays_d, near_t, far_t, num_samples, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps)
 
 
-def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator, ray_cond, early_stop_eps) -> VolumeRender:
+def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps=0.0) -> VolumeRender:
     R, dev, dt = rays_o.shape[0], rays_o.device, rays_o.dtype
     steps = torch.linspace(0, 1, S + 1, device=dev, dtype=dt)
     edges = near[:, None] + (far - near)[:, None] * steps  # (R, S+1)
@@ -261,14 +268,25 @@ def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator
     # Which samples need the full field: not those on empty spans (rays that miss the bounds), and,
     # when the field offers a cheap .density, not those hidden behind transmittance < early_stop_eps.
     # Skipped samples keep their (gradient-free) density in the compositing, so alpha and depth stay
-    # exact; their colour, worth less than early_stop_eps each, is dropped.
+    # exact; their colour, worth less than early_stop_eps each, is dropped. With detail_eps and a field
+    # that offers .coarse, samples whose weight is below detail_eps are evaluated by .coarse instead.
     keep = (t_ends > t_starts).expand(R, S)
+    coarse = torch.zeros_like(keep)
     sigma_base = torch.zeros(R, S, device=dev, dtype=dt)
-    if early_stop_eps > 0 and hasattr(field, "density") and keep.any():
+    use_coarse = detail_eps > 0 and hasattr(field, "coarse")
+    if (early_stop_eps > 0 or use_coarse) and hasattr(field, "density") and keep.any():
         with torch.no_grad():
             sigma_base[keep] = field.density(points[keep]).reshape(-1).to(dt)
-            _, trans, _ = composite_dense(t_starts, t_ends, sigma_base)
-            keep = keep & (trans > early_stop_eps)
+            w_base, trans, _ = composite_dense(t_starts, t_ends, sigma_base)
+            if early_stop_eps > 0:
+                keep = keep & (trans > early_stop_eps)
+            if use_coarse:
+                coarse, keep = keep & (w_base < detail_eps), keep & (w_base >= detail_eps)
+
+    def call(fn, idx):
+        out = fn(points[idx], dirs[idx]) if cond is None else fn(points[idx], dirs[idx], cond[idx])
+        return _split_field_output(out)
+
     if bool(keep.all()):
         out = field(points, dirs) if cond is None else field(points, dirs, cond)
         sigma, rgb, sample_extras = _split_field_output(out)
@@ -277,12 +295,18 @@ def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator
         if sigma.shape != (R, S) or rgb.shape != (R, S, 3):
             raise ValueError(f"the field returned sigma {tuple(sigma.shape)} and rgb {tuple(rgb.shape)} for points {tuple(points.shape)}; expected (...,) and (..., 3)")
     else:
-        idx = keep.nonzero(as_tuple=True)
-        out = field(points[idx], dirs[idx]) if cond is None else field(points[idx], dirs[idx], cond[idx])
-        sig_k, rgb_k, ext_k = _split_field_output(out)
-        sigma = sigma_base.index_put(idx, sig_k.reshape(-1).to(dt))
-        rgb = torch.zeros(R, S, 3, device=dev, dtype=rgb_k.dtype).index_put(idx, rgb_k)
-        sample_extras = {k: torch.zeros(R, S, v.shape[-1], device=dev, dtype=v.dtype).index_put(idx, v) for k, v in ext_k.items()}
+        sigma, rgb, sample_extras = sigma_base, None, {}
+        for fn, mask in ((field, keep), (getattr(field, "coarse", None), coarse)):
+            if not mask.any():
+                continue
+            idx = mask.nonzero(as_tuple=True)
+            sig_k, rgb_k, ext_k = call(fn, idx)
+            sigma = sigma.index_put(idx, sig_k.reshape(-1).to(dt))
+            rgb = (torch.zeros(R, S, 3, device=dev, dtype=rgb_k.dtype) if rgb is None else rgb).index_put(idx, rgb_k)
+            for k, v in ext_k.items():
+                sample_extras[k] = sample_extras.get(k, torch.zeros(R, S, v.shape[-1], device=dev, dtype=v.dtype)).index_put(idx, v)
+        if rgb is None:
+            rgb = torch.zeros(R, S, 3, device=dev, dtype=dt)
 
     weights, _, _ = composite_dense(t_starts, t_ends, sigma)
     alpha = accumulate_dense(weights)
@@ -413,6 +437,7 @@ def render_volume(
     per_ray: Callable[[VolumeRender, Tensor, Tensor], dict[str, Tensor]] | None = None,
     chunk: int = 1 << 15,
     early_stop_eps: float = 1e-4,
+    detail_eps: float = 0.0,
 ) -> VolumeImages:
     """Render every pixel of a batch of cameras -> :class:`VolumeImages` (B, H, W, C) tensors.
 
@@ -423,7 +448,7 @@ def render_volume(
     ``per_ray(render, rays_o, rays_d) -> {name: (R, C)}`` runs on each chunk so callers can reduce
     per-sample data (a regulariser, say) to per-pixel maps; they land in ``extras`` with the field's
     composited extras. ``stratified`` defaults to False here (clean images); training passes True.
-    ``early_stop_eps`` is as in :func:`render_rays`.
+    ``early_stop_eps`` and ``detail_eps`` are as in :func:`render_rays`.
     """
     B, H, W = len(cameras), cameras.height, cameras.width
     o, d = cameras.rays()
@@ -459,6 +484,7 @@ def render_volume(
             field, o[s:e], d[s:e], near_t[s:e], far_t[s:e], num_samples,
             background=None if bg is None else bg[s:e], stratified=stratified, generator=generator,
             backend=backend, estimator=estimator, ray_cond=None if cond is None else cond[s:e], early_stop_eps=early_stop_eps,
+            detail_eps=detail_eps,
         )
         maps = {"rgb": r.rgb, "alpha": r.alpha, "depth": r.depth, **r.extras}
         if per_ray is not None:

@@ -144,6 +144,28 @@ def test_shading_modes_give_valid_colours_and_textureless_ignores_albedo():
         model.render(cams, "lambertian")
 
 
+def test_normals_only_where_samples_show():
+    """normal_weight_eps: faint samples are lit as if facing the camera; the image barely moves, the
+    normal count drops, and the density still gets gradient from the lighting."""
+    cams = orbit_cameras(15.0, [0.0, 100.0], 3.0, 45.0, 12, 12)
+    renders, calls = {}, {}
+    for eps in (0.0, 1e-3):
+        torch.manual_seed(0)  # the same weights for both
+        model = NeRFModel(NeRFConfig(**TINY, background="fixed", normal_weight_eps=eps))
+        lights = sample_light_positions(cams, model.cfg, torch.Generator().manual_seed(0))
+        n_points = []
+        real = model.normals
+        model.normals = lambda p, real=real, n_points=n_points: n_points.append(p.shape[0]) or real(p)
+        r = model.render(cams, "lambertian", lights, stratified=False, orientation=True)
+        (r.rgb.mean() + r.regularizers()["orientation"]).backward()
+        renders[eps], calls[eps] = (r, model.encoding.table.grad.abs().sum()), sum(n_points)
+    (full, g_full), (fast, g_fast) = renders[0.0], renders[1e-3]
+    assert calls[1e-3] < 0.8 * calls[0.0]
+    assert (fast.rgb - full.rgb).abs().max() < 0.05
+    torch.testing.assert_close(fast.alpha, full.alpha)
+    assert g_fast > 0.5 * g_full
+
+
 def test_background_mlp_and_fixed():
     cams = orbit_cameras(0.0, 0.0, 3.0, 45.0, 8, 8)
     fixed = NeRFModel(NeRFConfig(**TINY, background="fixed", background_color=(0.0, 1.0, 0.0)))

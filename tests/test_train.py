@@ -74,6 +74,18 @@ def test_generate_writes_every_file(tiny_prior, tmp_path):
         generate(cfg, str(out), log=lambda msg: None)
 
 
+def test_resumed_generate_counts_the_earlier_sitting(tiny_prior, tmp_path):
+    cfg = _cfg(tiny_prior, "train.steps=4", "train.checkpoint_every=2", "train.val_every=0", "output.mesh=false")
+    out = str(tmp_path / "run")
+    assert generate(cfg, out, log=lambda msg: None, stop_after=2) == {"stopped_at": 2}
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    ckpt["train_seconds"] += 1000.0  # as if the first sitting had trained for 1000 s
+    torch.save(ckpt, os.path.join(out, "checkpoint.pt"))
+    m = generate(cfg, out, resume=True, log=lambda msg: None)
+    assert m["train"]["train_seconds"] >= 1000.0
+    assert 1000.0 <= m["total_seconds"] < 1000.0 + 300.0
+
+
 def test_sds_with_the_embedded_prior_lowers_the_distillation_gradient(tmp_path):
     """A short SDS run moves the Gaussians towards what the prior expects: the guided residual
     |eps_hat - eps| at fixed noise, t and cameras is smaller after training than before."""

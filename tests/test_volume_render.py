@@ -227,6 +227,41 @@ def test_skipping_hidden_and_empty_samples_keeps_the_image():
     assert (g_skip - g_full).abs() < 0.1 * g_full.abs()
 
 
+class TwoLevelField(CountingField):
+    """CountingField whose .coarse returns a different colour (so where it was used shows) at the same density."""
+
+    def __init__(self):
+        super().__init__()
+        self.coarse_evaluated = 0
+
+    def coarse(self, points, dirs):
+        self.coarse_evaluated += points[..., 0].numel()
+        return self.density(points) * self.scale, torch.zeros_like(points)
+
+
+def test_detail_eps_sends_faint_samples_to_the_coarse_field():
+    cams = orbit_cameras(10.0, 40.0, 3.0, 50.0, 16, 16).to(dtype=torch.float64)
+    o, d = (x.reshape(-1, 3) for x in cams.rays())
+    near, far, _ = ray_sphere_intersect(o, d, 1.0)
+    f = TwoLevelField()
+    r = render_rays(f, o, d, near, far, 48, stratified=False, early_stop_eps=0.0, detail_eps=1e-3)
+    # reference: every sample through the full field, then colours of samples with weight < 1e-3 zeroed
+    full = CountingField()
+    ref = render_rays(full, o, d, near, far, 48, stratified=False, early_stop_eps=0.0)
+    w = ref.weights.detach()
+    valid = ref.t_ends > ref.t_starts
+    assert f.evaluated == int((valid & (w >= 1e-3)).sum()) and f.coarse_evaluated == int((valid & (w < 1e-3)).sum())
+    assert 0 < f.coarse_evaluated and 0 < f.evaluated
+    rgb_full = torch.sigmoid(4 * (o[:, None] + d[:, None] * ref.t_samples[..., None]))
+    expected = accumulate_dense(w, rgb_full * (w >= 1e-3)[..., None])
+    torch.testing.assert_close(r.rgb, expected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(r.alpha, ref.alpha, atol=1e-12, rtol=0)
+    # coarse samples keep their density gradient: the alpha gradient is the full field's
+    r.alpha.sum().backward()
+    ref.alpha.sum().backward()
+    torch.testing.assert_close(f.scale.grad, full.scale.grad)
+
+
 def test_render_volume_chunks_agree_and_shapes():
     cams = orbit_cameras(10.0, [0.0, 120.0], 3.0, 45.0, 12, 10)
     full = render_volume(blob_field, cams, radius=1.0, num_samples=16, background=torch.ones(3), chunk=1 << 20)

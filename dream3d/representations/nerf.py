@@ -47,6 +47,9 @@ class NeRFConfig:
     blob_radius: float = 0.5  # ... falling linearly to 0 at this radius (and negative beyond)
     normal_method: str = "finite_difference"  # or "autograd"
     normal_eps: float = 1e-2  # finite-difference step, in world units
+    # Samples whose compositing weight is below this get no normal (shaded as a surface facing the
+    # camera) but keep their density and albedo gradients; 0 computes normals at every sample.
+    normal_weight_eps: float = 1e-3
     # background: "mlp" (a small MLP of the view direction) or "fixed" (background_color)
     background: str = "mlp"
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -383,6 +386,7 @@ class NeRFModel(nn.Module):
             fld, cameras, radius=self.cfg.bound, num_samples=num_samples or self.cfg.num_samples, background=background,
             stratified=stratified, generator=generator, backend=backend, estimator=estimator,
             ray_cond=light_positions, per_ray=per_ray if orientation else None, chunk=chunk,
+            detail_eps=self.cfg.normal_weight_eps if with_normals else 0.0,
         )
         return NeRFRender(imgs.rgb, imgs.alpha, imgs.depth, imgs.extras.get("normal"), imgs.extras.get("orientation"))
 
@@ -413,13 +417,19 @@ class ShadedField:
     def density(self, points: Tensor) -> Tensor:
         return self.model.density(points)
 
-    def __call__(self, points: Tensor, dirs: Tensor, light: Tensor | None = None):
+    def coarse(self, points: Tensor, dirs: Tensor, light: Tensor | None = None):
+        """The field without normals, for samples that barely show (see ``NeRFConfig.normal_weight_eps``)."""
+        return self(points, dirs, light, coarse=True)
+
+    def __call__(self, points: Tensor, dirs: Tensor, light: Tensor | None = None, *, coarse: bool = False):
         shape = points.shape[:-1]
         p = points.reshape(-1, 3)
         sigma, albedo = self.model(p)
         extras = {}
         if self.with_normals:
-            n = self.model.normals(p)
+            # coarse: a stand-in normal facing the camera (lit like a front-facing surface, no orientation
+            # penalty) instead of six more density queries
+            n = -F.normalize(dirs.reshape(-1, 3).to(p), dim=-1) if coarse else self.model.normals(p)
             extras["normal"] = n.reshape(*shape, 3)
         if self.shading == "albedo":
             rgb = albedo
