@@ -1,6 +1,6 @@
 """Text-to-3D quality per preset, judged against the shape world's ground truth.
 
-    python benchmarks/quality.py                                   # dreamgaussian, 14 prompts, runs/quality
+    python benchmarks/quality.py                                   # gaussian-vsd, 14 prompts, runs/quality
     python benchmarks/quality.py --presets dreamgaussian,dreamfusion,gaussian-vsd --steps 200
     python benchmarks/quality.py --limit 2 --out /tmp/q guidance.prior.model=/tmp/pa/prior train.steps=3 ...
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import trimesh
 
-from dream3d.config import load_run_config
+from dream3d.config import TEXT_PRESET, load_run_config
 from dream3d.configtools import ConfigError
 from dream3d.evaluate import (EvalConfig, default_classifier, evaluate_mesh, evaluate_run, load_mesh, render_views, summarize,
                               surface_from_colored, surface_from_trimesh)
@@ -122,7 +122,7 @@ def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.n
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="dotted config overrides passed to every run, e.g. guidance.prior.model=/path train.device=cuda")
-    ap.add_argument("--presets", default="dreamgaussian", help="comma-separated presets of configs/ (default dreamgaussian)")
+    ap.add_argument("--presets", default=TEXT_PRESET, help=f"comma-separated presets of configs/ (default {TEXT_PRESET}, what dream3d generate uses)")
     ap.add_argument("--prompts", help="';'-separated world prompts (default: every shape once, colours cycling)")
     ap.add_argument("--limit", type=int, help="use only the first N prompts")
     ap.add_argument("--steps", type=int, help="override train.steps of every preset (only that: run-length schedules such as "

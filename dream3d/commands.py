@@ -15,7 +15,7 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def _generate(args) -> None:
-    from .config import load_run_config
+    from .config import IMAGE_PRESET, TEXT_PRESET, load_run_config
     from .configtools import to_yaml
     from .pipeline import RunError, generate
 
@@ -25,7 +25,7 @@ def _generate(args) -> None:
     extra = {"prompt": prompt}
     if args.image:
         extra["image"] = args.image
-    cfg = load_run_config(args.config, overrides, extra)
+    cfg = load_run_config(args.config or (IMAGE_PRESET if args.image else TEXT_PRESET), overrides, extra)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return
@@ -65,8 +65,8 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
         "generate", help="text (or image) to a textured 3D mesh",
         description="Optimize 3D Gaussians or a NeRF against a frozen diffusion prior (SDS, VSD, ISM or CSD), extract a "
                     "textured mesh and write mesh.glb, mesh.obj (+mtl, png), gaussians.ply or nerf.safetensors, turntable.mp4, "
-                    "config.yaml and metrics.json to the output folder. With no options: the dreamgaussian preset and the "
-                    "embedded prior.",
+                    "config.yaml and metrics.json to the output folder. With no options: the gaussian-vsd preset (3D Gaussians + "
+                    "VSD; dreamgaussian with --image) and the embedded prior.",
         epilog='examples:\n  dream3d generate "a red cube" -o out/red_cube\n'
                '  dream3d generate "a blue snowman" --config dreamfusion train.steps=300 -o out/snowman\n'
                '  dream3d generate --image photo.png -o out/photo\n'
@@ -77,8 +77,8 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
                    help="what to make, e.g. \"a red cube\" (the shape world's vocabulary for the embedded prior), and dotted "
                         "config overrides such as train.steps=300 guidance.method=vsd")
     g.add_argument("-o", "--output", help="run folder to write")
-    g.add_argument("--config", default="dreamgaussian", help="a preset in configs/ (dreamgaussian, dreamfusion, prolificdreamer, "
-                                                              "gaussian-vsd, gaussian-ism) or a YAML file (default: dreamgaussian)")
+    g.add_argument("--config", help="a preset in configs/ (gaussian-vsd, dreamgaussian, dreamfusion, prolificdreamer, gaussian-ism) "
+                                    "or a YAML file (default: gaussian-vsd for a prompt, dreamgaussian with --image)")
     g.add_argument("--image", help="image-to-3D: an RGBA (or white-background) image of the object's front")
     g.add_argument("--resume", action="store_true", help="continue the unfinished run in the output folder")
     g.add_argument("--overwrite", action="store_true", help="start again even if the output folder holds a run")

@@ -33,8 +33,12 @@ def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
     prior = DiffusionPrior.load(cfg.guidance.prior)
     rule = {"sds": SDS, "vsd": VSD, "ism": ISM, "csd": CSD}[cfg.guidance.method]
     gcfg = getattr(cfg.guidance, cfg.guidance.method)
-    g = torch.Generator().manual_seed(cfg.seed + 2 if generator_seed is None else generator_seed)
-    return rule(prior, gcfg, generator=g)
+    seed = cfg.seed + 2 if generator_seed is None else generator_seed
+    # VSD's LoRA and camera MLP start from torch's global RNG (peft initialises them so): seed it here, so the
+    # student starts the same for the same seed whatever ran before in this process, and leave it as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return rule(prior, gcfg, generator=torch.Generator().manual_seed(seed))
 
 
 def load_reference_image(path: str, size: int, background_threshold: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,14 @@ def test_generate_writes_loadable_files(tiny_prior, tmp_path):
     assert run("mesh", str(tmp_path / "nothing")).returncode == 2
 
 
+def test_default_preset_is_vsd_for_text_and_sds_for_an_image():
+    text = run("generate", "a red cube", "--print-config")
+    image = run("generate", "--image", "photo.png", "--print-config")
+    assert text.returncode == 0 and image.returncode == 0, text.stderr + image.stderr
+    assert "method: vsd" in text.stdout and "method: sds" in image.stdout
+    assert "method: sds" in run("generate", "a red cube", "--config", "dreamgaussian", "--print-config").stdout
+
+
 def test_bad_override_fails_with_the_key_named(tmp_path):
     r = run("generate", "a red cube", "train.stepz=3", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "train.stepz" in r.stderr and "train.steps" in r.stderr

@@ -11,12 +11,13 @@ from renderers.cameras import orbit_cameras
 from conftest import TINY_RUN
 
 
-def _cfg(prior_dir, *extra):
-    return load_run_config("dreamgaussian", TINY_RUN + [f"guidance.prior.model={prior_dir}", "prompt=a red cube", *extra])
+def _cfg(prior_dir, *extra, preset="dreamgaussian"):
+    return load_run_config(preset, TINY_RUN + [f"guidance.prior.model={prior_dir}", "prompt=a red cube", *extra])
 
 
-def test_resumed_run_reaches_the_same_parameters(tiny_prior, tmp_path):
-    cfg = _cfg(tiny_prior, "train.steps=6", "train.checkpoint_every=3", "train.val_every=0")
+@pytest.mark.parametrize("preset", ["dreamgaussian", "gaussian-vsd"])  # SDS, and VSD with its LoRA student
+def test_resumed_run_reaches_the_same_parameters(tiny_prior, tmp_path, preset):
+    cfg = _cfg(tiny_prior, "train.steps=6", "train.checkpoint_every=3", "train.val_every=0", preset=preset)
     a = Trainer(cfg, cfg.prompt, str(tmp_path / "a"), guidance=build_guidance(cfg), log=lambda m: None)
     a.run()
     b = Trainer(cfg, cfg.prompt, str(tmp_path / "b"), guidance=build_guidance(cfg), log=lambda m: None)
