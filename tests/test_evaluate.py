@@ -232,7 +232,7 @@ def test_quality_benchmark_scores_finished_runs(tmp_path):
         baked_glb(mesh, run / "mesh.glb")
         (run / "config.yaml").write_text(f"prompt: {prompt}\n")
         (run / "metrics.json").write_text(json.dumps({"total_seconds": 100.0, "train": {"steps": 400, "steps_per_second": 4.0}}))
-    report = quality.main(["--no-generate", "--no-baseline", "--prompts", ";".join(prompts), "--out", str(tmp_path)])
+    report = quality.main(["--presets", "dreamgaussian", "--no-generate", "--no-baseline", "--prompts", ";".join(prompts), "--out", str(tmp_path)])
     s = report["summary"]["dreamgaussian"]
     assert s["objects"] == 2 and s["iou"] > 0.8 and s["janus_rate"] == 0.5 and s["janus_objects"] == 2
     assert s["palette_color_accuracy"] == 1.0 and s["seconds"] == 100.0
