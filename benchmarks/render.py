@@ -135,7 +135,7 @@ def bench_volume(sizes, samples: int, shadings, batch: int, repeats: int, device
             for backend, est in backends.items():
                 fn = lambda *p, b=backend, e=est: model.render(cams, shading, lights, num_samples=samples, backend=b, estimator=e)  # noqa: E731
                 times[backend] = time_fwd_bwd(fn, params, repeats)
-            ref = sum(times[backends[0]])
+            ref = sum(times["torch"])
             for backend, (f, b) in times.items():
                 rows.append(dict(renderer=f"vol/{shading[:4]}", backend=backend, n=samples, size=size, batch=batch, forward_s=f, backward_s=b, total_s=f + b, vs_torch=(f + b) / ref))
                 print(f"  volume {shading:11} {backend:9} S={samples:<4d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)", flush=True)

@@ -249,7 +249,7 @@ def render_rays(
     return _render_dense(field, rays_o, rays_d, near_t, far_t, num_samples, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps)
 
 
-def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps=0.0) -> VolumeRender:
+def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps) -> VolumeRender:
     R, dev, dt = rays_o.shape[0], rays_o.device, rays_o.dtype
     steps = torch.linspace(0, 1, S + 1, device=dev, dtype=dt)
     edges = near[:, None] + (far - near)[:, None] * steps  # (R, S+1)
