@@ -21,6 +21,17 @@ def test_required_presets_exist():
     assert load_run_config("dreamfusion").representation == "nerf" and load_run_config("prolificdreamer").guidance.method == "vsd"
 
 
+@pytest.mark.parametrize("preset", ["dreamfusion", "prolificdreamer"])
+def test_nerf_presets_are_lit_like_the_embedded_priors_world(preset):
+    """The embedded prior saw only white backgrounds and the world's one light; the NeRF presets render so
+    (a learned background and random lights drifted the colour: configs/dreamfusion.yaml's header)."""
+    from dream3d.world.render import AMBIENT, LIGHT_DIR
+
+    nerf = load_run_config(preset).nerf
+    assert nerf.background == "fixed" and tuple(nerf.background_color) == (1.0, 1.0, 1.0)
+    assert tuple(nerf.light_direction) == tuple(LIGHT_DIR) and nerf.ambient_ratio == AMBIENT
+
+
 def test_overrides_fill_nested_fields_with_types():
     cfg = load_run_config("dreamgaussian", ["train.steps=12", "guidance.sds.guidance_scale=[0,100,10,50]", "cameras.fov_y=[30,40]",
                                             "gaussians.max_gaussians=null", "prompt=a red cube"])

@@ -6,7 +6,7 @@ centre, falling linearly with radius, negative far out) gives the optimiser a so
 rather than empty space to fill; without it early SDS gradients have nothing to shade.
 
 Shading follows DreamFusion: ``"albedo"`` (colour as is), ``"lambertian"`` (albedo lit by a random point
-light plus ambient), ``"textureless"`` (the same lighting on a white albedo, which forces geometry to
+light, or a fixed directional one, plus ambient), ``"textureless"`` (the same lighting on a white albedo, which forces geometry to
 explain shape), and ``"normal"`` (normals as colours, for viewing). Normals are minus the normalised
 density gradient, by central finite differences (cheap, and smooth at hash-grid resolution) or autograd.
 
@@ -58,6 +58,10 @@ class NeRFConfig:
     ambient_ratio: float = 0.1
     light_jitter: float = 1.0  # std of the noise added to the camera position to place the light
     light_distance: tuple[float, float] = (0.8, 1.5)  # light distance, as a multiple of the camera's
+    # A fixed directional light (world space, pointing from the object to the light) instead of the random
+    # point lights above: for a prior that only ever saw one light, such as the embedded one (the shape
+    # world's dream3d.world.render.LIGHT_DIR with ambient 0.45).
+    light_direction: tuple[float, float, float] | None = None
     albedo_warmup_steps: int = 0  # albedo-only shading before this step (see pick_shading)
     albedo_prob: float = 0.0  # afterwards: albedo with this probability, ...
     textureless_prob: float = 0.5  # ... textureless with this one, lambertian otherwise
@@ -73,6 +77,8 @@ class NeRFConfig:
             raise ValueError(f"normal_method must be 'finite_difference' or 'autograd'; got {self.normal_method!r}")
         if self.background not in ("mlp", "fixed"):
             raise ValueError(f"background must be 'mlp' or 'fixed'; got {self.background!r}")
+        if self.light_direction is not None and (len(self.light_direction) != 3 or not any(self.light_direction)):
+            raise ValueError(f"light_direction must be a non-zero 3-vector or null; got {self.light_direction!r}")
         if self.max_resolution < self.base_resolution or self.levels < 1:
             raise ValueError("need levels >= 1 and max_resolution >= base_resolution")
 
@@ -233,9 +239,13 @@ def entropy_loss(alpha: Tensor, eps: float = 1e-5) -> Tensor:
 
 def sample_light_positions(cameras: Cameras, cfg: NeRFConfig, generator: torch.Generator | None = None) -> Tensor:
     """(B, 3) point lights near each camera: the camera direction jittered by ``light_jitter``, at
-    ``light_distance`` times the camera's distance (DreamFusion samples lights around the camera)."""
+    ``light_distance`` times the camera's distance (DreamFusion samples lights around the camera).
+    With ``cfg.light_direction`` set, every light is that direction at 1e4 units: directional to within
+    1e-4 rad inside the scene."""
     o = cameras.origins
     B = o.shape[0]
+    if cfg.light_direction is not None:
+        return F.normalize(torch.tensor(cfg.light_direction, dtype=o.dtype, device=o.device), dim=0).expand(B, 3) * 1e4
     noise = torch.randn(B, 3, generator=generator).to(o)
     direction = F.normalize(F.normalize(o, dim=-1) + cfg.light_jitter * noise, dim=-1)
     lo, hi = cfg.light_distance
