@@ -35,8 +35,9 @@ def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
     gcfg = getattr(cfg.guidance, cfg.guidance.method)
     seed = cfg.seed + 2 if generator_seed is None else generator_seed
     # VSD's LoRA and camera MLP start from torch's global RNG (peft initialises them so): seed it here, so the
-    # student starts the same for the same seed whatever ran before in this process, and leave it as it was.
-    with torch.random.fork_rng(devices=[]):
+    # student starts the same for the same seed whatever ran before in this process, and leave it as it was
+    # (the CUDA generators too: manual_seed seeds them, and peft may initialise on the prior's device).
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(seed)
         return rule(prior, gcfg, generator=torch.Generator().manual_seed(seed))
 
