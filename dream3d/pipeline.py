@@ -208,7 +208,7 @@ def extract_textured_mesh(trainer, cfg: RunConfig):
         return out.rgb, out.alpha
 
     with torch.no_grad():
-        return mesh_from_density_fn(lambda p: model.density(p), render_fn, cfg.mesh, device=trainer.device)
+        return mesh_from_density_fn(model.seen_density, render_fn, cfg.mesh, device=trainer.device)
 
 
 @torch.no_grad()

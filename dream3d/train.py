@@ -82,7 +82,7 @@ class Trainer:
 
     def __init__(self, cfg, prompt: str, out_dir: str, guidance=None, reference=None, log=print):
         from .representations.gaussians import GaussianModel
-        from .representations.nerf import NeRFModel
+        from .representations.nerf import NeRFModel, occupancy_grid_for
 
         self.cfg, self.prompt, self.out_dir, self.log = cfg, prompt, out_dir, log
         self.device = resolve_device(cfg.train.device)
@@ -97,6 +97,8 @@ class Trainer:
             self.opt = torch.optim.Adam(self.model.parameter_groups(), betas=(0.9, 0.99), eps=1e-15)
         else:
             raise ValueError(f"representation must be 'gaussians' or 'nerf', got {cfg.representation!r}")
+        # nerfacc's occupancy grid for the NeRF on CUDA (None elsewhere: dense samples)
+        self.occupancy = occupancy_grid_for(cfg.nerf, self.device) if cfg.representation == "nerf" else None
         self.guidance = guidance
         self.reference = reference  # (rgb (1,H,W,3), mask (1,H,W,1)) for image-to-3D, or None
         self.step = 0
@@ -119,7 +121,7 @@ class Trainer:
             shading = "albedo" if step is None else pick_shading(step, self.cfg.nerf, generator)
         lights = sample_light_positions(cameras, self.cfg.nerf, generator) if shading in ("lambertian", "textureless") else None
         out = self.model.render(cameras, shading=shading, light_positions=lights, orientation=self.cfg.train.lambda_orientation > 0 and step is not None,
-                                stratified=step is not None, generator=generator)
+                                stratified=step is not None, generator=generator, estimator=self.occupancy)
         return out.rgb, out.alpha, out
 
     def _reference_cameras(self, size: int) -> Cameras:
@@ -133,6 +135,10 @@ class Trainer:
         cams = cfg.cameras.sample(cfg.train.batch_size, res, res, generator=self.g_cam)
         if self.cfg.representation == "gaussians":
             self.model.update_learning_rate(self.opt, step)
+        if self.occupancy is not None:
+            from .representations.nerf import refresh_occupancy_grid
+
+            refresh_occupancy_grid(self.occupancy, self.model, step)
         rgb, alpha, raw = self.render(cams, step=step, generator=self.g_model)
         loss = torch.zeros((), device=self.device)
         gl = gn = tt = float("nan")
@@ -178,6 +184,8 @@ class Trainer:
             "g_cam": self.g_cam.get_state(), "g_model": self.g_model.get_state(), "nan_skips": self.nan_skips,
             "train_seconds": self.train_seconds, "history": self.history,
         }
+        if self.occupancy is not None:
+            s["occupancy"] = self.occupancy.state_dict()
         if self.guidance is not None:
             s["g_guidance"] = self.guidance.generator.get_state()
             if hasattr(self.guidance, "state_dict"):
@@ -193,6 +201,8 @@ class Trainer:
         if self.cfg.representation == "gaussians":
             self.opt = self.model.make_optimizer()
         self.opt.load_state_dict(s["optimizer"])
+        if self.occupancy is not None and "occupancy" in s:
+            self.occupancy.load_state_dict(s["occupancy"])
         self.g_cam.set_state(s["g_cam"])
         self.g_model.set_state(s["g_model"])
         if self.guidance is not None and "g_guidance" in s:

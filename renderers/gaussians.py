@@ -212,7 +212,8 @@ def rasterize_gaussians(
     B = len(cameras)
     colors, background = _check_inputs(means, quats, scales, opacities, colors, cameras, background, sh_degree)
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda and _gsplat_importable() else "torch"
+        # gsplat's kernels take float32 only; other dtypes take the torch path
+        backend = "gsplat" if means.is_cuda and means.dtype == torch.float32 and _gsplat_importable() else "torch"
     if backend == "torch":
         return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size or 8)
     if backend == "gsplat":

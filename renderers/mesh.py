@@ -178,7 +178,7 @@ def _rasterize_nvdiffrast(xy: Tensor, z: Tensor, faces: Tensor, H: int, W: int, 
     # row, so nvdiffrast's first output row is our top row and no flip is needed.
     w = z
     zc = (far + near) / (far - near) * z - 2 * far * near / (far - near)
-    clip = torch.stack([(2 * xy[..., 0] / W - 1) * w, (2 * xy[..., 1] / H - 1) * w, zc, w], -1).contiguous()
+    clip = torch.stack([(2 * xy[..., 0] / W - 1) * w, (2 * xy[..., 1] / H - 1) * w, zc, w], -1).float().contiguous()  # float32 only
     ctx = _nvdiffrast_context(xy.device)
     rast, _ = dr.rasterize(ctx, clip, faces.int().contiguous(), resolution=[H, W])
     face_id = rast[..., 3].long() - 1
@@ -206,7 +206,10 @@ def rasterize_screen(xy: Tensor, z: Tensor, faces: Tensor, height: int, width: i
     """Rasterize triangles already projected to pixel coordinates ``xy`` (B, V, 2) with depths z (B, V)."""
     backend = _pick_backend(backend, xy.device)
     faces = faces.long()
-    if backend == "nvdiffrast":
+    # Clip space is rebuilt from pixel coordinates (xy * z), which is exact only for vertices in front of
+    # the camera; a face reaching behind ``near`` is dropped by the torch path, so it renders such views
+    # (a camera inside the mesh) for both backends, as it does empty meshes.
+    if backend == "nvdiffrast" and faces.shape[0] > 0 and not (z[:, faces] < near).any():
         return _rasterize_nvdiffrast(xy, z, faces, height, width, near, far)
     with torch.no_grad():
         face_id = _zbuffer_torch(xy.detach(), z.detach(), faces, height, width, near)

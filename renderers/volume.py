@@ -204,13 +204,14 @@ def render_rays(
     early_stop_eps: float = 1e-4,
     alpha_thre: float = 0.0,
     detail_eps: float = 0.0,
+    step_size: float | None = None,
 ) -> VolumeRender:
     """Render R rays through ``field``.
 
     rays_o, rays_d: (R, 3); directions must be unit length (depth and step sizes are in their units).
     near, far: scalars, (R,) or (R, 1); see :func:`ray_sphere_intersect` for a bounding sphere.
-    num_samples: S samples per ray on the torch path; on the nerfacc path the marching step is the
-        longest ray span divided by S.
+    num_samples: S samples per ray on the torch path; on the nerfacc path the marching step is
+        ``step_size``, by default the longest ray span divided by S.
     background: (3,) or (R, 3) colour behind the volume; None leaves colour premultiplied (black).
     stratified: jitter each sample within its bin (training); bin centres otherwise. ``generator`` drives
         the jitter on the torch path; nerfacc jitters with the global RNG.
@@ -221,6 +222,8 @@ def render_rays(
         itself; the torch path does it when the field offers ``.density`` (a no-grad density pass first,
         then the full field only where it matters). 0 evaluates every sample. The torch path always
         skips samples on empty spans (near == far).
+    step_size: nerfacc only: the marching step (render_volume passes one for all its chunks, so that
+        every part of an image is marched alike).
     alpha_thre: nerfacc only: also skip samples with opacity below this (0 keeps empty space, so density
         can still grow there).
     detail_eps: torch path, fields with ``.density`` and ``.coarse``: samples whose compositing weight in
@@ -245,7 +248,9 @@ def render_rays(
     if backend == "auto":
         backend = "nerfacc" if (estimator is not None and rays_o.is_cuda and nerfacc_available()) else "torch"
     if backend == "nerfacc":
-        return _render_nerfacc(field, rays_o, rays_d, near_t, far_t, num_samples, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre)
+        if step_size is None:
+            step_size = float((far_t - near_t).max().clamp_min(1e-8)) / num_samples
+        return _render_nerfacc(field, rays_o, rays_d, near_t, far_t, step_size, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre)
     return _render_dense(field, rays_o, rays_d, near_t, far_t, num_samples, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps)
 
 
@@ -323,7 +328,7 @@ def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator
     )
 
 
-def _render_nerfacc(field, rays_o, rays_d, near, far, S, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre) -> VolumeRender:
+def _render_nerfacc(field, rays_o, rays_d, near, far, step, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre) -> VolumeRender:
     if not rays_o.is_cuda:
         raise RuntimeError("backend='nerfacc' needs CUDA tensors (its ray marching is a CUDA kernel); use backend='torch' on CPU")
     nerfacc = _nerfacc()
@@ -332,7 +337,6 @@ def _render_nerfacc(field, rays_o, rays_d, near, far, S, bg, stratified, estimat
     if estimator is None:
         raise ValueError("backend='nerfacc' needs an occupancy grid: pass estimator=make_occupancy_grid(...)")
     R = rays_o.shape[0]
-    step = float((far - near).max().clamp_min(1e-8)) / S
     cond = ray_cond
 
     def call(t0, t1, ridx, density_only: bool):
@@ -477,6 +481,8 @@ def render_volume(
             raise ValueError(f"ray_cond must be (B, C) with B={B}; got {tuple(ray_cond.shape)}")
         cond = ray_cond.to(o.device)[:, None, :].expand(B, H * W, ray_cond.shape[-1]).reshape(n, -1)
 
+    # nerfacc marches every chunk with the same step: the longest span in the whole image / S
+    step_size = float((far_t - near_t).max().clamp_min(1e-8)) / num_samples if (estimator is not None and n) else None
     parts: dict[str, list[Tensor]] = {}
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
@@ -484,7 +490,7 @@ def render_volume(
             field, o[s:e], d[s:e], near_t[s:e], far_t[s:e], num_samples,
             background=None if bg is None else bg[s:e], stratified=stratified, generator=generator,
             backend=backend, estimator=estimator, ray_cond=None if cond is None else cond[s:e], early_stop_eps=early_stop_eps,
-            detail_eps=detail_eps,
+            detail_eps=detail_eps, step_size=step_size,
         )
         maps = {"rgb": r.rgb, "alpha": r.alpha, "depth": r.depth, **r.extras}
         if per_ray is not None:

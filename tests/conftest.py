@@ -5,16 +5,16 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("DREAM3D_TEST_THREADS", "2")))
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("DREAM3D_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow test: set DREAM3D_SLOW=1 to run it")
+    """``@pytest.mark.cuda`` tests skip without a CUDA device (and ``pytest -m cuda`` picks all of them);
+    ``@pytest.mark.slow`` ones skip unless DREAM3D_SLOW=1."""
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    slow = pytest.mark.skip(reason="slow test: set DREAM3D_SLOW=1 to run it")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if item.get_closest_marker("slow") and os.environ.get("DREAM3D_SLOW") != "1":
+            item.add_marker(slow)
 
 
 @pytest.fixture(scope="session")

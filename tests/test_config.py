@@ -21,13 +21,22 @@ def test_required_presets_exist():
     assert load_run_config("dreamfusion").representation == "nerf" and load_run_config("prolificdreamer").guidance.method == "vsd"
 
 
-@pytest.mark.parametrize("preset", ["dreamfusion", "prolificdreamer"])
+def _ablation_nerf_cell():
+    from dream3d.ablate import cells, load_spec
+
+    spec = load_spec(os.path.join(CONFIG_DIR, "ablations", "gaussians_vs_nerf.yaml"))
+    cell = next(c for c in cells(spec) if c["variant"] == "nerf")
+    return load_run_config(spec.base, cell["overrides"])
+
+
+@pytest.mark.parametrize("preset", ["dreamfusion", "prolificdreamer", "ablations/gaussians_vs_nerf.yaml"])
 def test_nerf_presets_are_lit_like_the_embedded_priors_world(preset):
     """The embedded prior saw only white backgrounds and the world's one light; the NeRF presets render so
-    (a learned background and random lights drifted the colour: configs/dreamfusion.yaml's header)."""
+    (a learned background and random lights drifted the colour: configs/dreamfusion.yaml's header).
+    The Gaussians-vs-NeRF ablation writes the same light in its overrides, so it is checked too."""
     from dream3d.world.render import AMBIENT, LIGHT_DIR
 
-    nerf = load_run_config(preset).nerf
+    nerf = (_ablation_nerf_cell() if preset.startswith("ablations/") else load_run_config(preset)).nerf
     assert nerf.background == "fixed" and tuple(nerf.background_color) == (1.0, 1.0, 1.0)
     assert tuple(nerf.light_direction) == tuple(LIGHT_DIR) and nerf.ambient_ratio == AMBIENT
 

@@ -258,7 +258,6 @@ def test_backend_selection_and_errors():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_torch_matches_gsplat():
     pytest.importorskip("gsplat")
     dev = torch.device("cuda")

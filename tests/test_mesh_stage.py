@@ -387,7 +387,6 @@ def test_video_falls_back_to_gif(tmp_path, monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_stage_runs_on_cuda_tensors():
     means, quats, scales, op, cols = (t.cuda() for t in box_gaussians())
     mesh, _ = mesh_from_gaussians(means, quats, scales, op, gaussian_render_fn(means, quats, scales, op, cols), small_cfg())

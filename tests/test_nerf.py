@@ -15,7 +15,9 @@ from dream3d.representations.nerf import (
     opacity_loss,
     orientation_penalty,
     orientation_per_ray,
+    occupancy_grid_for,
     pick_shading,
+    refresh_occupancy_grid,
     sample_light_positions,
 )
 from renderers.cameras import orbit_cameras
@@ -117,6 +119,26 @@ def test_density_blob_is_highest_at_the_centre():
     p = dirs * 0.3
     cos = (model.normals(p) * dirs).sum(-1)
     assert cos.min() > 0.95
+
+
+def test_seen_density_is_empty_outside_the_sphere_rays_see():
+    # A blob wider than the scene: density everywhere in the cube, also in its corners, which no ray reaches.
+    model = NeRFModel(NeRFConfig(**(TINY | {"blob_radius": 3.0})))
+    corners = torch.tensor(list(itertools.product([-0.95, 0.95], repeat=3)))
+    inside = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1) * torch.rand(64, 1) * 0.99
+    with torch.no_grad():
+        assert model.density(corners).min() > 1.0
+        assert torch.all(model.seen_density(corners) == 0)
+        assert torch.equal(model.seen_density(inside), model.density(inside))
+        # so the mesh stage's grid over the whole cube has a surface at the sphere, not at the cube's faces
+        from dream3d.mesh.density import function_density_grid, make_grid
+        from dream3d.mesh.extract import marching_cubes
+
+        grid = make_grid(1.0, 24)
+        field = function_density_grid(model.seen_density, grid)
+    v, _ = marching_cubes(field, grid, level=0.5)
+    r = torch.from_numpy(v).float().norm(dim=-1)
+    assert (r - 1).abs().max() < 2.0 / 23  # within one voxel of the unit sphere
 
 
 def test_shading_modes_give_valid_colours_and_textureless_ignores_albedo():
@@ -290,3 +312,26 @@ def test_tiny_nerf_fits_a_coloured_sphere():
     with torch.no_grad():
         final = ((model.render(cams, "albedo", background=white, stratified=False).rgb - target) ** 2).mean().item()
     assert final < 0.05 * sum(losses[:4]) / 4, (losses[:4], final)
+
+
+def test_occupancy_grid_marks_the_blob_occupied_and_empty_space_free():
+    # nerfacc's grid bookkeeping is plain torch (only its ray marching needs CUDA), so it runs here
+    pytest.importorskip("nerfacc")
+    from renderers.volume import make_occupancy_grid
+
+    cfg = NeRFConfig(**TINY, occupancy_resolution=16, occupancy_every=4)
+    assert occupancy_grid_for(cfg, "cpu") is None  # only on CUDA
+    model = NeRFModel(cfg)
+    est = make_occupancy_grid(cfg.bound, cfg.occupancy_resolution, device="cpu")
+    for step in range(3):  # step 0 refreshes, 1 and 2 do not (every 4)
+        refresh_occupancy_grid(est, model, step)
+    occ = est.binaries[0]
+    centres = (torch.stack(torch.meshgrid(*[torch.arange(16)] * 3, indexing="ij"), -1) + 0.5) / 16 * 2 - 1
+    r = centres.norm(dim=-1)
+    # sigma * step >= 0.01 where the blob's density is high, far below it outside the blob (radius 0.5);
+    # each cell is judged at a random point in it (half-diagonal 0.11)
+    assert occ[r < 0.35].all() and not occ[r > 0.75].any()
+    assert 0.02 < occ.float().mean() < 0.2
+    before = est.occs.clone()
+    refresh_occupancy_grid(est, model, 3)
+    assert torch.equal(est.occs, before)  # not a refresh step

@@ -16,9 +16,6 @@ from renderers.volume import (
     update_occupancy_grid,
 )
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
 def slab_field(sigma0: float, color, z0: float, z1: float):
     """Constant density sigma0 and colour between the planes z = z0 and z = z1, empty elsewhere."""
     color = torch.as_tensor(color, dtype=torch.float64)
@@ -289,7 +286,7 @@ def test_bad_inputs_raise_clear_errors():
             render_rays(blob_field, o, d, 0.0, 1.0, 4, backend="nerfacc")
 
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_torch_vs_nerfacc_occupancy_grid():
     pytest.importorskip("nerfacc")
     dev = torch.device("cuda")

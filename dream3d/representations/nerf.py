@@ -11,6 +11,9 @@ explain shape), and ``"normal"`` (normals as colours, for viewing). Normals are 
 density gradient, by central finite differences (cheap, and smooth at hash-grid resolution) or autograd.
 
 The scene lives in the cube [-bound, bound]^3; rays are clipped to the sphere of radius ``bound``.
+On CUDA with nerfacc installed, training marches rays through nerfacc's occupancy grid
+(:func:`occupancy_grid_for`, :func:`refresh_occupancy_grid`), skipping empty cells; elsewhere every ray
+gets ``num_samples`` dense samples.
 """
 from __future__ import annotations
 
@@ -69,6 +72,12 @@ class NeRFConfig:
     lr_grid: float = 1e-2
     lr_mlp: float = 1e-3
     lr_background: float = 1e-3
+    # nerfacc's occupancy grid (used on CUDA when nerfacc is installed): cells whose opacity over one
+    # marching step, sigma * 2 * bound / num_samples, stays below the threshold are skipped.
+    occupancy_grid: bool = True
+    occupancy_resolution: int = 128
+    occupancy_every: int = 16  # refresh every N training steps (an EMA of the density, as nerfacc does)
+    occupancy_threshold: float = 0.01
 
     def __post_init__(self):
         if self.density_activation not in ("softplus", "exp"):
@@ -253,6 +262,27 @@ def sample_light_positions(cameras: Cameras, cfg: NeRFConfig, generator: torch.G
     return direction * o.norm(dim=-1, keepdim=True) * scale
 
 
+def occupancy_grid_for(cfg: NeRFConfig, device) -> object | None:
+    """nerfacc's occupancy grid over the scene cube, or None where it cannot run (no CUDA, no nerfacc) or
+    ``cfg.occupancy_grid`` is off. Pass it to ``NeRFModel.render(estimator=...)``. nerfacc jitters samples
+    and grid updates with the global CUDA RNG, so a resumed CUDA run is close to, not bit-identical with,
+    an uninterrupted one."""
+    from renderers.volume import make_occupancy_grid, nerfacc_available
+
+    if not cfg.occupancy_grid or torch.device(device).type != "cuda" or not nerfacc_available():
+        return None
+    return make_occupancy_grid(cfg.bound, cfg.occupancy_resolution, device=device)
+
+
+def refresh_occupancy_grid(estimator, model: "NeRFModel", step: int) -> None:
+    """Re-mark the grid's occupied cells from the model's current density (every ``occupancy_every`` steps)."""
+    from renderers.volume import update_occupancy_grid
+
+    cfg = model.cfg
+    update_occupancy_grid(estimator, model.density, step, step_size=2 * cfg.bound / cfg.num_samples,
+                          every=cfg.occupancy_every, occ_thre=cfg.occupancy_threshold)
+
+
 def pick_shading(step: int, cfg: NeRFConfig, generator: torch.Generator | None = None) -> str:
     """The shading mode for a training step: albedo during warm-up, then random as configured."""
     if step < cfg.albedo_warmup_steps:
@@ -317,6 +347,11 @@ class NeRFModel(nn.Module):
         flat = points.reshape(-1, 3)
         out = [self._activate(self.raw_density(flat[s : s + chunk])) for s in range(0, flat.shape[0], chunk)]
         return (torch.cat(out) if out else flat.new_zeros(0)).reshape(points.shape[:-1])
+
+    def seen_density(self, points: Tensor) -> Tensor:
+        """``density`` inside the sphere of radius ``bound`` and 0 outside it, where no ray ever sampled (rays
+        are clipped to that sphere), so the field there is untrained. The mesh stage queries the whole cube."""
+        return self.density(points) * (points.norm(dim=-1) <= self.cfg.bound)
 
     def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """(sigma (...), albedo (..., 3)) at points (..., 3)."""
