@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--work-dir", help="dataset cache and checkpoint folder (default runs/prior)")
     t.add_argument("--stop-after", type=int, help="stop after this many steps (the checkpoint lets a later run resume)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    t.set_defaults(func=_prior_train)
+    t.set_defaults(func=_prior_train, words="overrides")
 
     s = psub.add_parser("sample", help="DDIM samples with CFG as PNGs and a grid",
                         description="Sample prompts with DDIM and classifier-free guidance; writes one PNG per sample and grid.png.")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--model", help="a diffusers SD folder or hub id (default: the embedded prior)")
     s.add_argument("--allow-download", action="store_true", help="let a hub id download (off: local files only)")
-    s.set_defaults(func=_prior_sample)
+    s.set_defaults(func=_prior_sample, words="prompts")
 
     e = psub.add_parser("eval", help="judge samples of every world prompt with the world classifier; VAE PSNR",
                         description="Samples every colour x shape prompt and view prompts of the front-distinct objects, "
@@ -122,9 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse fills a ``nargs="*"`` positional from one run of words only, so ``generate "a cube" --config
+    dreamfusion train.steps=9`` would reject ``train.steps=9``. Words after an option join the command's word
+    list (named by its ``words`` default) in command-line order; unknown options stay an error."""
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "words", None)
+    if extra and (dest is None or any(w.startswith("-") for w in extra)):
+        parser.error("unrecognized arguments: " + " ".join(extra))
+    if extra:
+        setattr(args, dest, list(getattr(args, dest) or []) + extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         args.func(args)
     except (UserError, ConfigError, FileNotFoundError) as e:

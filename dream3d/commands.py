@@ -84,7 +84,7 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--overwrite", action="store_true", help="start again even if the output folder holds a run")
     g.add_argument("--stop-after", type=int, help="stop after this many steps, leaving a checkpoint for --resume")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    g.set_defaults(func=_generate)
+    g.set_defaults(func=_generate, words="prompt")
 
     m = sub.add_parser(
         "mesh", help="extract the mesh of a finished run again with other mesh settings, without training",
@@ -96,7 +96,7 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("run", help="a finished run folder (written by dream3d generate)")
     m.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="mesh.* or output.* settings, e.g. mesh.resolution=256")
-    m.set_defaults(func=_mesh)
+    m.set_defaults(func=_mesh, words="overrides")
 
     a = sub.add_parser(
         "ablate", help="run a grid of configs x prompts x seeds; write a table and a contact sheet",

@@ -42,6 +42,14 @@ def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
         return rule(prior, gcfg, generator=torch.Generator().manual_seed(seed))
 
 
+def describe_prior(prior, cfg: RunConfig) -> dict:
+    """Which diffusion model scored the run, and at what size and precision (for metrics.json)."""
+    from .guidance.prior import resolve_model
+
+    return {"model": resolve_model(cfg.guidance.prior)[0], "image_size": prior.image_size, "latent_size": prior.latent_size,
+            "dtype": str(prior.dtype).removeprefix("torch."), "device": str(prior.device)}
+
+
 def load_reference_image(path: str, size: int, background_threshold: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """The input image as (1, size, size, 3) RGB on white and its (1, size, size, 1) foreground mask.
 
@@ -119,7 +127,7 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
         log(f"stopped at step {trainer.step}/{cfg.train.steps}; continue with --resume")
         return {"stopped_at": trainer.step}
     metrics = {"prompt": cfg.prompt, "image": cfg.image, "representation": cfg.representation, "guidance": cfg.guidance.method,
-               "train": train_info, "history": trainer.history}
+               "prior": describe_prior(guidance.prior, cfg), "train": train_info, "history": trainer.history}
     files = save_representation(trainer, out_dir)
     if cfg.output.mesh:
         metrics["mesh"] = mesh_and_export(trainer, cfg, out_dir, files)

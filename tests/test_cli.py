@@ -63,10 +63,58 @@ def test_default_preset_is_vsd_for_text_and_sds_for_an_image():
     assert "method: sds" in run("generate", "a red cube", "--config", "dreamgaussian", "--print-config").stdout
 
 
+def test_overrides_may_follow_options():
+    """The issue's and README's order: PROMPT, then --config, then key=value words."""
+    r = run("generate", "a red", "--config", "dreamfusion", "train.steps=3", "--print-config", "cube", "train.steps=5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "prompt: a red cube" in r.stdout and "\n  steps: 5\n" in r.stdout and "representation: nerf" in r.stdout
+    r = run("generate", "a red cube", "--config", "dreamfusion", "--confg", "x")
+    assert r.returncode == 2 and "--confg" in r.stderr
+
+
+TINY_NERF = ["nerf.levels=4", "nerf.log2_table_size=10", "nerf.max_resolution=32", "nerf.hidden_dim=16", "nerf.num_samples=16"]
+
+
+@pytest.fixture(scope="module")
+def sd15_folder(tmp_path_factory):
+    from test_guidance import SD15_SMALL, make_sd_folder
+
+    return make_sd_folder(tmp_path_factory.mktemp("sd15") / "sd15_small", **SD15_SMALL)
+
+
+# The README's real-checkpoint commands on a Stable Diffusion 1.5-format folder (SD 1.5's layers, 512-pixel
+# images, 64x64 latents, CLIP tokenizer with 77 tokens; tiny channel counts and random weights): the path a user
+# with a real checkpoint takes, minus the GPU.
+@pytest.mark.parametrize("preset, extra", [
+    (None, ["train.resolution=32"]),
+    ("prolificdreamer", ["nerf.background=mlp", "nerf.light_direction=null", "nerf.ambient_ratio=0.1", "train.resolution=24", *TINY_NERF]),
+])
+def test_generate_with_a_stable_diffusion_format_checkpoint(sd15_folder, tmp_path, preset, extra):
+    import trimesh
+
+    out = tmp_path / "corgi"
+    config = ["--config", preset] if preset else []
+    r = run("generate", "a DSLR photo of a corgi", f"guidance.prior.model={sd15_folder}", *config, *TINY_RUN,
+            "train.steps=2", *extra, "-o", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prior"] == {"model": str(sd15_folder), "image_size": 512, "latent_size": 64, "dtype": "float32", "device": "cpu"}
+    assert metrics["representation"] == ("nerf" if preset else "gaussians") and metrics["guidance"] == "vsd"
+    assert metrics["train"]["steps"] == 2 and np.isfinite(metrics["train"]["final_grad_norm"])
+    assert len(trimesh.load(out / "mesh.glb", force="mesh").faces) > 0
+    assert (out / ("nerf.safetensors" if preset else "gaussians.ply")).exists()
+
+
 def test_bad_override_fails_with_the_key_named(tmp_path):
     r = run("generate", "a red cube", "train.stepz=3", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "train.stepz" in r.stderr and "train.steps" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_missing_model_names_the_key_that_sets_it(tmp_path):
+    r = run("generate", "a red cube", f"guidance.prior.model={tmp_path / 'no_such_model'}", "-o", str(tmp_path / "m"))
+    assert r.returncode == 2 and "No diffusion model folder" in r.stderr and "guidance.prior.model=<folder>" in r.stderr
+    assert not (tmp_path / "m" / "metrics.json").exists()
 
 
 def test_empty_prompt_and_unreadable_image_fail_cleanly(tmp_path):

@@ -59,9 +59,10 @@ def _missing_parts(folder: Path) -> list[str]:
 
 def _how_to_provide() -> str:
     return (
-        "Provide a model with `prior.model=<folder>` (a diffusers Stable Diffusion folder holding unet/, vae/, "
-        "text_encoder/, tokenizer/, scheduler/), or a hub id such as `prior.model=runwayml/stable-diffusion-v1-5` "
-        "together with `prior.allow_download=true`; or train the embedded prior with `dream3d prior train`."
+        "Provide a model with `guidance.prior.model=<folder>` (a diffusers Stable Diffusion folder holding unet/, vae/, "
+        "text_encoder/, tokenizer/, scheduler/), or a hub id such as `guidance.prior.model=runwayml/stable-diffusion-v1-5` "
+        "together with `guidance.prior.allow_download=true` (`--model` and `--allow-download` for `dream3d prior "
+        "sample/eval`); or train the embedded prior with `dream3d prior train`."
     )
 
 
