@@ -43,7 +43,10 @@ def load_spec(path: str) -> AblationSpec:
     spec = build_config(AblationSpec, [(path, raw)])
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: 'variants' must map each variant's name to a list of key=value overrides")
-    spec.variants = {str(k): [str(x) for x in (v or [])] for k, v in variants.items()}
+    for name, v in variants.items():
+        if not (v is None or isinstance(v, (str, list))):
+            raise ConfigError(f"{path}: variant {name!r} must be a list of key=value overrides, got {v!r}")
+    spec.variants = {str(k): [str(x) for x in ([v] if isinstance(v, str) else v or [])] for k, v in variants.items()}
     if not spec.prompts or not all(p.strip() for p in spec.prompts):
         raise ConfigError(f"{path}: 'prompts' must be a non-empty list of non-empty prompts")
     return spec
@@ -79,16 +82,31 @@ def cell_row(cell: dict, metrics: dict, quality: dict | None) -> dict:
 
 
 def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True) -> list[dict]:
-    from .pipeline import generate
+    from .pipeline import RunError, config_changes, generate
 
     spec = load_spec(spec_path)
     grid = cells(spec)
-    # Check every cell's config before running any, so a typo fails now and not at cell 7.
-    cfgs = [load_run_config(spec.base, c["overrides"], {"prompt": c["prompt"]}) for c in grid]
+    # Check every cell before running any, so a typo fails now and not at cell 7.
+    cfgs, dirs = [], {}
+    for c in grid:
+        name = f"variant {c['variant']!r}, prompt {c['prompt']!r}, seed {c['seed']}"
+        try:
+            cfgs.append(load_run_config(spec.base, c["overrides"], {"prompt": c["prompt"]}))
+        except ConfigError as e:
+            raise ConfigError(f"{spec_path}: {name}: {e}") from None
+        cell_dir = os.path.join(out_dir, _slug(c["variant"]), _slug(c["prompt"]), f"seed{c['seed']}")
+        if cell_dir in dirs:
+            raise ConfigError(f"{spec_path}: {dirs[cell_dir]} and {name} would share the folder {cell_dir}; "
+                              "rename one (folder names keep only letters and digits)")
+        dirs[cell_dir] = name
     rows = []
-    for k, (cell, cfg) in enumerate(zip(grid, cfgs)):
-        cell_dir = os.path.join(out_dir, _slug(cell["variant"]), _slug(cell["prompt"]), f"seed{cell['seed']}")
+    for k, (cell, cfg, cell_dir) in enumerate(zip(grid, cfgs, dirs)):
         done = os.path.exists(os.path.join(cell_dir, "metrics.json"))
+        if done and os.path.exists(os.path.join(cell_dir, "config.yaml")):
+            changed = config_changes(cfg, os.path.join(cell_dir, "config.yaml"))
+            if changed:
+                raise RunError(f"{cell_dir} holds a finished run with other settings than the spec now gives "
+                               f"({'; '.join(changed[:6])}); delete that folder to run the cell again, or use another -o")
         log(f"[{k + 1}/{len(grid)}] {cell['variant']} | {cell['prompt']} | seed {cell['seed']}" + (" (done, skipped)" if done else ""))
         if not done:
             resume = os.path.exists(os.path.join(cell_dir, "checkpoint.pt"))

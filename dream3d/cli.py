@@ -31,6 +31,8 @@ def _prior_sample(args) -> None:
     prompts = [p for p in args.prompts if p.strip()]
     if not prompts:
         raise UserError("give at least one non-empty prompt, e.g. dream3d prior sample \"a red cube, front view\" -o samples/")
+    if args.n < 1 or not 1 <= args.steps <= 1000:
+        raise UserError(f"--n must be at least 1 and --steps between 1 and 1000 (the training timesteps); got {args.n} and {args.steps}")
     pipe = load_pipeline(args.model, allow_download=args.allow_download)
     images = sample(pipe, prompts, per_prompt=args.n, steps=args.steps, guidance_scale=args.cfg, seed=args.seed)
     grid = save_samples(images, prompts, args.n, args.output)

@@ -11,7 +11,9 @@ class UserError(Exception):
     """An error caused by the input; printed without a traceback, exit code 2."""
 
 
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+# A word with "=" and no space is an override, even a misspelt one (train.batch-size=2 must fail as an
+# unknown key, not slip into the prompt); a prompt with "=" in it is one quoted word with spaces.
+_OVERRIDE = re.compile(r"^[^\s=]+=\S*$")
 
 
 def _generate(args) -> None:
@@ -80,8 +82,9 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--config", help="a preset in configs/ (gaussian-vsd, dreamgaussian, dreamfusion, prolificdreamer, gaussian-ism) "
                                     "or a YAML file (default: gaussian-vsd for a prompt, dreamgaussian with --image)")
     g.add_argument("--image", help="image-to-3D: an RGBA (or white-background) image of the object's front")
-    g.add_argument("--resume", action="store_true", help="continue the unfinished run in the output folder")
-    g.add_argument("--overwrite", action="store_true", help="start again even if the output folder holds a run")
+    again = g.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the unfinished run in the output folder (same settings)")
+    again.add_argument("--overwrite", action="store_true", help="start again even if the output folder holds a run (deletes its files)")
     g.add_argument("--stop-after", type=int, help="stop after this many steps, leaving a checkpoint for --resume")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     g.set_defaults(func=_generate, words="prompt")

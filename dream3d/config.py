@@ -91,5 +91,47 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"representation must be 'gaussians' or 'nerf', got {cfg.representation!r}")
     if cfg.guidance.method not in GUIDANCE_METHODS:
         raise ConfigError(f"guidance.method must be one of {', '.join(GUIDANCE_METHODS)}, got {cfg.guidance.method!r}")
-    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.steps and train.batch_size must be at least 1")
+    for key, least in _MINIMUMS.items():
+        value = _get(cfg, key)
+        if value < least:
+            raise ConfigError(f"{key} must be at least {least}, got {value}")
+    _check_schedules(cfg, "")
+    for key in _SCHEDULED_SIZES:
+        value = _get(cfg, key)
+        ends = [value] if isinstance(value, (int, float)) else [value[1], value[2]]
+        if min(ends) < 8:
+            raise ConfigError(f"{key} must stay at least 8 pixels, got {value}")
+
+
+# Counts and sizes below which a run cannot work (a 1-sample grid has no surface, 0 frames no video).
+_MINIMUMS = {
+    "train.steps": 1, "train.batch_size": 1, "gaussians.num_points": 1, "nerf.num_samples": 2,
+    "mesh.resolution": 8, "mesh.texture.texture_size": 8, "mesh.texture.view_resolution": 8,
+    "output.turntable_frames": 1, "output.turntable_resolution": 8, "reference.resolution": 8,
+}
+_SCHEDULED_SIZES = ("train.resolution",)
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_schedules(section, prefix: str) -> None:
+    """Every Scheduled field is a number or [start_step, start_value, end_value, end_step]."""
+    import dataclasses
+    import typing
+
+    from .guidance.schedules import Scheduled, scheduled
+
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_schedules(value, prefix + f.name + ".")
+        elif hints[f.name] == Scheduled:
+            try:
+                scheduled(value, 0)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{prefix}{f.name}: {e}") from None

@@ -53,6 +53,9 @@ def _check_keys(schema: Any, mapping: dict, where: str, prefix: str = "") -> Non
         key = prefix + str(k)
         if isinstance(v, dict) and key in sections:
             _check_keys(schema, v, where, key + ".")
+        elif isinstance(v, dict) and key in leaves:
+            below = key + "." + ".".join(_first_path(v))
+            raise ConfigError(f"{where}: '{key}' is a value, not a section, so '{below}' does not exist; set '{key}=...'")
         elif key not in leaves:
             if key in sections:
                 raise ConfigError(f"{where}: '{key}' is a section; set one of its keys, e.g. '{key}.{dotted_keys(schema_at(schema, key))[0]}'")
@@ -62,13 +65,18 @@ def _check_keys(schema: Any, mapping: dict, where: str, prefix: str = "") -> Non
             raise ConfigError(f"{where}: unknown config key '{key}'{_suggest(key, leaves, sections)}")
 
 
+def _first_path(d: dict) -> list[str]:
+    k, v = next(iter(d.items())) if d else ("", None)
+    return [str(k)] + (_first_path(v) if isinstance(v, dict) else [])
+
+
 def _suggest(key: str, leaves: set, sections: set) -> str:
     """Leaves with the same last name first (a right name under a wrong section), then close spellings."""
     tail = key.rsplit(".", 1)[-1]
     near = sorted((x for x in leaves if x.rsplit(".", 1)[-1] == tail), key=lambda x: -difflib.SequenceMatcher(None, key, x).ratio())
     near += [x for x in difflib.get_close_matches(key, sorted(leaves | sections), n=4, cutoff=0.5) if x not in near]
     if not near:
-        return "; see `dream3d generate --print-config` for every key"
+        return "; --print-config lists every key"
     return f"; did you mean {', '.join(repr(n) for n in near[:4])}?"
 
 
@@ -107,10 +115,13 @@ def parse_overrides(items: list[str]) -> dict:
 def load_yaml(path: str) -> dict:
     import yaml
 
-    if not os.path.exists(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} " + ("is a folder, not a YAML file" if os.path.isdir(path) else "does not exist"))
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of keys, not {type(data).__name__}")
     return data

@@ -7,6 +7,13 @@ import tempfile
 from contextlib import contextmanager
 
 
+def _file_mode() -> int:
+    """What open() would give a new file (0o666 less the umask); mkstemp makes its files 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str, suffix: str = ""):
     """Yield a temporary path in the target's folder; rename it onto ``path`` if the block succeeds.
@@ -17,6 +24,7 @@ def atomic_path(path: str, suffix: str = ""):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

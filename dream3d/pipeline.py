@@ -65,6 +65,8 @@ def load_reference_image(path: str, size: int, background_threshold: float = 0.9
         raise RunError(f"cannot read image {path!r} ({type(e).__name__}: {e}); give a PNG or JPEG file") from None
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, -1)
+    elif img.ndim == 3 and img.shape[-1] == 2:  # grey + alpha
+        img = np.concatenate([np.repeat(img[..., :1], 3, -1), img[..., 1:]], -1)
     if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 8:
         raise RunError(f"image {path!r} has shape {img.shape}; need an RGB or RGBA image of at least 8x8 pixels")
     x = torch.from_numpy(img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0))
@@ -76,15 +78,31 @@ def load_reference_image(path: str, size: int, background_threshold: float = 0.9
         mask = (rgb.min(-1, keepdim=True).values < background_threshold).float()
     if mask.sum() < 4:
         raise RunError(f"image {path!r} has no foreground: give an RGBA image with the object opaque, or a white background")
-    # Centre nothing, crop nothing: the reference camera sees the image as it is, composited on white.
+    # Crop nothing: the reference camera sees the image as it is, composited on white; a non-square image
+    # is padded with background to a centred square (stretching it would distort the object).
     rgb = rgb * mask + (1 - mask)
     chw = torch.cat([rgb, mask], -1).permute(2, 0, 1)[None]
+    h, w = chw.shape[-2:]
+    if h != w:
+        dh, dw = max(w - h, 0), max(h - w, 0)
+        pads = (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+        chw = torch.cat([torch.nn.functional.pad(chw[:, :3], pads, value=1.0), torch.nn.functional.pad(chw[:, 3:], pads, value=0.0)], 1)
     chw = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     out = chw[0].permute(1, 2, 0)
     return out[None, ..., :3].clamp(0, 1), out[None, ..., 3:].clamp(0, 1)
 
 
+# What a run writes into its folder. --overwrite removes these and val/, nothing else.
+RUN_FILES = ("metrics.json", "checkpoint.pt", "config.yaml", "gaussians.ply", "nerf.safetensors", "mesh.glb", "mesh.obj",
+             "mesh.mtl", "mesh.png", "turntable.mp4", "turntable.gif")
+
+
 def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
+    """Refuse to start where a run would be lost or could not continue; changes nothing."""
+    if resume and overwrite:
+        raise RunError("--resume continues the run in the folder and --overwrite deletes it; give one of them")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise RunError(f"{out_dir} is a file; give -o a folder")
     finished = os.path.exists(os.path.join(out_dir, "metrics.json"))
     started = os.path.exists(os.path.join(out_dir, "checkpoint.pt"))
     if finished and not overwrite:
@@ -93,29 +111,90 @@ def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
         raise RunError(f"{out_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start again")
     if resume and not started:
         raise RunError(f"--resume: {out_dir} has no checkpoint.pt to resume from")
-    if overwrite:
-        for name in ("metrics.json", "checkpoint.pt"):
-            if os.path.exists(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
+
+
+def clear_run(out_dir: str) -> None:
+    """Delete an earlier run's files (--overwrite), so none of them is mistaken for the new run's."""
+    import shutil
+
+    for name in RUN_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    shutil.rmtree(os.path.join(out_dir, "val"), ignore_errors=True)
+
+
+def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> list[str]:
+    """'key: before -> now' for each setting where ``cfg`` differs from the run config saved at ``path``."""
+    from .config import load_run_config
+
+    before, now = _flat(to_plain(load_run_config(path))), _flat(to_plain(cfg))
+    keys = [k for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k) and not k.startswith(ignore)]
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys]
+
+
+def check_resume_config(cfg: RunConfig, out_dir: str) -> None:
+    """A resumed run must train with the settings it started with (mesh.* and output.* may change)."""
+    path = os.path.join(out_dir, "config.yaml")
+    changed = config_changes(cfg, path, ignore=("mesh.", "output.")) if os.path.exists(path) else []
+    if changed:
+        raise RunError(f"--resume: this command's settings differ from those the run in {out_dir} started with "
+                       f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}). "
+                       "Resume with the same prompt, --config and overrides, or start again with --overwrite")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def warn_outside_vocabulary(cfg: RunConfig, log) -> None:
+    """The embedded prior knows only the shape world's prompts: say so before a run that cannot work."""
+    from .world.shapes import parse_prompt
+
+    if cfg.guidance.prior.model is not None or not cfg.prompt.strip():
+        return
+    try:
+        parse_prompt(cfg.prompt)
+    except ValueError as e:
+        log(f"warning: {e}. The embedded prior was trained on those words only; for other prompts give a real "
+            "checkpoint with guidance.prior.model=...")
 
 
 def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool = False, log=print, stop_after: int | None = None) -> dict:
     """Run the whole pipeline into ``out_dir``; returns the metrics (also written to metrics.json).
-    ``stop_after`` stops training early (as an interruption would), leaving a resumable checkpoint."""
+    ``stop_after`` stops training early (as an interruption would), leaving a resumable checkpoint.
+
+    Everything that can fail on the input (the folder, the settings of a resumed run, the device, the image,
+    the model) is checked before the folder changes, so a failed start never costs an earlier run."""
+    from .guidance.prior import resolve_device
     from .train import Trainer
 
     if not cfg.prompt.strip() and not cfg.image:
         raise RunError('the prompt is empty: say what to make, e.g. dream3d generate "a red cube"')
+    if stop_after is not None and stop_after < 1:
+        raise RunError(f"--stop-after must be at least 1 step, got {stop_after}")
     check_output_dir(out_dir, resume, overwrite)
-    os.makedirs(out_dir, exist_ok=True)
+    if resume:
+        check_resume_config(cfg, out_dir)
+    resolve_device(cfg.train.device, "train.device")
     t_start = time.time()
     reference = None
     if cfg.image:
         reference = load_reference_image(cfg.image, cfg.reference.resolution)
         if not cfg.prompt.strip():
             log("no prompt with the image: the other views get unconditional SDS")
-    atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
+    warn_outside_vocabulary(cfg, log)
     guidance = build_guidance(cfg)
+    if overwrite:
+        clear_run(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
     trainer = Trainer(cfg, cfg.prompt, out_dir, guidance=guidance, reference=reference, log=log)
     earlier = 0.0  # training time of earlier sittings, so total_seconds of a resumed run covers them too
     if resume:
@@ -163,7 +242,7 @@ def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
     for name in ("config.yaml", "checkpoint.pt", "metrics.json"):
         if not os.path.exists(os.path.join(run_dir, name)):
             raise RunError(f"{run_dir} has no {name}: only a finished dream3d run folder can be meshed again")
-    bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("mesh.", "output."))]
+    bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("mesh.", "output.")) or o.startswith("output.mesh=")]
     if bad:
         raise RunError(f"only mesh.* and output.* settings can change after training; got {', '.join(bad)}")
     cfg = load_run_config(os.path.join(run_dir, "config.yaml"), overrides)

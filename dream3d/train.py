@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from renderers.cameras import Cameras, CameraSampler, orbit_cameras
 
+from .guidance.prior import resolve_device
 from .guidance.schedules import Scheduled, scheduled
 from .io import atomic_save_torch
 
@@ -61,10 +63,28 @@ class NonFiniteError(FloatingPointError):
     pass
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+@contextmanager
+def _interrupt_between_steps():
+    """Yield a function that says whether Ctrl-C was pressed. The first Ctrl-C only sets that flag, so the
+    loop can finish the step and checkpoint (stopping mid-step would leave parameters half updated);
+    a second one interrupts at once. Outside the main thread signals cannot be caught: nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits = []
+
+    def on_sigint(signum, frame):
+        hits.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -85,7 +105,7 @@ class Trainer:
         from .representations.nerf import NeRFModel, occupancy_grid_for
 
         self.cfg, self.prompt, self.out_dir, self.log = cfg, prompt, out_dir, log
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(cfg.train.device, "train.device")
         self.g_cam = torch.Generator().manual_seed(cfg.seed)
         self.g_model = torch.Generator().manual_seed(cfg.seed + 1)
         torch.manual_seed(cfg.seed)
@@ -224,49 +244,64 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> dict:
-        from .prior.sample import save_png
-
+        """Train to ``train.steps``, or for ``stop_after`` steps of this sitting. Stopping early, or Ctrl-C
+        (which ends the current step first), writes a checkpoint to resume from."""
         cfg = self.cfg.train
         done_now = 0
         bar = tqdm(total=cfg.steps, initial=self.step, desc="text-to-3D" if self.reference is None else "image-to-3D", unit="step", dynamic_ncols=True)
         last_good = None
-        while self.step < cfg.steps:
-            if stop_after is not None and done_now >= stop_after:
-                break
-            t0 = time.time()
-            try:
-                r = self.train_step()
-            except NonFiniteError as e:
-                self.nan_skips += 1
-                self.opt.zero_grad(set_to_none=True)
-                if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
-                    bar.close()
-                    raise NonFiniteError(f"{e}; stopped after {self.nan_skips} bad steps. The last good checkpoint is kept at "
-                                         f"{self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume.") from None
-                self.log(f"step {self.step}: {e}; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
-                r = StepResult(float("nan"), float("nan"), float("nan"), float("nan"), skipped=True)
-            self.train_seconds += time.time() - t0
-            self.step += 1
-            done_now += 1
-            if not r.skipped:
-                last_good = r
-            if self.step % 10 == 0 or self.step == cfg.steps:
-                rec = {"step": self.step, "loss": r.loss, "guidance_loss": r.guidance_loss, "grad_norm": r.grad_norm, "t": r.t}
-                if self.cfg.representation == "gaussians":
-                    rec["num_gaussians"] = len(self.model)
-                self.history.append(rec)
-            post = {"loss": f"{r.loss:.4g}", "t": f"{r.t:.0f}"}
-            if self.cfg.representation == "gaussians":
-                post["N"] = len(self.model)
-            bar.set_postfix(post)
-            bar.update(1)
-            if cfg.val_every and self.step % cfg.val_every == 0:
-                save_png(os.path.join(self.out_dir, "val", f"step_{self.step:05d}.png"), self.validation_views())
-            checkpoint_due = (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps
-            if checkpoint_due and not r.skipped:  # a bad step never overwrites the last good checkpoint
-                self.save_checkpoint()
+        r = None
+        with _interrupt_between_steps() as interrupted:
+            while self.step < cfg.steps:
+                if (stop_after is not None and done_now >= stop_after) or interrupted():
+                    if r is not None and not r.skipped:  # where the next sitting starts (--resume)
+                        self.save_checkpoint()
+                    break
+                r = self._one_step(bar, cfg)
+                done_now += 1
+                if not r.skipped:
+                    last_good = r
+            if interrupted():
+                bar.close()
+                self.log(f"interrupted after step {self.step}/{cfg.steps}; the checkpoint {self.ckpt_path} is where --resume starts")
+                raise KeyboardInterrupt
         bar.close()
         return {"steps": self.step, "train_seconds": round(self.train_seconds, 2), "nan_skips": self.nan_skips,
                 "steps_per_second": round(self.step / max(self.train_seconds, 1e-9), 3) if self.step else 0.0,
                 "final_loss": None if last_good is None else last_good.loss,
                 "final_grad_norm": None if last_good is None else last_good.grad_norm}
+
+    def _one_step(self, bar, cfg) -> StepResult:
+        """One optimizer step with the NaN guard, then the progress bar, validation renders and checkpoints."""
+        from .prior.sample import save_png
+
+        t0 = time.time()
+        try:
+            r = self.train_step()
+        except NonFiniteError as e:
+            self.nan_skips += 1
+            self.opt.zero_grad(set_to_none=True)
+            if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
+                bar.close()
+                raise NonFiniteError(f"{e}; stopped after {self.nan_skips} bad steps. The last good checkpoint is kept at "
+                                     f"{self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume.") from None
+            self.log(f"step {self.step}: {e}; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
+            r = StepResult(float("nan"), float("nan"), float("nan"), float("nan"), skipped=True)
+        self.train_seconds += time.time() - t0
+        self.step += 1
+        if self.step % 10 == 0 or self.step == cfg.steps:
+            rec = {"step": self.step, "loss": r.loss, "guidance_loss": r.guidance_loss, "grad_norm": r.grad_norm, "t": r.t}
+            if self.cfg.representation == "gaussians":
+                rec["num_gaussians"] = len(self.model)
+            self.history.append(rec)
+        post = {"loss": f"{r.loss:.4g}", "t": f"{r.t:.0f}"}
+        if self.cfg.representation == "gaussians":
+            post["N"] = len(self.model)
+        bar.set_postfix(post)
+        bar.update(1)
+        if cfg.val_every and self.step % cfg.val_every == 0:
+            save_png(os.path.join(self.out_dir, "val", f"step_{self.step:05d}.png"), self.validation_views())
+        checkpoint_due = (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps
+        if checkpoint_due and not r.skipped:  # a bad step never overwrites the last good checkpoint
+            self.save_checkpoint()
+        return r

@@ -70,6 +70,10 @@ def test_overrides_may_follow_options():
     assert "prompt: a red cube" in r.stdout and "\n  steps: 5\n" in r.stdout and "representation: nerf" in r.stdout
     r = run("generate", "a red cube", "--config", "dreamfusion", "--confg", "x")
     assert r.returncode == 2 and "--confg" in r.stderr
+    r = run("generate", "a red cube", "train.batch-size=2", "--print-config")  # a misspelt override is not prompt text
+    assert r.returncode == 2 and "'train.batch-size'" in r.stderr and "train.batch_size" in r.stderr
+    r = run("generate", "a red cube", "--resume", "--overwrite", "-o", "x")
+    assert r.returncode == 2 and "not allowed with" in r.stderr
 
 
 TINY_NERF = ["nerf.levels=4", "nerf.log2_table_size=10", "nerf.max_resolution=32", "nerf.hidden_dim=16", "nerf.num_samples=16"]
@@ -111,6 +115,17 @@ def test_bad_override_fails_with_the_key_named(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_ablation_cells_that_would_share_a_folder_are_refused(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  'cfg 50': guidance.sds.guidance_scale=50\n"
+                    "  cfg-50: [guidance.sds.guidance_scale=50]\n")
+    r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
+    assert r.returncode == 2 and "would share the folder" in r.stderr and not (tmp_path / "abl").exists()
+    spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  a: [guidance.sds.guidance_scael=50]\n")
+    r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
+    assert r.returncode == 2 and "variant 'a'" in r.stderr and "guidance.sds.guidance_scale" in r.stderr
+
+
 def test_missing_model_names_the_key_that_sets_it(tmp_path):
     r = run("generate", "a red cube", f"guidance.prior.model={tmp_path / 'no_such_model'}", "-o", str(tmp_path / "m"))
     assert r.returncode == 2 and "No diffusion model folder" in r.stderr and "guidance.prior.model=<folder>" in r.stderr
@@ -140,6 +155,30 @@ def test_interrupted_run_resumes(tiny_prior, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 4
 
 
+def test_ctrl_c_ends_the_step_and_leaves_a_checkpoint_to_resume(tiny_prior, tmp_path):
+    import signal
+    import time
+
+    import torch
+
+    out = tmp_path / "run"
+    args = ["generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "train.steps=400",
+            "train.checkpoint_every=0", "train.val_every=1", "-o", str(out)]
+    p = subprocess.Popen([sys.executable, "-m", "dream3d.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while not (out / "val" / "step_00002.png").exists():
+        assert p.poll() is None and time.time() < deadline, p.stderr.read()[-2000:] if p.poll() is not None else "timed out"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "--resume" in err, err[-2000:]
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]  # no periodic checkpoint: Ctrl-C wrote it
+    assert 2 <= step < 400
+    r = run(*args, "--resume", "--stop-after", "1")
+    assert r.returncode == 0 and f"at step {step}" in r.stderr, r.stderr[-2000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 1
+
+
 def test_ablate_two_by_two_grid(tiny_prior, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(
@@ -155,6 +194,10 @@ def test_ablate_two_by_two_grid(tiny_prior, tmp_path):
     # a second run skips the finished cells
     r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
     assert r.returncode == 0 and r.stderr.count("skipped") == 4
+    # an edited spec does not pass off the old results as the new settings'
+    spec.write_text(spec.read_text().replace("guidance_scale=50", "guidance_scale=30"))
+    r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
+    assert r.returncode == 2 and "guidance.sds.guidance_scale: 50.0 -> 30.0" in r.stderr, r.stderr[-2000:]
 
 
 def test_image_to_3d_fits_the_reference_view(tiny_prior, tmp_path):

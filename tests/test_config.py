@@ -82,3 +82,42 @@ def test_every_schema_key_is_reachable_by_override():
     keys = dotted_keys(RunConfig())
     assert "guidance.vsd.lora_rank" in keys and "mesh.extract.target_faces" in keys and "nerf.levels" in keys
     assert parse_overrides(["a.b.c=1", "a.d=[1, 2]", "e=text with spaces"]) == {"a": {"b": {"c": 1}, "d": [1, 2]}, "e": "text with spaces"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("mesh.resolution=0", "mesh.resolution must be at least 8, got 0"),
+    ("output.turntable_frames=0", "output.turntable_frames must be at least 1"),
+    ("gaussians.num_points=0", "gaussians.num_points must be at least 1"),
+    ("train.resolution=-8", "train.resolution must stay at least 8 pixels"),
+    ("train.resolution=[0,4,32,100]", "train.resolution must stay at least 8 pixels"),
+    ("train.resolution=[0,16,32]", "train.resolution: a scheduled scalar must be"),
+    ("guidance.sds.guidance_scale=[1,2]", "guidance.sds.guidance_scale: a scheduled scalar must be"),
+    ("train.steps.foo=5", "'train.steps' is a value, not a section"),
+])
+def test_values_a_run_cannot_use_fail_at_load_naming_the_key(override, message):
+    import re
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_run_config("dreamgaussian", [override])
+
+
+def test_unreadable_config_files_are_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {steps: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(str(bad))
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_run_config(str(tmp_path))
+
+
+def test_a_device_this_machine_lacks_is_a_config_error():
+    import torch
+
+    from dream3d.guidance.prior import resolve_device
+
+    with pytest.raises(ConfigError, match="is not a device"):
+        resolve_device("gpu0", "train.device")
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device=cuda but torch sees no CUDA device"):
+            resolve_device("cuda", "train.device")

@@ -28,10 +28,10 @@ def test_resumed_run_reaches_the_same_parameters(tiny_prior, tmp_path, preset):
     a = Trainer(cfg, cfg.prompt, str(tmp_path / "a"), guidance=build_guidance(cfg), log=lambda m: None)
     a.run()
     b = Trainer(cfg, cfg.prompt, str(tmp_path / "b"), guidance=build_guidance(cfg), log=lambda m: None)
-    b.run(stop_after=3)  # an interruption right after the step-3 checkpoint
+    b.run(stop_after=4)  # stopping between the step-3 and step-6 checkpoints writes one at step 4
     c = Trainer(cfg, cfg.prompt, str(tmp_path / "b"), guidance=build_guidance(cfg), log=lambda m: None)
     c.load_checkpoint()
-    assert c.step == 3
+    assert c.step == 4
     c.run()
     sa, sc = a.model.state_dict(), c.model.state_dict()
     if cfg.representation == "gaussians":
@@ -143,3 +143,32 @@ def test_nerf_trains_on_cuda_through_the_occupancy_grid(tiny_prior, tmp_path):
     assert (a.rgb - b.rgb).abs().mean() < 0.03 and (a.alpha - b.alpha).abs().mean() < 0.03
     saved = torch.load(tr.ckpt_path, weights_only=True)  # the checkpoint carries the grid
     assert torch.equal(saved["occupancy"]["binaries"].cpu(), tr.occupancy.binaries.cpu())
+
+
+def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, tmp_path):
+    from dream3d.guidance.prior import PriorNotFoundError
+    from dream3d.pipeline import RunError
+
+    quiet = dict(log=lambda m: None)
+    out = str(tmp_path / "run")
+    cfg = _cfg(tiny_prior, "train.val_every=1")
+    generate(cfg, out, stop_after=1, **quiet)
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 1
+    # a resume must train what the run started with
+    with pytest.raises(RunError, match="prompt: 'a red cube' -> 'a blue cube'"):
+        generate(_cfg(tiny_prior, "train.val_every=1", "prompt=a blue cube"), out, resume=True, **quiet)
+    assert generate(cfg, out, resume=True, **quiet)["train"]["steps"] == 4
+    before = {name: open(os.path.join(out, name), "rb").read() for name in ("metrics.json", "checkpoint.pt", "config.yaml", "mesh.glb")}
+    listing = sorted(os.listdir(out))
+    # --overwrite with an input that cannot work fails before anything of the earlier run is touched
+    with pytest.raises(RunError, match="does not exist"):
+        generate(_cfg(tiny_prior, "image=" + str(tmp_path / "missing.png")), out, overwrite=True, **quiet)
+    with pytest.raises(PriorNotFoundError):
+        generate(_cfg(str(tmp_path / "no_model")), out, overwrite=True, **quiet)
+    with pytest.raises(RunError, match="one of them"):
+        generate(cfg, out, resume=True, overwrite=True, **quiet)
+    assert sorted(os.listdir(out)) == listing
+    assert all(open(os.path.join(out, name), "rb").read() == data for name, data in before.items())
+    # a real overwrite leaves none of the earlier run's files behind (no stale mesh, no old val renders)
+    generate(_cfg(tiny_prior, "train.steps=2", "train.val_every=0", "output.mesh=false"), out, overwrite=True, **quiet)
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.yaml", "gaussians.ply", "metrics.json"]

@@ -15,6 +15,7 @@ prompts (the unconditional branch of classifier-free guidance).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -92,10 +93,23 @@ def resolve_model(cfg: PriorConfig) -> tuple[str, bool]:
     return model, False  # "owner/name": a hub id
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, key: str = "guidance.prior.device") -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a clear error for a device this
+    machine lacks (torch's own is an AssertionError from deep inside the first .to())."""
+    from ..configtools import ConfigError
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key}={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={device} but torch sees no CUDA device here (torch.cuda.is_available() is False); "
+                          f"use {key}=auto or cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{key}={device!r}: only cpu and cuda devices are supported")
+    return dev
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -182,7 +196,7 @@ class DiffusionPrior:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 
-        device = _resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
         dtype = _resolve_dtype(cfg.dtype, device)
         kw = dict(local_files_only=not cfg.allow_download)
         try:
@@ -233,6 +247,11 @@ class DiffusionPrior:
         if isinstance(prompts, str):
             prompts = [prompts]
         new = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        for p in new:
+            n = len(self.tokenizer(p).input_ids)
+            if n > self.max_length:
+                warnings.warn(f"the prompt {p!r} is {n} tokens long; the text encoder reads only the first {self.max_length}, "
+                              "so the rest is ignored", stacklevel=2)
         if new:
             tok = self.tokenizer(list(new), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
             mask = tok.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None

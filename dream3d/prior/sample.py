@@ -14,10 +14,19 @@ def load_pipeline(model: str | None = None, device: str = "cpu", allow_download:
     """A StableDiffusionPipeline with a DDIM scheduler; ``model`` is a folder or hub id (default: embedded)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    from ..guidance.prior import PriorConfig, PriorNotFoundError, resolve_model
+
     path = model or EMBEDDED_PRIOR
     if model is None and not os.path.isdir(path):
         raise FileNotFoundError(f"the embedded prior is missing at {path}; train it with `dream3d prior train` or pass --model")
-    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=not allow_download, safety_checker=None, requires_safety_checker=False)
+    if model is not None:
+        path, is_local = resolve_model(PriorConfig(model=model, allow_download=allow_download))  # a clear error for a bad path
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=not allow_download, safety_checker=None, requires_safety_checker=False)
+    except OSError as e:
+        if model is None or is_local:
+            raise
+        raise PriorNotFoundError(f"the model {model!r} could not be loaded ({e}); download it first, or pass --allow-download") from None
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -1,0 +1,62 @@
+"""What a run reads and writes at its edges: reference images, prompts the prior cannot read, file modes."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dream3d.config import load_run_config
+from dream3d.pipeline import load_reference_image, warn_outside_vocabulary
+
+
+def _png(path, rgba):
+    import imageio.v3 as iio
+
+    iio.imwrite(path, rgba)
+    return str(path)
+
+
+def test_a_wide_image_is_padded_not_stretched(tmp_path):
+    img = np.zeros((40, 80, 4), np.uint8)
+    img[10:30, 30:50] = (255, 0, 0, 255)  # a 20x20 red square in a 40x80 image
+    rgb, mask = load_reference_image(_png(tmp_path / "wide.png", img), 40)
+    ys, xs = torch.nonzero(mask[0, ..., 0] > 0.5, as_tuple=True)
+    h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+    assert abs(h - w) <= 1 and 9 <= w <= 11  # still square, half size (80 px -> 40 px), not 20x10
+    assert abs(float(ys.float().mean()) - 19.5) < 1 and abs(float(xs.float().mean()) - 19.5) < 1  # centred
+    assert float(rgb[0, 2, 20].min()) > 0.99  # the padding is white background
+
+
+def test_grey_with_alpha_is_read(tmp_path):
+    img = np.zeros((16, 16, 2), np.uint8)
+    img[4:12, 4:12] = (128, 255)
+    rgb, mask = load_reference_image(_png(tmp_path / "la.png", img), 16)
+    assert float(mask.sum()) == pytest.approx(64, abs=1)
+    assert torch.allclose(rgb[0, 8, 8], torch.full((3,), 128 / 255), atol=1e-3)
+
+
+def test_prompts_outside_the_embedded_priors_world_are_warned_about():
+    said = []
+    warn_outside_vocabulary(load_run_config("dreamgaussian", ["prompt=a photo of a corgi"]), said.append)
+    assert len(said) == 1 and "outside the shape world's vocabulary" in said[0] and "guidance.prior.model" in said[0]
+    said.clear()
+    warn_outside_vocabulary(load_run_config("dreamgaussian", ["prompt=a red cube"]), said.append)
+    warn_outside_vocabulary(load_run_config("dreamgaussian", ["prompt=a photo of a corgi", "guidance.prior.model=/some/sd"]), said.append)
+    assert said == []
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_about(tiny_prior):
+    from dream3d.guidance.prior import DiffusionPrior, PriorConfig
+
+    prior = DiffusionPrior.load(PriorConfig(model=tiny_prior, device="cpu"))
+    with pytest.warns(UserWarning, match=f"reads only the first {prior.max_length}"):
+        prior.text_embeddings(["a red cube " * 20])
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    from dream3d.io import atomic_write_text
+
+    atomic_write_text(str(tmp_path / "a.txt"), "x")
+    plain = tmp_path / "b.txt"
+    plain.write_text("x")
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
