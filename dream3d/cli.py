@@ -137,7 +137,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings meant for the user (no alpha channel, a truncated prompt) without Python's source line."""
+    return f"{category.__name__}: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
