@@ -11,9 +11,9 @@ class UserError(Exception):
     """An error caused by the input; printed without a traceback, exit code 2."""
 
 
-# A word with "=" and no space is an override, even a misspelt one (train.batch-size=2 must fail as an
-# unknown key, not slip into the prompt); a prompt with "=" in it is one quoted word with spaces.
-_OVERRIDE = re.compile(r"^[^\s=]+=\S*$")
+# A word that starts with a key and "=" is an override, even a misspelt key (train.batch-size=2 must fail as
+# an unknown key, not slip into the prompt); the value may hold spaces ("guidance.sds.negative_prompt=blurry, ugly").
+_OVERRIDE = re.compile(r"^[^\s=]+=")
 
 
 def _generate(args) -> None:

@@ -244,7 +244,8 @@ def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
             raise RunError(f"{run_dir} has no {name}: only a finished dream3d run folder can be meshed again")
     bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("mesh.", "output.")) or o.startswith("output.mesh=")]
     if bad:
-        raise RunError(f"only mesh.* and output.* settings can change after training; got {', '.join(bad)}")
+        raise RunError(f"only mesh.* and output.* settings (not output.mesh: this command makes the mesh) can change "
+                       f"after training; got {', '.join(bad)}")
     cfg = load_run_config(os.path.join(run_dir, "config.yaml"), overrides)
     trainer = Trainer(cfg, cfg.prompt, run_dir, log=log)
     trainer.load_checkpoint()
