@@ -82,7 +82,7 @@ def cell_row(cell: dict, metrics: dict, quality: dict | None) -> dict:
 
 
 def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True) -> list[dict]:
-    from .pipeline import RunError, config_changes, generate
+    from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes, generate
 
     spec = load_spec(spec_path)
     grid = cells(spec)
@@ -99,14 +99,16 @@ def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True)
             raise ConfigError(f"{spec_path}: {dirs[cell_dir]} and {name} would share the folder {cell_dir}; "
                               "rename one (folder names keep only letters and digits)")
         dirs[cell_dir] = name
+        # A cell run before with other settings (the spec was edited) must not pass for this one.
+        saved = os.path.join(cell_dir, "config.yaml")
+        done = os.path.exists(os.path.join(cell_dir, "metrics.json"))
+        changed = config_changes(cfgs[-1], saved, () if done else RESUME_MAY_CHANGE) if os.path.exists(saved) else []
+        if changed:
+            raise RunError(f"{cell_dir} holds a{' finished' if done else 'n unfinished'} run with other settings than the spec "
+                           f"now gives ({'; '.join(changed[:6])}); delete that folder to run the cell again, or use another -o")
     rows = []
     for k, (cell, cfg, cell_dir) in enumerate(zip(grid, cfgs, dirs)):
         done = os.path.exists(os.path.join(cell_dir, "metrics.json"))
-        if done and os.path.exists(os.path.join(cell_dir, "config.yaml")):
-            changed = config_changes(cfg, os.path.join(cell_dir, "config.yaml"))
-            if changed:
-                raise RunError(f"{cell_dir} holds a finished run with other settings than the spec now gives "
-                               f"({'; '.join(changed[:6])}); delete that folder to run the cell again, or use another -o")
         log(f"[{k + 1}/{len(grid)}] {cell['variant']} | {cell['prompt']} | seed {cell['seed']}" + (" (done, skipped)" if done else ""))
         if not done:
             resume = os.path.exists(os.path.join(cell_dir, "checkpoint.pt"))

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dream3d: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dream3d: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        again = "the same command" if args.command == "ablate" else "the same command with --resume"
+        print(f"dream3d: interrupted; run {again} to continue", file=sys.stderr)
         return 130
     return 0
 

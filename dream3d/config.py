@@ -130,7 +130,7 @@ def _check_schedules(section, prefix: str) -> None:
         value = getattr(section, f.name)
         if dataclasses.is_dataclass(value):
             _check_schedules(value, prefix + f.name + ".")
-        elif hints[f.name] == Scheduled:
+        elif hints[f.name] in (Scheduled, typing.Optional[Scheduled]) and value is not None:
             try:
                 scheduled(value, 0)
             except (TypeError, ValueError) as e:

@@ -14,6 +14,9 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+FILE_MODE = _file_mode()  # read once, at import: changing the umask is process-wide
+
+
 @contextmanager
 def atomic_path(path: str, suffix: str = ""):
     """Yield a temporary path in the target's folder; rename it onto ``path`` if the block succeeds.
@@ -24,7 +27,7 @@ def atomic_path(path: str, suffix: str = ""):
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

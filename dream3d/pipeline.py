@@ -114,14 +114,19 @@ def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
 
 
 def clear_run(out_dir: str) -> None:
-    """Delete an earlier run's files (--overwrite), so none of them is mistaken for the new run's."""
-    import shutil
+    """Delete an earlier run's files (--overwrite), so none of them is mistaken for the new run's. Only a
+    folder that holds a run is cleared, and only of the names a run writes (val/step_*.png in val/)."""
+    import glob
 
-    for name in RUN_FILES:
-        path = os.path.join(out_dir, name)
+    if not any(os.path.exists(os.path.join(out_dir, n)) for n in ("config.yaml", "checkpoint.pt", "metrics.json")):
+        return
+    for path in [os.path.join(out_dir, n) for n in RUN_FILES] + glob.glob(os.path.join(out_dir, "val", "step_*.png")):
         if os.path.isfile(path):
             os.remove(path)
-    shutil.rmtree(os.path.join(out_dir, "val"), ignore_errors=True)
+    try:
+        os.rmdir(os.path.join(out_dir, "val"))
+    except OSError:  # absent, or holds something that is not ours
+        pass
 
 
 def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -129,14 +134,22 @@ def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> l
     from .config import load_run_config
 
     before, now = _flat(to_plain(load_run_config(path))), _flat(to_plain(cfg))
+    for d in (before, now):  # the same file spelt another way (./a.png, an absolute path) is the same input
+        for k in ("image", "guidance.prior.model"):
+            if isinstance(d.get(k), str) and os.path.exists(d[k]):
+                d[k] = os.path.realpath(d[k])
     keys = [k for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k) and not k.startswith(ignore)]
     return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys]
 
 
+# Settings a resumed run may change: they do not touch what is trained.
+RESUME_MAY_CHANGE = ("mesh.", "output.", "train.checkpoint_every", "train.val_every", "guidance.prior.allow_download")
+
+
 def check_resume_config(cfg: RunConfig, out_dir: str) -> None:
-    """A resumed run must train with the settings it started with (mesh.* and output.* may change)."""
+    """A resumed run must train with the settings it started with (RESUME_MAY_CHANGE aside)."""
     path = os.path.join(out_dir, "config.yaml")
-    changed = config_changes(cfg, path, ignore=("mesh.", "output.")) if os.path.exists(path) else []
+    changed = config_changes(cfg, path, ignore=RESUME_MAY_CHANGE) if os.path.exists(path) else []
     if changed:
         raise RunError(f"--resume: this command's settings differ from those the run in {out_dir} started with "
                        f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}). "

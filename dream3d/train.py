@@ -67,12 +67,12 @@ class NonFiniteError(FloatingPointError):
 def _interrupt_between_steps():
     """Yield a function that says whether Ctrl-C was pressed. The first Ctrl-C only sets that flag, so the
     loop can finish the step and checkpoint (stopping mid-step would leave parameters half updated);
-    a second one interrupts at once. Outside the main thread signals cannot be caught: nothing changes."""
+    a second one interrupts at once. Where Ctrl-C is ignored or cannot be caught, nothing changes."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        yield lambda: False  # no Ctrl-C to catch here (a thread, nohup, or a handler installed outside Python)
         return
     hits = []
 

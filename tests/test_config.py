@@ -93,6 +93,7 @@ def test_every_schema_key_is_reachable_by_override():
     ("train.resolution=[0,16,32]", "train.resolution: a scheduled scalar must be"),
     ("guidance.sds.guidance_scale=[1,2]", "guidance.sds.guidance_scale: a scheduled scalar must be"),
     ("train.steps.foo=5", "'train.steps' is a value, not a section"),
+    ("guidance.sds.grad_clip_norm=[1,2]", "guidance.sds.grad_clip_norm: a scheduled scalar must be"),  # Scheduled | None
 ])
 def test_values_a_run_cannot_use_fail_at_load_naming_the_key(override, message):
     import re

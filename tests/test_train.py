@@ -169,6 +169,15 @@ def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, 
         generate(cfg, out, resume=True, overwrite=True, **quiet)
     assert sorted(os.listdir(out)) == listing
     assert all(open(os.path.join(out, name), "rb").read() == data for name, data in before.items())
-    # a real overwrite leaves none of the earlier run's files behind (no stale mesh, no old val renders)
+    # a real overwrite leaves none of the earlier run's files behind (no stale mesh, no old val renders),
+    # and nothing that a run does not write
+    open(os.path.join(out, "val", "notes.txt"), "w").write("mine")
     generate(_cfg(tiny_prior, "train.steps=2", "train.val_every=0", "output.mesh=false"), out, overwrite=True, **quiet)
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.yaml", "gaussians.ply", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.yaml", "gaussians.ply", "metrics.json", "val"]
+    assert os.listdir(os.path.join(out, "val")) == ["notes.txt"]
+    # a folder that holds no run loses nothing to --overwrite
+    other = tmp_path / "mine"
+    (other / "val").mkdir(parents=True)
+    (other / "val" / "step_00001.png").write_text("not a render of ours")
+    generate(_cfg(tiny_prior, "train.val_every=0"), str(other), overwrite=True, stop_after=1, **quiet)
+    assert (other / "val" / "step_00001.png").read_text() == "not a render of ours"

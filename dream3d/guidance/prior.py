@@ -107,6 +107,8 @@ def resolve_device(device: str, key: str = "guidance.prior.device") -> torch.dev
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key}={device} but torch sees no CUDA device here (torch.cuda.is_available() is False); "
                           f"use {key}=auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={device} but this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 ...")
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"{key}={device!r}: only cpu and cuda devices are supported")
     return dev
