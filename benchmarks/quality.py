@@ -59,14 +59,18 @@ def generate(prompt: str, preset: str, run_dir: str, overrides: list[str], log) 
     if os.path.exists(os.path.join(run_dir, "metrics.json")):
         return {"status": "done before"}
     os.makedirs(run_dir, exist_ok=True)
-    # The overrides follow the prompt directly: argparse collects positionals only before the options.
     cmd = [sys.executable, "-m", "dream3d.cli", "generate", prompt, *overrides, "-o", run_dir, "--config", preset]
     if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
         cmd.append("--resume")
     log(f"[{preset}] {prompt}: generating ({' '.join(overrides) or 'preset settings'})")
     t0 = time.time()
     with open(os.path.join(run_dir, "generate.log"), "a") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+        child = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            rc = child.wait()
+        except KeyboardInterrupt:  # the child got the Ctrl-C too: let it finish its step and checkpoint
+            child.wait()
+            raise
     wall = round(time.time() - t0, 2)
     if rc != 0 or not os.path.exists(os.path.join(run_dir, "metrics.json")):
         log(f"[{preset}] {prompt}: FAILED (exit {rc}); see {os.path.join(run_dir, 'generate.log')}")
