@@ -73,10 +73,7 @@ def preset_path(name: str) -> str:
 
 def load_run_config(preset: str | None = "dreamgaussian", overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
     """Preset, then ``extra`` (values the CLI sets, like the prompt), then dotted overrides."""
-    layers = []
-    if preset:
-        path = preset_path(preset)
-        layers.append((path, load_yaml(path)))
+    layers = _preset_layers(preset, []) if preset else []
     if extra:
         layers.append(("command line", extra))
     if overrides:
@@ -84,6 +81,23 @@ def load_run_config(preset: str | None = "dreamgaussian", overrides: list[str] |
     cfg = build_config(RunConfig, layers)
     validate(cfg)
     return cfg
+
+
+def _preset_layers(name: str, seen: list[str]) -> list[tuple[str, dict]]:
+    """A config file's layers: the preset named by its ``base:`` key first (recursively), then the file, so a
+    small file of your own can start from a preset: ``base: dreamgaussian`` plus the keys you change."""
+    path = preset_path(name)
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"{path}: 'base' goes round in a circle: {' -> '.join(seen + [os.path.abspath(path)])}")
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return [(path, data)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' names a preset or a YAML file, got {base!r}")
+    if not os.path.isabs(base) and os.path.exists(os.path.join(os.path.dirname(path), base)):
+        base = os.path.join(os.path.dirname(path), base)  # a file beside this one
+    return _preset_layers(base, seen + [os.path.abspath(path)]) + [(path, data)]
 
 
 def validate(cfg: RunConfig) -> None:

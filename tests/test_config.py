@@ -122,3 +122,20 @@ def test_a_device_this_machine_lacks_is_a_config_error():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="train.device=cuda but torch sees no CUDA device"):
             resolve_device("cuda", "train.device")
+
+
+def test_a_config_file_can_start_from_a_preset(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: dreamfusion\ntrain: {steps: 123}\n")
+    cfg, preset = load_run_config(str(mine)), load_run_config("dreamfusion")
+    assert cfg.train.steps == 123 and cfg.representation == "nerf"
+    assert cfg.nerf == preset.nerf and cfg.guidance == preset.guidance  # the rest is the preset's
+    (tmp_path / "more.yaml").write_text("base: mine.yaml\ntrain: {batch_size: 3}\n")  # a file beside it
+    more = load_run_config(str(tmp_path / "more.yaml"))
+    assert (more.train.steps, more.train.batch_size, more.representation) == (123, 3, "nerf")
+    mine.write_text("base: more.yaml\n")
+    with pytest.raises(ConfigError, match="circle"):
+        load_run_config(str(mine))
+    mine.write_text("base: dreamfusoin\n")
+    with pytest.raises(ConfigError, match="no config file or preset named 'dreamfusoin'"):
+        load_run_config(str(mine))
