@@ -84,7 +84,7 @@ TINY = dict(
     unet=dict(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8),
     vae=dict(block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64, scaling_factor=0.5),
     text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
-    max_length=16,
+    max_length=32,  # character tokens: "a red cube, overhead view" is 23 with BOS and EOS
 )
 
 
