@@ -110,6 +110,9 @@ def validate(cfg: RunConfig) -> None:
         if value < least:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
     _check_schedules(cfg, "")
+    f = cfg.reference.object_fraction
+    if f is not None and not 0.05 <= f <= 1.0:
+        raise ConfigError(f"reference.object_fraction must lie in [0.05, 1] (or be null for the image as it is), got {f}")
     for key in _SCHEDULED_SIZES:
         value = _get(cfg, key)
         ends = [value] if isinstance(value, (int, float)) else [value[1], value[2]]

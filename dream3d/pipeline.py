@@ -50,11 +50,13 @@ def describe_prior(prior, cfg: RunConfig) -> dict:
             "dtype": str(prior.dtype).removeprefix("torch."), "device": str(prior.device)}
 
 
-def load_reference_image(path: str, size: int, background_threshold: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def load_reference_image(path: str, size: int, background_threshold: float = 0.95,
+                         object_fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The input image as (1, size, size, 3) RGB on white and its (1, size, size, 1) foreground mask.
 
     The mask comes from the alpha channel; without one, pixels brighter than ``background_threshold`` in
-    every channel count as a white background (with a warning)."""
+    every channel count as a white background (with a warning). With ``object_fraction`` the image is
+    cropped to the object and padded so that the object's larger side fills that fraction, centred."""
     import imageio.v3 as iio
 
     if not os.path.exists(path):
@@ -78,10 +80,17 @@ def load_reference_image(path: str, size: int, background_threshold: float = 0.9
         mask = (rgb.min(-1, keepdim=True).values < background_threshold).float()
     if mask.sum() < 4:
         raise RunError(f"image {path!r} has no foreground: give an RGBA image with the object opaque, or a white background")
-    # Crop nothing: the reference camera sees the image as it is, composited on white; a non-square image
-    # is padded with background to a centred square (stretching it would distort the object).
     rgb = rgb * mask + (1 - mask)
     chw = torch.cat([rgb, mask], -1).permute(2, 0, 1)[None]
+    if object_fraction is not None:
+        ys, xs = torch.nonzero(chw[0, 3] > 0.5, as_tuple=True)
+        if len(ys):
+            chw = chw[..., int(ys.min()):int(ys.max()) + 1, int(xs.min()):int(xs.max()) + 1]
+            side = max(chw.shape[-2:]) / object_fraction
+            ph, pw = (max(int(round(side)) - n, 0) for n in chw.shape[-2:])
+            pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+            chw = torch.cat([torch.nn.functional.pad(chw[:, :3], pads, value=1.0), torch.nn.functional.pad(chw[:, 3:], pads, value=0.0)], 1)
+    # A non-square image is padded with background to a centred square (stretching would distort the object).
     h, w = chw.shape[-2:]
     if h != w:
         dh, dw = max(w - h, 0), max(h - w, 0)
@@ -199,7 +208,7 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     t_start = time.time()
     reference = None
     if cfg.image:
-        reference = load_reference_image(cfg.image, cfg.reference.resolution)
+        reference = load_reference_image(cfg.image, cfg.reference.resolution, object_fraction=cfg.reference.object_fraction)
         if not cfg.prompt.strip():
             log("no prompt with the image: the other views get unconditional SDS")
     warn_outside_vocabulary(cfg, log)

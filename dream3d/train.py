@@ -54,6 +54,10 @@ class ReferenceViewConfig:
     radius: float = 2.8
     fov_y: float = 45.0
     resolution: int = 64  # the image is resized to this square size
+    # Crop to the object and pad so its larger side fills this fraction of the frame, centred (as DreamGaussian's
+    # preprocessing does for photos); None: the image as it is. Off by default: the shape world's renders
+    # (objects 0.5-0.72 of the frame, centred in 3D) fit better as they are (README, Image-to-3D).
+    object_fraction: float | None = None
     lambda_rgb: float = 1000.0
     lambda_mask: float = 100.0
     every: int = 1  # fit the reference view on every n-th step

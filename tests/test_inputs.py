@@ -60,3 +60,17 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     plain = tmp_path / "b.txt"
     plain.write_text("x")
     assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def test_recentring_puts_the_object_in_the_middle_at_the_asked_size(tmp_path):
+    img = np.zeros((100, 100, 4), np.uint8)
+    img[5:25, 60:90] = (0, 0, 255, 255)  # a 20x30 blue box in the top-right corner
+    path = _png(tmp_path / "corner.png", img)
+    rgb, mask = load_reference_image(path, 50, object_fraction=0.6)
+    ys, xs = torch.nonzero(mask[0, ..., 0] > 0.5, as_tuple=True)
+    assert abs(int(xs.max() - xs.min() + 1) - 30) <= 1 and abs(int(ys.max() - ys.min() + 1) - 20) <= 1  # 0.6 x 50 wide
+    assert abs(float(xs.float().mean()) - 24.5) < 1 and abs(float(ys.float().mean()) - 24.5) < 1
+    assert float(rgb[0, 25, 25, 2]) > 0.95 and float(rgb[0, 25, 25, 0]) < 0.05
+    _, as_is = load_reference_image(path, 50)  # None: the image as it is
+    ys, xs = torch.nonzero(as_is[0, ..., 0] > 0.5, as_tuple=True)
+    assert abs(float(xs.float().mean()) - 37) < 1 and abs(float(ys.float().mean()) - 7) < 1
