@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from . import __version__
 from .commands import UserError, add_generate_and_ablate
 from .configtools import ConfigError, build_config, parse_overrides, to_yaml
 
@@ -73,6 +74,7 @@ def _prior_train_classifier(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dream3d", description="Text or image to textured 3D mesh by score distillation.")
+    p.add_argument("--version", action="version", version=f"dream3d {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     prior = sub.add_parser("prior", help="train, sample and evaluate the embedded diffusion prior",

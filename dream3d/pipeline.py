@@ -194,6 +194,7 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
 
     Everything that can fail on the input (the folder, the settings of a resumed run, the device, the image,
     the model) is checked before the folder changes, so a failed start never costs an earlier run."""
+    from . import __version__
     from .guidance.prior import resolve_device
     from .train import Trainer
 
@@ -228,7 +229,8 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
         log(f"stopped at step {trainer.step}/{cfg.train.steps}; continue with --resume")
         return {"stopped_at": trainer.step}
     metrics = {"prompt": cfg.prompt, "image": cfg.image, "representation": cfg.representation, "guidance": cfg.guidance.method,
-               "prior": describe_prior(guidance.prior, cfg), "train": train_info, "history": trainer.history}
+               "prior": describe_prior(guidance.prior, cfg), "dream3d_version": __version__, "train": train_info,
+               "history": trainer.history}
     files = save_representation(trainer, out_dir)
     if cfg.output.mesh:
         metrics["mesh"] = mesh_and_export(trainer, cfg, out_dir, files)

@@ -20,6 +20,10 @@ def run(*args, cwd=None):
 def test_help_lists_every_command():
     r = run("--help")
     assert r.returncode == 0 and all(w in r.stdout for w in ("generate", "mesh", "ablate", "prior"))
+    from importlib.metadata import version
+
+    v = run("--version")
+    assert v.returncode == 0 and v.stdout.strip() == f"dream3d {version('dream3d')}"
     for sub in (["generate"], ["mesh"], ["ablate"], ["prior"], ["prior", "train"], ["prior", "sample"], ["prior", "eval"]):
         h = run(*sub, "--help")
         assert h.returncode == 0 and "usage:" in h.stdout, sub
@@ -36,7 +40,7 @@ def test_generate_writes_loadable_files(tiny_prior, tmp_path):
     obj = trimesh.load(out / "mesh.obj", force="mesh")
     assert len(obj.faces) == len(mesh.faces)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["prompt"] == "a red cube" and metrics["train"]["steps"] == 4
+    assert metrics["prompt"] == "a red cube" and metrics["train"]["steps"] == 4 and metrics["dream3d_version"] == run("--version").stdout.split()[1]
     assert "a red cube" in (out / "config.yaml").read_text()
     import imageio.v3 as iio
 
