@@ -151,8 +151,9 @@ def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> l
     return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys]
 
 
-# Settings a resumed run may change: they do not touch what is trained.
-RESUME_MAY_CHANGE = ("mesh.", "output.", "train.checkpoint_every", "train.val_every", "guidance.prior.allow_download")
+# Settings a resumed run may change: they do not touch what each step does (no schedule reads train.steps,
+# so a run can be resumed to train longer).
+RESUME_MAY_CHANGE = ("mesh.", "output.", "train.steps", "train.checkpoint_every", "train.val_every", "guidance.prior.allow_download")
 
 
 def check_resume_config(cfg: RunConfig, out_dir: str) -> None:

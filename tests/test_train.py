@@ -157,7 +157,8 @@ def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, 
     # a resume must train what the run started with
     with pytest.raises(RunError, match="prompt: 'a red cube' -> 'a blue cube'"):
         generate(_cfg(tiny_prior, "train.val_every=1", "prompt=a blue cube"), out, resume=True, **quiet)
-    assert generate(cfg, out, resume=True, **quiet)["train"]["steps"] == 4
+    longer = _cfg(tiny_prior, "train.val_every=1", "train.steps=5")  # resuming to train longer is allowed
+    assert generate(longer, out, resume=True, **quiet)["train"]["steps"] == 5
     before = {name: open(os.path.join(out, name), "rb").read() for name in ("metrics.json", "checkpoint.pt", "config.yaml", "mesh.glb")}
     listing = sorted(os.listdir(out))
     # --overwrite with an input that cannot work fails before anything of the earlier run is touched
