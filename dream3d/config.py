@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from renderers.cameras import CameraSampler
 
-from .configtools import ConfigError, build_config, load_yaml, parse_overrides
+from .configtools import ConfigError, build_config, load_yaml, parse_overrides, schema_at
 from .guidance.csd import CSDConfig
 from .guidance.ism import ISMConfig
 from .guidance.prior import PriorConfig
@@ -106,7 +106,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.guidance.method not in GUIDANCE_METHODS:
         raise ConfigError(f"guidance.method must be one of {', '.join(GUIDANCE_METHODS)}, got {cfg.guidance.method!r}")
     for key, least in _MINIMUMS.items():
-        value = _get(cfg, key)
+        value = schema_at(cfg, key)
         if value < least:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
     _check_schedules(cfg, "")
@@ -114,7 +114,7 @@ def validate(cfg: RunConfig) -> None:
     if f is not None and not 0.05 <= f <= 1.0:
         raise ConfigError(f"reference.object_fraction must lie in [0.05, 1] (or be null for the image as it is), got {f}")
     for key in _SCHEDULED_SIZES:
-        value = _get(cfg, key)
+        value = schema_at(cfg, key)
         ends = [value] if isinstance(value, (int, float)) else [value[1], value[2]]
         if min(ends) < 8:
             raise ConfigError(f"{key} must stay at least 8 pixels, got {value}")
@@ -127,12 +127,6 @@ _MINIMUMS = {
     "output.turntable_frames": 1, "output.turntable_resolution": 8, "reference.resolution": 8,
 }
 _SCHEDULED_SIZES = ("train.resolution",)
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def _check_schedules(section, prefix: str) -> None:

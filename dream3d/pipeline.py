@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .configtools import to_plain, to_yaml
+from .configtools import dotted_keys, schema_at, to_plain, to_yaml
 from .io import atomic_write_text
 
 
@@ -42,11 +42,9 @@ def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
         return rule(prior, gcfg, generator=torch.Generator().manual_seed(seed))
 
 
-def describe_prior(prior, cfg: RunConfig) -> dict:
+def describe_prior(prior) -> dict:
     """Which diffusion model scored the run, and at what size and precision (for metrics.json)."""
-    from .guidance.prior import resolve_model
-
-    return {"model": resolve_model(cfg.guidance.prior)[0], "image_size": prior.image_size, "latent_size": prior.latent_size,
+    return {"model": prior.source, "image_size": prior.image_size, "latent_size": prior.latent_size,
             "dtype": str(prior.dtype).removeprefix("torch."), "device": str(prior.device)}
 
 
@@ -88,17 +86,20 @@ def load_reference_image(path: str, size: int, background_threshold: float = 0.9
             chw = chw[..., int(ys.min()):int(ys.max()) + 1, int(xs.min()):int(xs.max()) + 1]
             side = max(chw.shape[-2:]) / object_fraction
             ph, pw = (max(int(round(side)) - n, 0) for n in chw.shape[-2:])
-            pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-            chw = torch.cat([torch.nn.functional.pad(chw[:, :3], pads, value=1.0), torch.nn.functional.pad(chw[:, 3:], pads, value=0.0)], 1)
+            chw = _pad_centred(chw, ph, pw)
     # A non-square image is padded with background to a centred square (stretching would distort the object).
     h, w = chw.shape[-2:]
-    if h != w:
-        dh, dw = max(w - h, 0), max(h - w, 0)
-        pads = (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
-        chw = torch.cat([torch.nn.functional.pad(chw[:, :3], pads, value=1.0), torch.nn.functional.pad(chw[:, 3:], pads, value=0.0)], 1)
+    chw = _pad_centred(chw, max(w - h, 0), max(h - w, 0))
     chw = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     out = chw[0].permute(1, 2, 0)
     return out[None, ..., :3].clamp(0, 1), out[None, ..., 3:].clamp(0, 1)
+
+
+def _pad_centred(chw: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """(1, 4, H, W) RGB + mask with ``ph`` rows and ``pw`` columns of background (white, mask 0) split around it."""
+    pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    pad = torch.nn.functional.pad
+    return torch.cat([pad(chw[:, :3], pads, value=1.0), pad(chw[:, 3:], pads, value=0.0)], 1)
 
 
 # What a run writes into its folder. --overwrite removes these and val/, nothing else.
@@ -142,7 +143,9 @@ def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> l
     """'key: before -> now' for each setting where ``cfg`` differs from the run config saved at ``path``."""
     from .config import load_run_config
 
-    before, now = _flat(to_plain(load_run_config(path))), _flat(to_plain(cfg))
+    saved = load_run_config(path)
+    before = {k: schema_at(saved, k) for k in dotted_keys(saved)}
+    now = {k: schema_at(cfg, k) for k in dotted_keys(cfg)}
     for d in (before, now):  # the same file spelt another way (./a.png, an absolute path) is the same input
         for k in ("image", "guidance.prior.model"):
             if isinstance(d.get(k), str) and os.path.exists(d[k]):
@@ -164,16 +167,6 @@ def check_resume_config(cfg: RunConfig, out_dir: str) -> None:
         raise RunError(f"--resume: this command's settings differ from those the run in {out_dir} started with "
                        f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}). "
                        "Resume with the same prompt, --config and overrides, or start again with --overwrite")
-
-
-def _flat(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def warn_outside_vocabulary(cfg: RunConfig, log) -> None:
@@ -230,7 +223,7 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
         log(f"stopped at step {trainer.step}/{cfg.train.steps}; continue with --resume")
         return {"stopped_at": trainer.step}
     metrics = {"prompt": cfg.prompt, "image": cfg.image, "representation": cfg.representation, "guidance": cfg.guidance.method,
-               "prior": describe_prior(guidance.prior, cfg), "dream3d_version": __version__, "train": train_info,
+               "prior": describe_prior(guidance.prior), "dream3d_version": __version__, "train": train_info,
                "history": trainer.history}
     files = save_representation(trainer, out_dir)
     if cfg.output.mesh:

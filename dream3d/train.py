@@ -126,6 +126,7 @@ class Trainer:
         self.guidance = guidance
         self.reference = reference  # (rgb (1,H,W,3), mask (1,H,W,1)) for image-to-3D, or None
         self.step = 0
+        self.checkpoint_step = None  # the step the checkpoint on disk holds
         self.nan_skips = 0
         self.history: list[dict] = []
         self.ckpt_path = os.path.join(out_dir, "checkpoint.pt")
@@ -218,6 +219,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         atomic_save_torch(self.state(), self.ckpt_path)
+        self.checkpoint_step = self.step
 
     def load_checkpoint(self, path: str | None = None) -> None:
         s = torch.load(path or self.ckpt_path, map_location=self.device, weights_only=True)
@@ -258,7 +260,7 @@ class Trainer:
         with _interrupt_between_steps() as interrupted:
             while self.step < cfg.steps:
                 if (stop_after is not None and done_now >= stop_after) or interrupted():
-                    if r is not None and not r.skipped:  # where the next sitting starts (--resume)
+                    if r is not None and not r.skipped and self.checkpoint_step != self.step:  # where --resume starts
                         self.save_checkpoint()
                     break
                 r = self._one_step(bar, cfg)

@@ -166,8 +166,10 @@ class DiffusionPrior:
     Build one with :meth:`load` (from a folder or hub id) or directly from loaded components.
     """
 
-    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 source: str | None = None):
         self.device, self.dtype = torch.device(device), dtype
+        self.source = source  # the folder or hub id it was loaded from (None: built from components)
         self.vae, self.unet, self.text_encoder, self.tokenizer, self.scheduler = vae, unet, text_encoder, tokenizer, scheduler
         for m in (vae, unet, text_encoder):
             if m.dtype != dtype:  # (diffusers warns on any dtype-carrying .to(); load() already cast them)
@@ -213,7 +215,7 @@ class DiffusionPrior:
                 raise
             where = "is not in the local Hugging Face cache and downloads are off" if not cfg.allow_download else "could not be downloaded"
             raise PriorNotFoundError(f"The diffusion model {source!r} {where} ({type(e).__name__}: {e}). " + _how_to_provide()) from e
-        return cls(vae, unet, text_encoder, tokenizer, scheduler, device=device, dtype=dtype)
+        return cls(vae, unet, text_encoder, tokenizer, scheduler, device=device, dtype=dtype, source=source)
 
     # ---------------------------------------------------------------- images <-> latents
 

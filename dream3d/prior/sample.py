@@ -6,7 +6,6 @@ import os
 import numpy as np
 import torch
 
-from ..assets import EMBEDDED_PRIOR
 from ..io import atomic_path
 
 
@@ -16,15 +15,11 @@ def load_pipeline(model: str | None = None, device: str = "cpu", allow_download:
 
     from ..guidance.prior import PriorConfig, PriorNotFoundError, resolve_model
 
-    path = model or EMBEDDED_PRIOR
-    if model is None and not os.path.isdir(path):
-        raise FileNotFoundError(f"the embedded prior is missing at {path}; train it with `dream3d prior train` or pass --model")
-    if model is not None:
-        path, is_local = resolve_model(PriorConfig(model=model, allow_download=allow_download))  # a clear error for a bad path
+    path, is_local = resolve_model(PriorConfig(model=model, allow_download=allow_download))  # clear errors for a bad path
     try:
         pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=not allow_download, safety_checker=None, requires_safety_checker=False)
     except OSError as e:
-        if model is None or is_local:
+        if is_local:
             raise
         raise PriorNotFoundError(f"the model {model!r} could not be loaded ({e}); download it first, or pass --allow-download") from None
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
