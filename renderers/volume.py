@@ -336,36 +336,41 @@ def _render_nerfacc(field, rays_o, rays_d, near, far, step, bg, stratified, esti
         raise RuntimeError("backend='nerfacc' needs nerfacc; install it with `pip install nerfacc` or use backend='torch'")
     if estimator is None:
         raise ValueError("backend='nerfacc' needs an occupancy grid: pass estimator=make_occupancy_grid(...)")
-    R = rays_o.shape[0]
-    cond = ray_cond
-
-    def call(t0, t1, ridx, density_only: bool):
-        t_mid = (t0 + t1)[:, None] / 2
-        p = rays_o[ridx] + rays_d[ridx] * t_mid
-        if density_only and hasattr(field, "density"):
-            return field.density(p).reshape(-1), None, {}
-        out = field(p, rays_d[ridx]) if cond is None else field(p, rays_d[ridx], cond[ridx])
-        sigma, rgb, extras = _split_field_output(out)
-        return sigma.reshape(-1), rgb, extras
 
     def sigma_fn(t0, t1, ridx):
-        return call(t0, t1, ridx, True)[0]
+        p = rays_o[ridx] + rays_d[ridx] * ((t0 + t1)[:, None] / 2)
+        if hasattr(field, "density"):
+            return field.density(p).reshape(-1)
+        out = field(p, rays_d[ridx]) if ray_cond is None else field(p, rays_d[ridx], ray_cond[ridx])
+        return _split_field_output(out)[0].reshape(-1)
 
+    # The marcher steps from `near` by `step` and keeps a step when its midpoint is before `far` and in an
+    # occupied cell, so it samples a lattice per ray, not the dense path's S bins of [near, far].
     ray_indices, t_starts, t_ends = estimator.sampling(
         rays_o, rays_d, sigma_fn=sigma_fn, t_min=near, t_max=far, render_step_size=step,
         stratified=stratified, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre,
     )
-    ray_indices = ray_indices.long()
+    return _render_packed(field, rays_o, rays_d, ray_indices.long(), t_starts, t_ends, bg, ray_cond, nerfacc)
+
+
+def _render_packed(field, rays_o, rays_d, ray_indices, t_starts, t_ends, bg, ray_cond, nerfacc) -> VolumeRender:
+    """Composite packed samples (N,) sorted by ray with ``nerfacc.rendering``: the nerfacc path after marching."""
+    R = rays_o.shape[0]
     captured: dict[str, Tensor] = {}
 
+    def call(t0, t1, ridx):
+        p = rays_o[ridx] + rays_d[ridx] * ((t0 + t1)[:, None] / 2)
+        out = field(p, rays_d[ridx]) if ray_cond is None else field(p, rays_d[ridx], ray_cond[ridx])
+        sigma, rgb, extras = _split_field_output(out)
+        return sigma.reshape(-1), rgb, extras
+
     def rgb_sigma_fn(t0, t1, ridx):
-        sigma, rgb, extras = call(t0, t1, ridx, False)
+        sigma, rgb, extras = call(t0, t1, ridx)
         captured.update(extras)
         return rgb, sigma
 
     if t_starts.numel() == 0:  # nerfacc skips the field for no samples; ask it once so extras keep their keys
-        sigma0, rgb0, extras0 = call(t_starts, t_ends, ray_indices, False)
-        captured.update(extras0)
+        captured.update(call(t_starts, t_ends, ray_indices)[2])
     color, alpha, depth, aux = nerfacc.rendering(t_starts, t_ends, ray_indices, n_rays=R, rgb_sigma_fn=rgb_sigma_fn)
     weights = aux["weights"]
     if bg is not None:
@@ -412,6 +417,10 @@ def update_occupancy_grid(
 
     ``step_size`` should be the marching step ``render_rays`` uses (longest span / num_samples), so that
     a cell's occupancy ``sigma * step_size`` is the opacity one step through it would have.
+
+    A cell is empty when that opacity is below ``min(occ_thre, mean occupancy)``, judged at one random
+    point per cell. This drops faint haze by design, and a ray through many such cells loses up to about
+    ``threshold / step_size`` times its path length in them as optical depth: a finer step skips denser haze.
     """
     estimator.train()
 
