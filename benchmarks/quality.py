@@ -7,12 +7,12 @@
 The prompt set names every shape once with the colours cycling, so every colour appears, then every
 front-distinct shape (house, mug, chair, snowman) again in another colour. Each (preset,
 prompt) is generated with ``dream3d generate`` in a subprocess into OUT/PRESET/PROMPT; a folder whose
-metrics.json exists is finished and is not generated again (an interrupted one is resumed), so the command
-can be re-run until the table is complete. Every run is then evaluated (dream3d.evaluate): volumetric IoU,
-colour distance and palette colour, the world classifier's colour / shape accuracy over 9 views, and Janus
-for front-distinct objects. A reference row scores a plain grey ball (radius 0.5, the size of the Gaussians'
-initial cloud) on the same prompts: what an object that answers nothing gets. Prints a table; writes
-OUT/quality.json and OUT/quality.md.
+metrics.json exists is finished and is not generated again (an interrupted one, or one whose mesh stage
+failed, is resumed), so the command can be re-run until the table is complete. Every run is then evaluated
+(dream3d.evaluate): volumetric IoU, colour distance and palette colour, the world classifier's colour / shape
+accuracy over 9 views, and Janus for front-distinct objects. A reference row scores a plain grey ball (radius
+0.5, the size of the Gaussians' initial cloud) on the same prompts: what an object that answers nothing gets.
+Prints a table; writes OUT/quality.json and OUT/quality.md.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from dream3d.configtools import ConfigError
 from dream3d.evaluate import (EvalConfig, default_classifier, evaluate_mesh, evaluate_run, load_mesh, render_views, summarize,
                               surface_from_colored, surface_from_trimesh)
 from dream3d.io import atomic_write_bytes, atomic_write_text
+from dream3d.pipeline import mesh_error
 from dream3d.world.shapes import COLORS, COMPOSITES, SHAPES, parse_prompt, scene_for_prompt
 from renderers.cameras import orbit_cameras
 
@@ -56,7 +57,7 @@ def slug(prompt: str) -> str:
 
 def generate(prompt: str, preset: str, run_dir: str, overrides: list[str], log) -> dict:
     """Run ``dream3d generate`` unless ``run_dir`` already holds a finished run. Returns a status dict."""
-    if os.path.exists(os.path.join(run_dir, "metrics.json")):
+    if os.path.exists(os.path.join(run_dir, "metrics.json")) and mesh_error(run_dir) is None:
         return {"status": "done before"}
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, "-m", "dream3d.cli", "generate", prompt, *overrides, "-o", run_dir, "--config", preset]
@@ -72,7 +73,7 @@ def generate(prompt: str, preset: str, run_dir: str, overrides: list[str], log) 
             child.wait()
             raise
     wall = round(time.time() - t0, 2)
-    if rc != 0 or not os.path.exists(os.path.join(run_dir, "metrics.json")):
+    if rc != 0 or not os.path.exists(os.path.join(run_dir, "metrics.json")) or mesh_error(run_dir) is not None:
         log(f"[{preset}] {prompt}: FAILED (exit {rc}); see {os.path.join(run_dir, 'generate.log')}")
         return {"status": "failed", "exit_code": rc, "wall_seconds": wall}
     return {"status": "generated", "wall_seconds": wall}
@@ -172,7 +173,7 @@ def main(argv=None) -> dict:
         for prompt in prompts:
             run_dir = os.path.join(args.out, preset, slug(prompt))
             status = {"status": "not generated"} if args.no_generate else generate(prompt, preset, run_dir, overrides, log)
-            if not os.path.exists(os.path.join(run_dir, "metrics.json")):
+            if not os.path.exists(os.path.join(run_dir, "metrics.json")) or mesh_error(run_dir) is not None:  # no mesh to judge
                 results.append({"prompt": prompt, "run_dir": run_dir, "error": status})
                 continue
             r = evaluate_run(run_dir, classifier=classifier, cfg=cfg)

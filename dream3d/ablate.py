@@ -82,7 +82,7 @@ def cell_row(cell: dict, metrics: dict, quality: dict | None) -> dict:
 
 
 def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True) -> list[dict]:
-    from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes, generate
+    from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes, generate, mesh_error
 
     spec = load_spec(spec_path)
     grid = cells(spec)
@@ -108,7 +108,8 @@ def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True)
                            f"now gives ({'; '.join(changed[:6])}); delete that folder to run the cell again, or use another -o")
     rows = []
     for k, (cell, cfg, cell_dir) in enumerate(zip(grid, cfgs, dirs)):
-        done = os.path.exists(os.path.join(cell_dir, "metrics.json"))
+        # a cell whose mesh stage failed is trained: resuming it runs the mesh stage only
+        done = os.path.exists(os.path.join(cell_dir, "metrics.json")) and mesh_error(cell_dir) is None
         log(f"[{k + 1}/{len(grid)}] {cell['variant']} | {cell['prompt']} | seed {cell['seed']}" + (" (done, skipped)" if done else ""))
         if not done:
             resume = os.path.exists(os.path.join(cell_dir, "checkpoint.pt"))

@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (UserError, ConfigError, FileNotFoundError) as e:
         print(f"dream3d: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
-        again = "the same command" if args.command == "ablate" else "the same command with --resume"
+        again = "the same command" if args.command in ("ablate", "mesh") else "the same command with --resume"
         print(f"dream3d: interrupted; run {again} to continue", file=sys.stderr)
         return 130
     return 0

@@ -8,7 +8,11 @@ import sys
 
 
 class UserError(Exception):
-    """An error caused by the input; printed without a traceback, exit code 2."""
+    """An error caused by the input; printed without a traceback, exit code 2 (or ``exit_code``)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # A word that starts with a key and "=" is an override, even a misspelt key (train.batch-size=2 must fail as
@@ -19,7 +23,7 @@ _OVERRIDE = re.compile(r"^[^\s=]+=")
 def _generate(args) -> None:
     from .config import IMAGE_PRESET, TEXT_PRESET, load_run_config
     from .configtools import to_yaml
-    from .pipeline import RunError, generate
+    from .pipeline import MeshStageError, RunError, generate
 
     # Positional words of the form key=value are config overrides; the rest is the prompt.
     overrides = [w for w in args.prompt if _OVERRIDE.match(w)]
@@ -38,20 +42,24 @@ def _generate(args) -> None:
                  stop_after=args.stop_after)
     except RunError as e:
         raise UserError(str(e)) from None
+    except MeshStageError as e:  # the training is saved; the message says how to finish the run
+        raise UserError(str(e), exit_code=1) from None
 
 
 def _ablate(args) -> None:
     from .ablate import run_ablation
-    from .pipeline import RunError
+    from .pipeline import MeshStageError, RunError
 
     try:
         run_ablation(args.spec, args.output, log=lambda m: print(m, file=sys.stderr))
     except RunError as e:
         raise UserError(str(e)) from None
+    except MeshStageError as e:  # running the ablation again finishes that cell's mesh stage too
+        raise UserError(str(e), exit_code=1) from None
 
 
 def _mesh(args) -> None:
-    from .pipeline import RunError, remesh
+    from .pipeline import MeshStageError, RunError, remesh
 
     bad = [w for w in args.overrides if not _OVERRIDE.match(w)]
     if bad:
@@ -60,6 +68,8 @@ def _mesh(args) -> None:
         remesh(args.run, args.overrides, log=lambda m: print(m, file=sys.stderr))
     except RunError as e:
         raise UserError(str(e)) from None
+    except MeshStageError as e:
+        raise UserError(str(e), exit_code=1) from None
 
 
 def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +107,7 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
         epilog="example:\n  dream3d mesh out/red_cube mesh.resolution=256 mesh.texture.texture_size=1024",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m.add_argument("run", help="a finished run folder (written by dream3d generate)")
+    m.add_argument("run", help="a trained run folder (written by dream3d generate), also one whose mesh stage failed")
     m.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="mesh.* or output.* settings, e.g. mesh.resolution=256")
     m.set_defaults(func=_mesh, words="overrides")
 

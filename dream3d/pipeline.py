@@ -1,8 +1,10 @@
 """The whole job: prompt (or image) -> optimized Gaussians or NeRF -> textured mesh -> files.
 
 A run folder holds ``config.yaml`` (written first), ``checkpoint.pt`` (while training), ``gaussians.ply``
-or ``nerf.safetensors``, ``mesh.glb``, ``mesh.obj`` (+ ``.mtl``, ``.png``), ``turntable.mp4``, ``val/`` and,
-written last, ``metrics.json``: its presence marks a finished run.
+or ``nerf.safetensors``, ``mesh.glb``, ``mesh.obj`` (+ ``.mtl``, ``.png``), ``turntable.mp4``, ``val/`` and
+``metrics.json``: its presence marks a trained run. It is written once training ends, before the mesh stage,
+with ``mesh: {"error": ...}`` until that stage succeeds, so a failed or killed mesh stage never costs the
+training: ``dream3d mesh RUN`` (or ``--resume``) finishes such a run without training again.
 """
 from __future__ import annotations
 
@@ -21,6 +23,19 @@ from .io import atomic_write_text
 
 class RunError(ValueError):
     """A run that cannot start as asked; the message says what to do."""
+
+
+class MeshStageError(RuntimeError):
+    """The mesh stage or the export failed after training; the trained run is saved and ``retry`` (a
+    ``dream3d mesh RUN`` command) finishes it."""
+
+    def __init__(self, message: str, run_dir: str, retry: str):
+        super().__init__(message)
+        self.run_dir, self.retry = run_dir, retry
+
+
+# metrics.json's mesh entry while the mesh stage runs: what a later reader sees if the process died in it.
+MESH_NOT_FINISHED = "the mesh stage did not finish (the process ended during it)"
 
 
 def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
@@ -115,12 +130,32 @@ def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
         raise RunError(f"{out_dir} is a file; give -o a folder")
     finished = os.path.exists(os.path.join(out_dir, "metrics.json"))
     started = os.path.exists(os.path.join(out_dir, "checkpoint.pt"))
-    if finished and not overwrite:
+    if finished and not overwrite and mesh_error(out_dir) is not None:
+        if not resume:
+            raise RunError(f"{out_dir} holds a trained run whose mesh stage did not finish; finish it with "
+                           f"{mesh_command(out_dir)} (or --resume), or pass --overwrite to start again")
+    elif finished and not overwrite:
         raise RunError(f"{out_dir} holds a finished run; choose another -o folder or pass --overwrite")
     if started and not (resume or overwrite):
         raise RunError(f"{out_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start again")
     if resume and not started:
         raise RunError(f"--resume: {out_dir} has no checkpoint.pt to resume from")
+
+
+def mesh_error(run_dir: str) -> str | None:
+    """The error recorded for the mesh stage of the run in ``run_dir`` (None: no run, or no failed mesh stage)."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as fh:
+            mesh = json.load(fh).get("mesh")
+    except (OSError, ValueError):
+        return None
+    return str(mesh["error"]) if isinstance(mesh, dict) and "error" in mesh else None
+
+
+def mesh_command(run_dir: str, overrides: list[str] | None = None) -> str:
+    import shlex
+
+    return " ".join(["dream3d", "mesh", shlex.quote(run_dir), *(overrides or [])])
 
 
 def clear_run(out_dir: str) -> None:
@@ -200,6 +235,17 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     if resume:
         check_resume_config(cfg, out_dir)
     resolve_device(cfg.train.device, "train.device")
+    if resume and mesh_error(out_dir) is not None:
+        with open(os.path.join(out_dir, "metrics.json")) as fh:
+            metrics = json.load(fh)
+        if metrics["train"]["steps"] >= cfg.train.steps:  # trained: what is left is the mesh stage
+            if not cfg.output.mesh:
+                metrics.pop("mesh")
+                write_metrics(out_dir, metrics)
+                atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
+                return metrics
+            log(f"{out_dir} finished training; running its mesh stage (no training)")
+            return finish_mesh(cfg, out_dir, log)
     t_start = time.time()
     reference = None
     if cfg.image:
@@ -222,18 +268,74 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     if trainer.step < cfg.train.steps:
         log(f"stopped at step {trainer.step}/{cfg.train.steps}; continue with --resume")
         return {"stopped_at": trainer.step}
+    # Everything training made is on disk before the mesh stage starts: the final checkpoint (a last step
+    # skipped as non-finite left it one step behind), the representation and metrics.json.
+    if trainer.checkpoint_step != trainer.step:
+        trainer.save_checkpoint()
+    files = save_representation(trainer, out_dir)
     metrics = {"prompt": cfg.prompt, "image": cfg.image, "representation": cfg.representation, "guidance": cfg.guidance.method,
                "prior": describe_prior(guidance.prior), "dream3d_version": __version__, "train": train_info,
                "history": trainer.history}
-    files = save_representation(trainer, out_dir)
-    if cfg.output.mesh:
-        metrics["mesh"] = mesh_and_export(trainer, cfg, out_dir, files)
     if reference is not None:
         metrics["reference_view"] = reference_view_scores(trainer, reference)
     metrics["files"] = {k: os.path.basename(v) for k, v in files.items()}
     metrics["total_seconds"] = round(time.time() - t_start + earlier, 2)
-    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(to_plain(metrics), indent=1, default=float))
+    if cfg.output.mesh:
+        metrics["mesh"] = {"error": MESH_NOT_FINISHED}
+    write_metrics(out_dir, metrics)
+    if cfg.output.mesh:
+        mesh_stage(trainer, cfg, out_dir, metrics, log)
+        metrics["total_seconds"] = round(time.time() - t_start + earlier, 2)
+        write_metrics(out_dir, metrics)
     log(f"done in {metrics['total_seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {out_dir}")
+    return metrics
+
+
+def write_metrics(run_dir: str, metrics: dict) -> None:
+    atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(to_plain(metrics), indent=1, default=float))
+
+
+def _retry_hints(error: BaseException, cfg: RunConfig) -> list[str]:
+    """Overrides that make a retry likelier to succeed; only for out-of-memory errors, where they help."""
+    oom = isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(error).lower()
+    if not oom:
+        return []
+    hints = []
+    if cfg.mesh.resolution > 64:
+        hints.append(f"mesh.resolution={max(64, cfg.mesh.resolution // 2)}")
+    if cfg.mesh.texture.view_resolution > 256:
+        hints.append(f"mesh.texture.view_resolution={cfg.mesh.texture.view_resolution // 2}")
+    return hints
+
+
+def mesh_stage(trainer, cfg: RunConfig, run_dir: str, metrics: dict, log=print) -> dict:
+    """The mesh stage and export into ``run_dir``; sets the ``mesh`` and ``files`` entries of ``metrics``.
+
+    Any failure, Ctrl-C included, leaves the trained run as it was and records ``mesh: {"error": ...}`` in
+    metrics.json, so ``dream3d mesh RUN`` can finish the run. Ctrl-C is raised again (after a message);
+    any other exception becomes a :class:`MeshStageError` whose message names the cause and that command."""
+    files: dict = {}
+    try:
+        mesh_info = mesh_and_export(trainer, cfg, run_dir, files)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)
+        lines = str(e).strip().splitlines()
+        cause = "interrupted (Ctrl-C)" if interrupted else f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+        metrics["mesh"] = {"error": cause}
+        write_metrics(run_dir, metrics)
+        retry = mesh_command(run_dir, _retry_hints(e, cfg))
+        saved = ", ".join(n for n in ("checkpoint.pt", "gaussians.ply", "nerf.safetensors", "config.yaml", "metrics.json")
+                          if os.path.exists(os.path.join(run_dir, n)))
+        if interrupted:
+            log(f"interrupted in the mesh stage; the trained run is kept in {run_dir} ({saved}): finish it with {retry}")
+            raise
+        if not isinstance(e, Exception):  # SystemExit and the like go on as they are
+            raise
+        raise MeshStageError(f"the mesh stage failed ({cause}); the trained run is kept in {run_dir} ({saved}). "
+                             f"Finish it with: {retry}", run_dir, retry) from e
+    metrics["mesh"] = to_plain(mesh_info)
+    metrics["files"] = metrics.get("files", {}) | {k: os.path.basename(v) for k, v in files.items()}
+    write_metrics(run_dir, metrics)
     return metrics
 
 
@@ -250,11 +352,11 @@ def mesh_and_export(trainer, cfg: RunConfig, out_dir: str, files: dict) -> dict:
 
 
 def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
-    """Extract and export the mesh of a finished run again, with other ``mesh.*`` / ``output.*`` settings
+    """Extract and export the mesh of a trained run again, with other ``mesh.*`` / ``output.*`` settings
     (``key=value`` overrides), without training: the representation comes from the run's checkpoint.
-    Updates the run's config.yaml and the ``mesh`` and ``files`` entries of its metrics.json."""
+    Also finishes a run whose mesh stage failed. Updates the run's config.yaml and the ``mesh`` and ``files``
+    entries of its metrics.json."""
     from .config import load_run_config
-    from .train import Trainer
 
     overrides = list(overrides or [])
     for name in ("config.yaml", "checkpoint.pt", "metrics.json"):
@@ -264,19 +366,26 @@ def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
     if bad:
         raise RunError(f"only mesh.* and output.* settings (not output.mesh: this command makes the mesh) can change "
                        f"after training; got {', '.join(bad)}")
-    cfg = load_run_config(os.path.join(run_dir, "config.yaml"), overrides)
+    return finish_mesh(load_run_config(os.path.join(run_dir, "config.yaml"), overrides), run_dir, log)
+
+
+def finish_mesh(cfg: RunConfig, run_dir: str, log=print) -> dict:
+    """The mesh stage of the trained run in ``run_dir`` with ``cfg``'s mesh and output settings, from its checkpoint."""
+    from .train import Trainer
+
     trainer = Trainer(cfg, cfg.prompt, run_dir, log=log)
     trainer.load_checkpoint()
     if trainer.step < cfg.train.steps:
         raise RunError(f"the checkpoint in {run_dir} is at step {trainer.step} of {cfg.train.steps}; finish the run with --resume first")
     with open(os.path.join(run_dir, "metrics.json")) as fh:
         metrics = json.load(fh)
-    files: dict = {}
-    metrics["mesh"] = to_plain(mesh_and_export(trainer, cfg, run_dir, files))
-    metrics["files"] = metrics.get("files", {}) | {k: os.path.basename(v) for k, v in files.items()}
+    failed_before = mesh_error(run_dir) is not None
+    mesh_stage(trainer, cfg, run_dir, metrics, log)
+    if failed_before and isinstance(metrics.get("total_seconds"), (int, float)):
+        metrics["total_seconds"] = round(metrics["total_seconds"] + metrics["mesh"]["seconds"], 2)  # the run's whole job
+        write_metrics(run_dir, metrics)
     atomic_write_text(os.path.join(run_dir, "config.yaml"), to_yaml(cfg))
-    atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(metrics, indent=1, default=float))
-    log(f"meshed again in {metrics['mesh']['seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {run_dir}")
+    log(f"meshed in {metrics['mesh']['seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {run_dir}")
     return metrics
 
 

@@ -34,12 +34,12 @@ class Grid:
         """(3,) distance between neighbouring samples along x, y, z."""
         return (self.hi - self.lo) / (self.resolution - 1)
 
-    def axes(self) -> list[Tensor]:
-        return [torch.linspace(float(self.lo[k]), float(self.hi[k]), self.resolution) for k in range(3)]
+    def axes(self, device=None) -> list[Tensor]:
+        return [torch.linspace(float(self.lo[k]), float(self.hi[k]), self.resolution, device=device) for k in range(3)]
 
-    def points(self) -> Tensor:
+    def points(self, device=None) -> Tensor:
         """(R, R, R, 3) sample positions, indexed [x, y, z]."""
-        return torch.stack(torch.meshgrid(*self.axes(), indexing="ij"), -1)
+        return torch.stack(torch.meshgrid(*self.axes(device), indexing="ij"), -1)
 
 
 def make_grid(bound: float | Sequence | Tensor, resolution: int) -> Grid:
@@ -157,7 +157,7 @@ def gaussian_density_grid(
     block_id, gauss = block_id[order], idx[owner[order]]
     ids, counts = torch.unique_consecutive(block_id, return_counts=True)
     offsets = torch.cumsum(counts, 0) - counts
-    axes = [a.to(dev) for a in grid.axes()]
+    axes = grid.axes(dev)
     cut2 = cutoff * cutoff
     for b, off, cnt in zip(ids.tolist(), offsets.tolist(), counts.tolist()):
         bx, by, bz = b // (nb * nb), (b // nb) % nb, b % nb
@@ -185,7 +185,7 @@ def gaussian_density_grid(
 def function_density_grid(density_fn: Callable[[Tensor], Tensor], grid: Grid, chunk: int = 1 << 18, device=None) -> Tensor:
     """``density_fn(points (M, 3)) -> (M,)`` (a NeRF's density, or any field) on ``grid``, ``chunk`` points a call."""
     R = grid.resolution
-    axes = [a.to(device) if device is not None else a for a in grid.axes()]
+    axes = grid.axes(device)
     out = torch.empty(R * R * R, device=axes[0].device)
     # Generate the points of each chunk from flat indices, so the full (R^3, 3) array never exists.
     for s in range(0, R**3, chunk):

@@ -1,7 +1,9 @@
 """Density grid to a clean triangle mesh: threshold choice, marching cubes, cleanup, decimation, smoothing.
 
-Marching cubes runs with scikit-image on the CPU (the grid is moved there); there is no GPU path in this
-package. At 256^3 that costs a few seconds, small next to the rest of the stage.
+The threshold and the hidden-interior fill run on the field's device (the run's: the density grid is made
+there). Marching cubes runs with scikit-image on the CPU (the grid is moved there), and the cleanup with
+numpy, scipy and fast-simplification; there is no GPU path for those. At 256^3 that costs a few seconds,
+small next to the rest of the stage.
 
 The order matters: floaters go first (they would waste the face budget), then near-duplicate vertices, a
 light Taubin smoothing on the dense mesh (it removes the voxel staircase without shrinking the shape the
@@ -62,9 +64,9 @@ def choose_threshold(field: Tensor, cfg: ExtractConfig) -> float:
             f"the density field is empty: its values lie in [{float(f.min()):.4g}, {fmax:.4g}] inside the grid. "
             "Check that the grid bound covers the object and that the representation has non-zero opacity/density."
         )
-    v = f[f > 0].cpu().sort().values
+    v = f[f > 0].sort().values  # on the field's device: R^3 values
     mass = v.double().cumsum(0)
-    k = int(torch.searchsorted(mass, cfg.density_quantile * mass[-1]).clamp_max(v.numel() - 1))
+    k = int(torch.searchsorted(mass, cfg.density_quantile * mass[-1:]).clamp_max(v.numel() - 1))
     return cfg.threshold_ratio * float(v[k])
 
 
@@ -234,26 +236,26 @@ def fill_hidden(field: Tensor, grid: Grid, level: float, views: int = 26, max_vi
     Each view is a pinhole camera whose pixels (half the grid resolution across) each see several samples,
     so the surface has no gaps between pixels; a sample counts as hidden only if it lies more than two samples
     behind the first surface sample of its pixel, so the coarse pixels do not thicken the surface outwards."""
-    occupied = (field > level).cpu()
+    dev = field.device  # R^3 points x views projections: on the field's (the run's) device
+    occupied = field > level
     if not occupied.any():
         return field
     res = max(8, grid.resolution // 2)
-    cams = surrounding_cameras(grid, views, res)
-    pts = grid.points().reshape(-1, 3)
+    cams = surrounding_cameras(grid, views, res).to(dev)
+    pts = grid.points(dev).reshape(-1, 3)
     surf = occupied.reshape(-1)
-    seen = torch.zeros(pts.shape[0], dtype=torch.int32)
+    seen = torch.zeros(pts.shape[0], dtype=torch.int32, device=dev)
     margin = 2.0 * float(grid.spacing.max())  # a pixel spans ~2 samples: nearer than this behind the surface is not hidden
     for b in range(len(cams)):
         xy, z = project_points(pts, cams[b : b + 1])
         pix, z = pixel_bins(xy[0], res, res), z[0]
         on_screen = pix < res * res
-        first_hit = torch.full((res * res + 1,), float("inf")).scatter_reduce(0, pix[surf], z[surf], "amin")
+        first_hit = torch.full((res * res + 1,), float("inf"), device=dev).scatter_reduce(0, pix[surf], z[surf], "amin")
         seen += ~(on_screen & (z > first_hit[pix] + margin))
     hidden = ~surf & (seen <= max_visible)
     if not hidden.any():
         return field
-    hidden = hidden.reshape(field.shape).to(field.device)
-    return torch.where(hidden, torch.full_like(field, 2.0 * level if level > 0 else 1.0), field)
+    return torch.where(hidden.reshape(field.shape), torch.full_like(field, 2.0 * level if level > 0 else 1.0), field)
 
 
 def extract_mesh(field: Tensor, grid: Grid, cfg: ExtractConfig | None = None, level: float | None = None) -> tuple[Tensor, Tensor, float]:
