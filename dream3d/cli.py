@@ -72,6 +72,16 @@ def _prior_train_classifier(args) -> None:
     print(json.dumps(acc))
 
 
+def _env(args) -> None:
+    from .env import collect, format_report
+
+    info = collect(args.device, build=args.build, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(info, indent=1) if args.json else format_report(info))
+    failed = [row["library"] for row in info.get("build", []) if row["status"] == "fail"]
+    if failed:
+        raise UserError(f"{', '.join(failed)} failed to build, load or match its torch reference (see above)", exit_code=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dream3d", description="Text or image to textured 3D mesh by score distillation.")
     p.add_argument("--version", action="version", version=f"dream3d {__version__}")
@@ -123,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_prior_train_classifier)
 
     add_generate_and_ablate(sub)
+
+    v = sub.add_parser("env", help="versions, the device, and the backend each renderer uses; --build checks the CUDA libraries",
+                       description="Print dream3d's environment for a bug report: versions of Python, torch, CUDA and the libraries "
+                                   "dream3d uses, the device and its memory, and which backend each renderer (gaussians, volume, "
+                                   "mesh) takes on it and why. --build also builds and loads gsplat, nerfacc and nvdiffrast and "
+                                   "checks each against its torch reference; it exits 1 when one fails.")
+    v.add_argument("--build", action="store_true", help="build and load each CUDA library and check it against torch (minutes the first time)")
+    v.add_argument("--device", default="auto", help="the device to report on, as train.device: auto (default), cpu, cuda or cuda:N")
+    v.add_argument("--json", action="store_true", help="print JSON instead of text")
+    v.set_defaults(func=_env)
     return p
 
 

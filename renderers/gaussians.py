@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import backends
 from .cameras import Cameras
 
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped
@@ -203,7 +204,7 @@ def rasterize_gaussians(
         sh_degree: None for plain colours, else the SH degree to evaluate (``(sh_degree+1)^2 <= K``).
         near: Gaussians with camera-space z at or below this are dropped.
         backend: "torch" (tile compositor, any device), "gsplat" (CUDA), or "auto" (gsplat when the
-            tensors are on CUDA and gsplat imports, else torch).
+            tensors are float32 on CUDA and gsplat loads, see ``renderers.backends``; else torch).
         tile_size: tile edge in pixels; None picks 8 for the torch compositor and 16 for gsplat. On CPU,
             8-pixel tiles waste fewer pixel-Gaussian pairs: forward + backward of 4 views took 0.44x the
             time of 16-pixel tiles on a trained 6.8k-Gaussian DreamGaussian torus at 64 px, 0.6-0.9x on
@@ -211,14 +212,23 @@ def rasterize_gaussians(
     """
     B = len(cameras)
     colors, background = _check_inputs(means, quats, scales, opacities, colors, cameras, background, sh_degree)
-    if backend == "auto":
-        # gsplat's kernels take float32 only; other dtypes take the torch path
-        backend = "gsplat" if means.is_cuda and means.dtype == torch.float32 and _gsplat_importable() else "torch"
+    backend = _pick_backend(backend, means.device, means.dtype)
     if backend == "torch":
         return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size or 8)
     if backend == "gsplat":
         return _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size or 16)
     raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r} (B={B})")
+
+
+def _pick_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    if backend == "auto":
+        # gsplat's kernels take float32 only; other dtypes take the torch path
+        return "gsplat" if dtype == torch.float32 and backends.available("gsplat", device) else "torch"
+    if backend == "gsplat":
+        if device.type != "cuda":
+            raise RuntimeError("backend='gsplat' needs CUDA tensors; move the Gaussians and cameras to a GPU, or use backend='torch'")
+        backends.require("gsplat", device)
+    return backend
 
 
 def _check_inputs(means, quats, scales, opacities, colors, cameras, background, sh_degree):
@@ -253,14 +263,6 @@ def _check_inputs(means, quats, scales, opacities, colors, cameras, background, 
         elif background.shape != (B, D):
             raise ValueError(f"background must be ({D},) or ({B}, {D}), got {tuple(background.shape)}")
     return colors, background
-
-
-def _gsplat_importable() -> bool:
-    try:
-        import gsplat  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -482,12 +484,7 @@ def rasterize_gaussians_dense(
 
 
 def _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size):
-    if not means.is_cuda:
-        raise RuntimeError("backend='gsplat' needs CUDA tensors; move the Gaussians and cameras to a GPU, or use backend='torch'")
-    try:
-        from gsplat import rasterization
-    except ImportError as e:
-        raise RuntimeError("backend='gsplat' needs the gsplat package: pip install gsplat (or use backend='torch')") from e
+    from gsplat import rasterization  # loaded by _pick_backend
     D = 3 if sh_degree is not None else colors.shape[-1]
     out, alphas, meta = rasterization(
         means, quats, scales, opacities, colors,

@@ -7,7 +7,7 @@ faces; like nvdiffrast without ``antialias``, silhouettes carry no gradient).
 
 - ``torch``: our own. Each face is tested against the pixel centres of its bounding box, all faces at
   once (chunked to bound memory), and a z-buffer keeps the nearest. Runs anywhere.
-- ``nvdiffrast``: ``nvdiffrast.torch.rasterize`` on CUDA, imported only when used.
+- ``nvdiffrast``: ``nvdiffrast.torch.rasterize`` on CUDA, loaded by ``renderers.backends`` when first used.
 
 UV convention (OBJ/trimesh): u right, v up, (0, 0) is the bottom-left of the texture image, so texel
 (row i, column j) of a ``size`` x ``size`` texture has its centre at uv ((j + 0.5) / size, 1 - (i + 0.5) / size).
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import backends
 from .cameras import Cameras
 
 _MAX_CANDIDATES = 8_000_000  # (face, pixel) pairs tested at once by the torch backend
@@ -47,20 +48,11 @@ def _check_mesh(vertices: Tensor, faces: Tensor) -> None:
 
 def _pick_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
-        if device.type != "cuda":
-            return "torch"
-        try:
-            import nvdiffrast.torch  # noqa: F401
-        except ImportError:
-            return "torch"
-        return "nvdiffrast"
+        return "nvdiffrast" if backends.available("nvdiffrast", device) else "torch"
     if backend == "nvdiffrast":
         if device.type != "cuda":
             raise RuntimeError("backend='nvdiffrast' needs the mesh on a CUDA device; use backend='torch' on CPU")
-        try:
-            import nvdiffrast.torch  # noqa: F401
-        except ImportError as e:
-            raise RuntimeError("backend='nvdiffrast' needs nvdiffrast: pip install 'dream3d[cuda]' (diffrp-nvdiffrast)") from e
+        backends.require("nvdiffrast", device)
         return backend
     if backend != "torch":
         raise ValueError(f"unknown mesh backend {backend!r}; choose 'auto', 'torch' or 'nvdiffrast'")
@@ -191,15 +183,8 @@ def _rasterize_nvdiffrast(xy: Tensor, z: Tensor, faces: Tensor, H: int, W: int, 
     return raster
 
 
-_NV_CONTEXTS: dict = {}
-
-
 def _nvdiffrast_context(device: torch.device):
-    import nvdiffrast.torch as dr
-
-    if device not in _NV_CONTEXTS:
-        _NV_CONTEXTS[device] = dr.RasterizeCudaContext(device=device)
-    return _NV_CONTEXTS[device]
+    return backends.nvdiffrast_context(device)  # one per device, with the plugin-path fix
 
 
 def rasterize_screen(xy: Tensor, z: Tensor, faces: Tensor, height: int, width: int, near: float = 1e-4, far: float = 100.0, backend: str = "auto") -> MeshRaster:

@@ -29,18 +29,21 @@ Two backends, chosen here and nowhere else:
   ``nerfacc.rendering`` composites the packed samples. Build the grid with :func:`make_occupancy_grid` and
   refresh it during training with :func:`update_occupancy_grid`.
 
-``"auto"`` picks nerfacc only when an ``estimator`` is given (skipping empty space is its point) and the
-rays are on CUDA; otherwise the dense torch path.
+``"auto"`` picks nerfacc only when an ``estimator`` is given (skipping empty space is its point), the
+rays are on CUDA and nerfacc's kernels load (``renderers.backends``: a failure warns once); otherwise the
+dense torch path.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass, field as dc_field
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from . import backends
 from .cameras import Cameras
 
 Field = Callable[..., tuple]
@@ -48,16 +51,19 @@ Field = Callable[..., tuple]
 
 @functools.cache
 def _nerfacc():
-    """nerfacc if importable, else None. Importing it needs no CUDA; only its marching kernels do."""
-    try:
-        import nerfacc
-    except ImportError:
-        return None
-    return nerfacc
+    """nerfacc if it imports, else None: the pure-Python use (the dense helpers), which needs no CUDA.
+    Whether its CUDA kernels load is ``renderers.backends``' question."""
+    return None if backends.import_error("nerfacc") else importlib.import_module("nerfacc")
 
 
-def nerfacc_available() -> bool:
-    return _nerfacc() is not None
+def nerfacc_available(device: torch.device | str | None = None) -> bool:
+    """Whether nerfacc can serve ``device`` (default: CUDA when torch sees a GPU, else the CPU). On a CUDA
+    device that means its CUDA kernels load (a failure warns once and answers False); elsewhere only that
+    it imports, for the dense helpers."""
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if _nerfacc() is None:
+        return False
+    return device.type != "cuda" or backends.available("nerfacc", device)
 
 
 @dataclass
@@ -243,15 +249,22 @@ def render_rays(
     far_t = _per_ray(far, R, "far", rays_o.device, rays_o.dtype)
     bg = _background(background, R, rays_o.device, rays_o.dtype)
 
-    if backend not in ("auto", "torch", "nerfacc"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'nerfacc'; got {backend!r}")
-    if backend == "auto":
-        backend = "nerfacc" if (estimator is not None and rays_o.is_cuda and nerfacc_available()) else "torch"
+    backend = _pick_backend(backend, rays_o.device, estimator)
     if backend == "nerfacc":
         if step_size is None:
             step_size = float((far_t - near_t).max().clamp_min(1e-8)) / num_samples
         return _render_nerfacc(field, rays_o, rays_d, near_t, far_t, step_size, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre)
     return _render_dense(field, rays_o, rays_d, near_t, far_t, num_samples, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps)
+
+
+def _pick_backend(backend: str, device: torch.device, estimator) -> str:
+    if backend not in ("auto", "torch", "nerfacc"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'nerfacc'; got {backend!r}")
+    if backend == "auto":
+        return "nerfacc" if estimator is not None and backends.available("nerfacc", device) else "torch"
+    if backend == "nerfacc":
+        backends.require("nerfacc", device)
+    return backend
 
 
 def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps) -> VolumeRender:

@@ -222,3 +222,52 @@ def test_image_to_3d_fits_the_reference_view(tiny_prior, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ref = json.loads((out / "metrics.json").read_text())["reference_view"]
     assert ref["silhouette_iou"] > 0.8 and ref["psnr_db"] > 18, ref
+
+
+def _env_lines(stdout: str) -> dict[str, str]:
+    """``- key: value`` lines of ``dream3d env`` as a dict (the renderer lines are indented under their header)."""
+    return dict(line.strip()[2:].split(": ", 1) for line in stdout.splitlines() if line.strip().startswith("- ") and ": " in line)
+
+
+def test_env_reports_versions_and_the_backends_each_renderer_takes():
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    r = run("env", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    got = _env_lines(r.stdout)
+    assert got["dream3d"] == version("dream3d") and got["Python"] == ".".join(map(str, sys.version_info[:3]))
+    assert got["torch"].startswith(torch.__version__ + " (CUDA ") and got["device"] == "cpu"
+    assert got["CUDA available"] == ("yes" if torch.cuda.is_available() else "no")
+    for name in ("diffusers", "transformers", "peft", "gsplat", "nerfacc"):
+        assert got[name] == version(name), name
+    try:
+        assert got["nvdiffrast"] == f"{version('diffrp-nvdiffrast')} (diffrp-nvdiffrast)"
+    except PackageNotFoundError:
+        assert got["nvdiffrast"] == "not installed"
+    for renderer, lib in (("gaussians", "gsplat"), ("volume", "nerfacc"), ("mesh", "nvdiffrast")):
+        assert got[renderer].startswith(f"torch (cpu device: {lib} runs on CUDA only"), got[renderer]
+
+    j = run("env", "--device", "cpu", "--build", "--json")
+    assert j.returncode == 0, j.stderr
+    info = json.loads(j.stdout)
+    assert info["packages"]["gsplat"] == version("gsplat") and info["renderers"]["mesh"]["backend"] == "torch"
+    assert [(b["library"], b["status"]) for b in info["build"]] == [(lib, "skipped") for lib in ("gsplat", "nerfacc", "nvdiffrast")]
+    if not torch.cuda.is_available():
+        b = run("env", "--build")
+        assert b.returncode == 0 and b.stdout.count("skipped (no CUDA device)") == 3, b.stdout
+        bad = run("env", "--device", "cuda")
+        assert bad.returncode == 2 and "no CUDA device" in bad.stderr
+
+
+def test_env_names_a_broken_library_and_why(tmp_path):
+    # a gsplat whose import fails as a wheel built for another CUDA would
+    (tmp_path / "gsplat").mkdir()
+    (tmp_path / "gsplat" / "__init__.py").write_text('raise ImportError("libcudart.so.13: cannot open shared object file")\n')
+    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path), ENV.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "dream3d.cli", "env", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = _env_lines(r.stdout)
+    assert "does not import here: ImportError: libcudart.so.13: cannot open shared object file" in got["gaussians"]
+    assert "does not import" not in got["volume"] and "does not import" not in got["mesh"]
