@@ -12,10 +12,11 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from renderers.cameras import Cameras, CameraSampler, orbit_cameras
@@ -23,6 +24,8 @@ from renderers.cameras import Cameras, CameraSampler, orbit_cameras
 from .guidance.prior import resolve_device
 from .guidance.schedules import Scheduled, scheduled
 from .io import atomic_save_torch
+from .prior.sample import save_png
+from .profiling import PhaseTimer
 
 
 @dataclass
@@ -38,11 +41,19 @@ class TrainConfig:
     val_every: int = 100  # steps between validation renders; 0 = off
     nan_policy: str = "skip"  # a non-finite loss or gradient: "skip" the step, or "stop" (last good checkpoint kept)
     max_nan_skips: int = 20  # more skipped steps than this stops the run
+    # Steps between reads of the step's numbers (loss, t, skipped) for the progress bar, the history and the
+    # NaN policy. Each read makes the host wait for the device, so a step itself never does.
+    log_every: int = 10
     device: str = "auto"
+    # torch.compile the prior's U-Net and VAE encoder (opt-in: the first steps pay the compile time). A
+    # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...; None: eager.
+    compile: str | None = None
 
     def __post_init__(self):
         if self.nan_policy not in ("skip", "stop"):
             raise ValueError(f"train.nan_policy must be 'skip' or 'stop', got {self.nan_policy!r}")
+        if self.log_every < 1:
+            raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
 
 
 @dataclass
@@ -98,7 +109,6 @@ class StepResult:
     grad_norm: float
     t: float
     skipped: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -118,13 +128,24 @@ class Trainer:
             self.opt = self.model.make_optimizer()
         elif cfg.representation == "nerf":
             self.model = NeRFModel(cfg.nerf).to(self.device)
-            self.opt = torch.optim.Adam(self.model.parameter_groups(), betas=(0.9, 0.99), eps=1e-15)
+            self.opt = torch.optim.Adam(self.model.parameter_groups(), betas=(0.9, 0.99), eps=1e-15, fused=True)
         else:
             raise ValueError(f"representation must be 'gaussians' or 'nerf', got {cfg.representation!r}")
         # nerfacc's occupancy grid for the NeRF on CUDA (None elsewhere: dense samples)
         self.occupancy = occupancy_grid_for(cfg.nerf, self.device) if cfg.representation == "nerf" else None
+        self.timer = PhaseTimer(self.device)  # off: benchmarks/speed.py turns it on for a breakdown
+        self._bar = None  # the progress bar while run() runs
         self.guidance = guidance
-        self.reference = reference  # (rgb (1,H,W,3), mask (1,H,W,1)) for image-to-3D, or None
+        if guidance is not None:
+            guidance.check_finite = False  # the step's own guard skips non-finite steps without a host wait
+            guidance.timer = self.timer
+            if cfg.train.compile:
+                guidance.prior.compile(cfg.train.compile)
+        # (rgb (1,H,W,3), mask (1,H,W,1)) for image-to-3D, or None
+        self.reference = None if reference is None else tuple(x.to(self.device) for x in reference)
+        self.background = torch.tensor(cfg.train.background, device=self.device)
+        self._pending: list[tuple[int, Tensor]] = []  # (step, its numbers on the device) not yet read
+        self._last_good: StepResult | None = None
         self.step = 0
         self.checkpoint_step = None  # the step the checkpoint on disk holds
         self.nan_skips = 0
@@ -136,9 +157,8 @@ class Trainer:
     def render(self, cameras: Cameras, step: int | None = None, shading: str | None = None, generator=None):
         """rgb (B,H,W,3), alpha (B,H,W,1) and the raw render object."""
         cameras = cameras.to(self.device)
-        bg = torch.tensor(self.cfg.train.background, device=self.device)
         if self.cfg.representation == "gaussians":
-            out = self.model.render(cameras, background=bg)
+            out = self.model.render(cameras, background=self.background)
             return out.rgb, out.alpha, out
         from .representations.nerf import pick_shading, sample_light_positions
 
@@ -154,53 +174,54 @@ class Trainer:
         return orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, size, size)
 
     # -- one step -------------------------------------------------------------------------------
-    def train_step(self) -> StepResult:
+    def train_step(self) -> Tensor:
+        """One optimizer step. Returns (loss, guidance loss, grad norm, mean t, skipped) as one device tensor,
+        without waiting for the device: a non-finite loss or gradient skips the update on the device (the
+        fused optimizer's ``found_inf``), and the host learns of it when it reads the numbers (:meth:`_read`)."""
         cfg, step = self.cfg, self.step
-        res = int(round(scheduled(cfg.train.resolution, step)))
-        cams = cfg.cameras.sample(cfg.train.batch_size, res, res, generator=self.g_cam)
-        if self.cfg.representation == "gaussians":
-            self.model.update_learning_rate(self.opt, step)
-        if self.occupancy is not None:
-            from .representations.nerf import refresh_occupancy_grid
+        with self.timer("cameras"):
+            res = int(round(scheduled(cfg.train.resolution, step)))
+            cams = cfg.cameras.sample(cfg.train.batch_size, res, res, generator=self.g_cam)  # on the host
+            if self.cfg.representation == "gaussians":
+                self.model.update_learning_rate(self.opt, step)
+            if self.occupancy is not None:
+                from .representations.nerf import refresh_occupancy_grid
 
-            refresh_occupancy_grid(self.occupancy, self.model, step)
-        rgb, alpha, raw = self.render(cams, step=step, generator=self.g_model)
+                refresh_occupancy_grid(self.occupancy, self.model, step)
+        with self.timer("render"):
+            rgb, alpha, raw = self.render(cams, step=step, generator=self.g_model)
         loss = torch.zeros((), device=self.device)
-        gl = gn = tt = float("nan")
+        gl = gn = tt = torch.full((), float("nan"), device=self.device)
         if self.guidance is not None:
-            try:
-                gout = self.guidance(rgb, cams, self.prompt, step)
-            except FloatingPointError as e:
-                raise NonFiniteError(str(e)) from None
+            gout = self.guidance(rgb, cams, self.prompt, step)
             loss = loss + gout.loss
-            gl, gn, tt = gout.loss.item(), gout.grad_norm.item(), gout.t.float().mean().item()
-        if self.cfg.representation == "nerf":
-            reg = raw.regularizers()
-            loss = loss + cfg.train.lambda_opacity * reg["opacity"] + cfg.train.lambda_entropy * reg["entropy"]
-            if "orientation" in reg:
-                loss = loss + cfg.train.lambda_orientation * reg["orientation"]
-        ref_raw = None
-        if self.reference is not None and step % cfg.reference.every == 0:
-            ref_rgb, ref_mask = self.reference
-            rc = self._reference_cameras(ref_rgb.shape[1])
-            prgb, palpha, ref_raw = self.render(rc, shading="albedo", generator=self.g_model)
-            loss = loss + cfg.reference.lambda_rgb * torch.nn.functional.mse_loss(prgb, ref_rgb.to(self.device)) \
-                + cfg.reference.lambda_mask * torch.nn.functional.mse_loss(palpha, ref_mask.to(self.device))
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"loss became {loss.item()} at step {step}")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for group in self.opt.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and not torch.isfinite(p.grad).all():
-                    raise NonFiniteError(f"non-finite gradient in '{group.get('name', '?')}' at step {step}")
+            gl, gn, tt = gout.loss.detach(), gout.grad_norm.detach(), gout.t.float().mean()
+        with self.timer("render"):
+            if self.cfg.representation == "nerf":
+                reg = raw.regularizers()
+                loss = loss + cfg.train.lambda_opacity * reg["opacity"] + cfg.train.lambda_entropy * reg["entropy"]
+                if "orientation" in reg:
+                    loss = loss + cfg.train.lambda_orientation * reg["orientation"]
+            if self.reference is not None and step % cfg.reference.every == 0:
+                ref_rgb, ref_mask = self.reference
+                rc = self._reference_cameras(ref_rgb.shape[1])
+                prgb, palpha, _ = self.render(rc, shading="albedo", generator=self.g_model)
+                loss = loss + cfg.reference.lambda_rgb * torch.nn.functional.mse_loss(prgb, ref_rgb) \
+                    + cfg.reference.lambda_mask * torch.nn.functional.mse_loss(palpha, ref_mask)
+        with self.timer("backward"):
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with self.timer("optimizer"):
+            grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+            bad = nonfinite(loss, grads)
+            if self.cfg.representation == "gaussians":
+                self.model.add_densification_stats(raw, grad_scale=cfg.train.batch_size, valid=~bad)
+            self.opt.found_inf = bad.float()  # the fused step leaves everything as it was where this is 1
+            self.opt.step()  # (VSD's student takes its own LoRA step inside the guidance call)
         if self.cfg.representation == "gaussians":
-            self.model.add_densification_stats(raw, grad_scale=cfg.train.batch_size)
-        self.opt.step()  # (VSD's student takes its own LoRA step inside the guidance call)
-        info = {}
-        if self.cfg.representation == "gaussians":
-            info = self.model.densify_step(step, self.opt, self.g_model) or {}
-        return StepResult(loss.item(), gl, gn, tt, extra=info)
+            with self.timer("densify"):
+                self.model.densify_step(step, self.opt, self.g_model)
+        return torch.stack([loss.detach().float(), gl.float(), gn.float(), tt, bad.float()])
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict:
@@ -254,60 +275,84 @@ class Trainer:
         (which ends the current step first), writes a checkpoint to resume from."""
         cfg = self.cfg.train
         done_now = 0
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="text-to-3D" if self.reference is None else "image-to-3D", unit="step", dynamic_ncols=True)
-        last_good = None
-        r = None
-        with _interrupt_between_steps() as interrupted:
-            while self.step < cfg.steps:
-                if (stop_after is not None and done_now >= stop_after) or interrupted():
-                    if r is not None and not r.skipped and self.checkpoint_step != self.step:  # where --resume starts
-                        self.save_checkpoint()
-                    break
-                r = self._one_step(bar, cfg)
-                done_now += 1
-                if not r.skipped:
-                    last_good = r
-            if interrupted():
-                bar.close()
-                self.log(f"interrupted after step {self.step}/{cfg.steps}; the checkpoint {self.ckpt_path} is where --resume starts")
-                raise KeyboardInterrupt
-        bar.close()
+        self._bar = tqdm(total=cfg.steps, initial=self.step, desc="text-to-3D" if self.reference is None else "image-to-3D",
+                         unit="step", dynamic_ncols=True)
+        try:
+            with _interrupt_between_steps() as interrupted:
+                while self.step < cfg.steps:
+                    if (stop_after is not None and done_now >= stop_after) or interrupted():
+                        last = self._read()
+                        if last is not None and not last.skipped and self.checkpoint_step != self.step:  # where --resume starts
+                            self.save_checkpoint()
+                        break
+                    self._one_step(cfg)
+                    done_now += 1
+                self._read()
+                if interrupted():
+                    self._bar.close()
+                    self.log(f"interrupted after step {self.step}/{cfg.steps}; the checkpoint {self.ckpt_path} is where --resume starts")
+                    raise KeyboardInterrupt
+        finally:
+            self._bar.close()
+        last_good = self._last_good
         return {"steps": self.step, "train_seconds": round(self.train_seconds, 2), "nan_skips": self.nan_skips,
                 "steps_per_second": round(self.step / max(self.train_seconds, 1e-9), 3) if self.step else 0.0,
                 "final_loss": None if last_good is None else last_good.loss,
                 "final_grad_norm": None if last_good is None else last_good.grad_norm}
 
-    def _one_step(self, bar, cfg) -> StepResult:
-        """One optimizer step with the NaN guard, then the progress bar, validation renders and checkpoints."""
-        from .prior.sample import save_png
-
+    def _one_step(self, cfg) -> None:
+        """One optimizer step, then (every ``log_every`` steps) the progress bar and the NaN policy, and the
+        validation renders and checkpoints that are due."""
         t0 = time.time()
-        try:
-            r = self.train_step()
-        except NonFiniteError as e:
-            self.nan_skips += 1
-            self.opt.zero_grad(set_to_none=True)
-            if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
-                bar.close()
-                raise NonFiniteError(f"{e}; stopped after {self.nan_skips} bad steps. The last good checkpoint is kept at "
-                                     f"{self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume.") from None
-            self.log(f"step {self.step}: {e}; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
-            r = StepResult(float("nan"), float("nan"), float("nan"), float("nan"), skipped=True)
-        self.train_seconds += time.time() - t0
+        self._pending.append((self.step + 1, self.train_step()))
         self.step += 1
-        if self.step % 10 == 0 or self.step == cfg.steps:
-            rec = {"step": self.step, "loss": r.loss, "guidance_loss": r.guidance_loss, "grad_norm": r.grad_norm, "t": r.t}
-            if self.cfg.representation == "gaussians":
-                rec["num_gaussians"] = len(self.model)
-            self.history.append(rec)
+        self._bar.update(1)
+        checkpoint_due = (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps
+        last = self._read() if checkpoint_due or self.step % cfg.log_every == 0 else None
+        self.train_seconds += time.time() - t0  # (a read waits for the step's work to finish)
+        if cfg.val_every and self.step % cfg.val_every == 0:
+            save_png(os.path.join(self.out_dir, "val", f"step_{self.step:05d}.png"), self.validation_views())
+        if checkpoint_due and not last.skipped:  # a bad step never overwrites the last good checkpoint
+            self.save_checkpoint()
+
+    def _read(self) -> StepResult | None:
+        """Read the numbers of the steps since the last read (one wait for the device), log them, and apply
+        the NaN policy. Returns the last step's result (None if no step ran since)."""
+        if not self._pending:
+            return None
+        cfg = self.cfg.train
+        steps = [s for s, _ in self._pending]
+        rows = torch.stack([v for _, v in self._pending]).tolist()
+        self._pending.clear()
+        r = None
+        for step, (loss, gl, gn, tt, skipped) in zip(steps, rows):
+            r = StepResult(loss, gl, gn, tt, skipped=bool(skipped))
+            if r.skipped:
+                self.nan_skips += 1
+                if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
+                    if self._bar is not None:
+                        self._bar.close()
+                    raise NonFiniteError(f"non-finite loss or gradient at step {step}; stopped after {self.nan_skips} bad steps. The last good "
+                                         f"checkpoint is kept at {self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume.")
+                self.log(f"step {step}: non-finite loss or gradient; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
+                continue
+            self._last_good = r
+            if step % 10 == 0 or step == cfg.steps:
+                rec = {"step": step, "loss": r.loss, "guidance_loss": r.guidance_loss, "grad_norm": r.grad_norm, "t": r.t}
+                if self.cfg.representation == "gaussians":
+                    rec["num_gaussians"] = len(self.model)
+                self.history.append(rec)
         post = {"loss": f"{r.loss:.4g}", "t": f"{r.t:.0f}"}
         if self.cfg.representation == "gaussians":
             post["N"] = len(self.model)
-        bar.set_postfix(post)
-        bar.update(1)
-        if cfg.val_every and self.step % cfg.val_every == 0:
-            save_png(os.path.join(self.out_dir, "val", f"step_{self.step:05d}.png"), self.validation_views())
-        checkpoint_due = (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps
-        if checkpoint_due and not r.skipped:  # a bad step never overwrites the last good checkpoint
-            self.save_checkpoint()
+        if self._bar is not None:
+            self._bar.set_postfix(post, refresh=False)
         return r
+
+
+def nonfinite(loss: Tensor, grads: list[Tensor]) -> Tensor:
+    """A device bool: is the loss or any gradient NaN or infinite? (one norm per tensor, no host wait)"""
+    total = loss.detach().float()
+    if grads:
+        total = total + torch.stack(torch._foreach_norm(grads)).float().sum()
+    return ~torch.isfinite(total)

@@ -65,7 +65,9 @@ class Cameras:
         return self.c2w[:, :3, 3]
 
     def to(self, device=None, dtype=None) -> "Cameras":
-        return Cameras(self.c2w.to(device=device, dtype=dtype), self.K.to(device=device, dtype=dtype), self.width, self.height)
+        # non_blocking: a host-to-device copy need not wait for the device's queue
+        return Cameras(self.c2w.to(device=device, dtype=dtype, non_blocking=True), self.K.to(device=device, dtype=dtype, non_blocking=True),
+                       self.width, self.height)
 
     def resized(self, width: int, height: int) -> "Cameras":
         """The same cameras at another resolution (the field of view is kept)."""

@@ -241,7 +241,8 @@ def render_rays(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1; got {num_samples}")
     R = rays_o.shape[0]
-    if R > 0 and ((rays_d.norm(dim=-1) - 1).abs() > 1e-3).any():
+    # (checked on the host only: on a GPU the check would make every render wait for the device)
+    if R > 0 and not rays_d.is_cuda and ((rays_d.norm(dim=-1) - 1).abs() > 1e-3).any():
         raise ValueError("rays_d must be unit length; normalize the directions (Cameras.rays() already does)")
     if ray_cond is not None and (ray_cond.ndim != 2 or ray_cond.shape[0] != R):
         raise ValueError(f"ray_cond must be (R, C) with R={R}; got shape {tuple(ray_cond.shape)}")
@@ -275,7 +276,7 @@ def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator
     if stratified:
         # Draw on the generator's own device (a run's one seeded generator may live on the CPU).
         gdev = generator.device if generator is not None else dev
-        u = torch.rand(R, S, generator=generator, device=gdev, dtype=dt).to(dev)
+        u = torch.rand(R, S, generator=generator, device=gdev, dtype=dt).to(dev, non_blocking=True)
     else:
         u = torch.full((R, S), 0.5, device=dev, dtype=dt)
     t = t_starts + (t_ends - t_starts) * u

@@ -85,7 +85,7 @@ TINY_NERF = ["nerf.levels=4", "nerf.log2_table_size=10", "nerf.max_resolution=32
 
 @pytest.fixture(scope="module")
 def sd15_folder(tmp_path_factory):
-    from test_guidance import SD15_SMALL, make_sd_folder
+    from dream3d.random_models import SD15_SMALL, make_sd_folder
 
     return make_sd_folder(tmp_path_factory.mktemp("sd15") / "sd15_small", **SD15_SMALL)
 

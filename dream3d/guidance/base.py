@@ -20,6 +20,7 @@ from torch import Tensor
 
 from renderers.cameras import Cameras
 
+from ..profiling import PhaseTimer
 from .perpneg import PerpNegConfig, perpneg_combine, perpneg_conditioning
 from .prior import DiffusionPrior, TextConditioning, ViewPromptConfig, view_prompts
 from .schedules import Scheduled, TimestepConfig, sample_timesteps, scheduled
@@ -135,10 +136,16 @@ class Guidance:
         if not isinstance(self.cfg, self.config_class):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(self.cfg).__name__}")
         self.generator = generator if generator is not None else torch.Generator().manual_seed(self.cfg.seed)
+        # nonfinite="raise" checks the gradient on the host, a wait for the device on every call; the Trainer
+        # turns this off and skips non-finite steps on the device instead.
+        self.check_finite = True
+        self.timer = PhaseTimer()  # off; the Trainer shares its own (benchmarks/speed.py's phase breakdown)
 
     def __call__(self, rgb: Tensor, views: Views, prompt: str, step: int, *, noise: Tensor | None = None, t: Tensor | None = None) -> GuidanceOutput:
         """rgb: (B, H, W, 3) in [0, 1], any size (resized to the model's native size)."""
-        return self.latent_loss(self.prior.encode(rgb), views, prompt, step, noise=noise, t=t)
+        with self.timer("encode"):
+            latents = self.prior.encode(rgb)
+        return self.latent_loss(latents, views, prompt, step, noise=noise, t=t)
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume this rule exactly: the random stream (and, for VSD, the student)."""
@@ -163,7 +170,8 @@ class Guidance:
         return sample_timesteps(self.cfg.timesteps, step, batch, self.prior.num_train_timesteps, self.generator, self.prior.device)
 
     def sample_noise(self, shape) -> Tensor:
-        return torch.randn(shape, generator=self.generator).to(self.prior.device)
+        # drawn on the host, so a run's random stream is the same on every device; the copy does not wait
+        return torch.randn(shape, generator=self.generator).to(self.prior.device, non_blocking=True)
 
     def residual(self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views) -> tuple[Tensor, dict]:
         """The rule: the bracket of grad = w(t) * (...), for fp32 detached latents. Runs under no_grad."""
@@ -178,7 +186,7 @@ class Guidance:
         text = self.conditioning(prompt, el, az, B)
         t = self.sample_t(step, B) if t is None else torch.as_tensor(t, device=self.prior.device).long().reshape(-1).expand(B)
         noise = self.sample_noise(latents.shape) if noise is None else noise.to(self.prior.device, torch.float32)
-        with torch.no_grad():
+        with torch.no_grad(), self.timer("unet"):
             res, extra = self.residual(latents.detach().float(), noise, t, text, step, views)
             w = timestep_weight(self.cfg.weighting, self.prior.alphas_cumprod[t]).view(-1, 1, 1, 1)
             grad = self._clean(w * res, step, t, extra)
@@ -190,7 +198,7 @@ class Guidance:
         cfg = self.cfg
         finite = torch.isfinite(grad)
         if cfg.nonfinite == "raise":
-            if not bool(finite.all()):
+            if self.check_finite and not bool(finite.all()):
                 raise FloatingPointError(
                     f"non-finite score-distillation gradient at step {step} (t={t.tolist()}): the prior produced NaN/Inf. "
                     "Try prior.dtype=fp32 or bf16, a lower guidance_scale, or guidance.nonfinite=zero to skip such elements."

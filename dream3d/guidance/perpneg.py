@@ -60,7 +60,7 @@ def perpneg_conditioning(
     negative_prompt: str = "",
 ) -> TextConditioning:
     """Interpolated positive embeddings and two weighted negatives per view (see the module docstring)."""
-    az = torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1).to(prior.device)
+    az = torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1).to(prior.device, non_blocking=True)
     a = ((az + 180.0) % 360.0 - 180.0).abs()  # [0, 180]
     front, side, back = prior.text_embeddings([view_cfg.template.format(prompt=prompt, view=v) for v in ("front", "side", "back")])
     in_front = (a <= 90.0).view(-1, 1, 1)

@@ -113,7 +113,7 @@ def sample_timesteps(
         # The t whose tail mass is closest to the run progress (ties go to the larger t).
         i = int(torch.argmin((tail - r).abs()))
         t = torch.full((batch,), int(ts[i]), dtype=torch.long)
-    return t.to(device) if device is not None else t
+    return t.to(device, non_blocking=True) if device is not None else t
 
 
 @lru_cache(maxsize=16)

@@ -71,7 +71,7 @@ def camera_features(views: Views, batch: int, device) -> Tensor:
         c2w = look_at(positions_from_spherical(el, az, torch.ones_like(el)))
     if c2w.shape[0] != batch:
         raise ValueError(f"got {c2w.shape[0]} cameras for a batch of {batch} images")
-    return c2w.reshape(batch, 16).to(device=device, dtype=torch.float32)
+    return c2w.reshape(batch, 16).to(device=device, dtype=torch.float32, non_blocking=True)
 
 
 class VSD(Guidance):
@@ -97,7 +97,7 @@ class VSD(Guidance):
         nn.init.zeros_(self.camera_mlp[2].weight)
         nn.init.zeros_(self.camera_mlp[2].bias)
         params = self.lora_parameters + (list(self.camera_mlp.parameters()) if cfg.camera_condition else [])
-        self.optimizer = torch.optim.AdamW(params, lr=scheduled(cfg.lora_lr, 0), weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(params, lr=scheduled(cfg.lora_lr, 0), weight_decay=0.0, fused=True)
 
     def trainable_parameters(self) -> list[Tensor]:
         """The student's weights (LoRA, and the camera MLP when camera conditioning is on)."""
@@ -159,7 +159,8 @@ class VSD(Guidance):
         computed with the student as it was before the update)."""
         out = super().latent_loss(latents, views, prompt, step, noise=noise, t=t)
         for _ in range(self.cfg.lora_steps_per_call):
-            out.extra["lora_loss"] = self.lora_step(latents, views, prompt, step)
+            with self.timer("lora"):
+                out.extra["lora_loss"] = self.lora_step(latents, views, prompt, step)
         return out
 
     def lora_step(self, latents: Tensor, views: Views, prompt: str, step: int = 0) -> Tensor:
@@ -172,12 +173,12 @@ class VSD(Guidance):
         T = prior.num_train_timesteps
         lo = min(max(int(round(cfg.lora_t_min * T)), 0), T - 1)
         hi = min(max(int(round(cfg.lora_t_max * T)), lo), T - 1)
-        t = torch.randint(lo, hi + 1, (B,), generator=self.generator).to(prior.device)
+        t = torch.randint(lo, hi + 1, (B,), generator=self.generator).to(prior.device, non_blocking=True)
         noise = self.sample_noise(x0.shape)
         x_t = prior.add_noise(x0, noise, t)
         cam = None
         if cfg.camera_condition:
-            keep = (torch.rand(B, generator=self.generator) >= cfg.camera_dropout).float().to(prior.device)
+            keep = (torch.rand(B, generator=self.generator) >= cfg.camera_dropout).float().to(prior.device, non_blocking=True)
             cam = camera_features(views, B, prior.device) * keep[:, None]
         for g in self.optimizer.param_groups:
             g["lr"] = scheduled(cfg.lora_lr, step)
@@ -185,5 +186,8 @@ class VSD(Guidance):
             loss = F.mse_loss(prior.model_output(x_t, t, cond, class_labels=cam), prior.training_target(x0, noise, t))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # a non-finite loss or gradient (a bad render) leaves the student as it was, without a host wait
+            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            self.optimizer.found_inf = (~torch.isfinite(loss.detach() + torch.stack(torch._foreach_norm(grads)).sum())).float()
             self.optimizer.step()
         return loss.detach()

@@ -255,10 +255,10 @@ def sample_light_positions(cameras: Cameras, cfg: NeRFConfig, generator: torch.G
     B = o.shape[0]
     if cfg.light_direction is not None:
         return F.normalize(torch.tensor(cfg.light_direction, dtype=o.dtype, device=o.device), dim=0).expand(B, 3) * 1e4
-    noise = torch.randn(B, 3, generator=generator).to(o)
+    noise = torch.randn(B, 3, generator=generator).to(o, non_blocking=True)
     direction = F.normalize(F.normalize(o, dim=-1) + cfg.light_jitter * noise, dim=-1)
     lo, hi = cfg.light_distance
-    scale = lo + (hi - lo) * torch.rand(B, 1, generator=generator).to(o)
+    scale = lo + (hi - lo) * torch.rand(B, 1, generator=generator).to(o, non_blocking=True)
     return direction * o.norm(dim=-1, keepdim=True) * scale
 
 
