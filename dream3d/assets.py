@@ -1,6 +1,23 @@
-"""Where the shipped assets live. ``DREAM3D_ASSETS`` overrides the folder (for a non-editable install)."""
-import os
+"""Where the shipped data lives: the presets (``configs/``), the embedded prior and the world classifier
+(``assets/``). Every path to them comes from here.
 
-ASSETS_DIR = os.environ.get("DREAM3D_ASSETS", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "assets")))
+An installed wheel carries both folders inside the package, as ``dream3d/_data/configs`` and
+``dream3d/_data/assets`` (setup.py maps the top-level folders there at build time); a source checkout or an
+editable install reads the top-level folders. ``DREAM3D_ASSETS`` overrides the assets folder (one that holds
+``prior/`` and ``world_classifier/``)."""
+import os
+from importlib.resources import files
+from pathlib import Path
+
+
+def _shipped(name: str) -> str:
+    bundled = files(__package__) / "_data" / name
+    if bundled.is_dir():  # an installed wheel
+        return str(bundled)
+    return str(Path(__file__).resolve().parent.parent / name)  # the repository: a checkout or an editable install
+
+
+CONFIG_DIR = _shipped("configs")
+ASSETS_DIR = os.path.abspath(os.environ.get("DREAM3D_ASSETS") or _shipped("assets"))
 EMBEDDED_PRIOR = os.path.join(ASSETS_DIR, "prior")
 WORLD_CLASSIFIER = os.path.join(ASSETS_DIR, "world_classifier")

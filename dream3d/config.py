@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from renderers.cameras import CameraSampler
 
+from .assets import CONFIG_DIR
 from .configtools import ConfigError, build_config, load_yaml, parse_overrides, schema_at
 from .guidance.csd import CSDConfig
 from .guidance.ism import ISMConfig
@@ -18,7 +19,6 @@ from .representations.gaussians import GaussianConfig
 from .representations.nerf import NeRFConfig
 from .train import ReferenceViewConfig, TrainConfig
 
-CONFIG_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "configs"))
 # What `dream3d generate` uses without --config. Text: Gaussians + VSD, higher IoU than Gaussians + SDS on 12 of
 # benchmarks/quality.py's 14 prompts (mean 0.659 against 0.590; README, "How good is it"). Image-to-3D:
 # DreamGaussian's SDS setup, the one measured with a reference view.

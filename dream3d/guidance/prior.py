@@ -26,6 +26,8 @@ from torch import Tensor
 
 from renderers.cameras import view_names
 
+from ..assets import EMBEDDED_PRIOR
+
 _REQUIRED = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json", "scheduler": "scheduler_config.json", "tokenizer": None}
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -44,10 +46,8 @@ class PriorConfig:
 
 
 def default_prior_candidates() -> list[Path]:
-    """Where the embedded prior may live: ``<repo>/assets/prior`` (source checkout) or
-    ``<package>/assets/prior`` (an installed wheel that bundles it)."""
-    pkg = Path(__file__).resolve().parents[1]
-    return [pkg.parent / "assets" / "prior", pkg / "assets" / "prior"]
+    """Where the embedded prior lives (see :mod:`dream3d.assets`: in the package, the repository, or $DREAM3D_ASSETS)."""
+    return [Path(EMBEDDED_PRIOR)]
 
 
 def _missing_parts(folder: Path) -> list[str]:
