@@ -10,7 +10,10 @@ installs it is meant to diagnose.
 """
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -20,7 +23,7 @@ import torch
 from renderers import backends
 
 from . import __version__
-from .configtools import ConfigError
+from .devices import resolve_device
 
 # what to report: name -> the distributions that provide it (nvdiffrast comes as diffrp-nvdiffrast here)
 PACKAGES = {
@@ -144,17 +147,18 @@ def package_version(name: str) -> str | None:
     return None
 
 
-def resolve_env_device(device: str) -> torch.device:
-    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``: the same rule as ``train.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}, but torch sees no CUDA device here; use --device auto or cpu")
-    return dev
+def toolchain() -> dict:
+    """What a CUDA extension build uses: nvcc and its version, CUDA_HOME, the architectures, the build folder."""
+    nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None)
+    release = None
+    if nvcc and os.path.exists(nvcc):
+        try:
+            out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+            release = next((line.split("release", 1)[1].strip() for line in out.splitlines() if "release" in line), None)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"nvcc": f"{nvcc} ({release})" if release else nvcc, "CUDA_HOME": os.environ.get("CUDA_HOME"),
+            "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST"), "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")}
 
 
 def build_and_check(device: torch.device, log=None) -> list[dict]:
@@ -184,7 +188,7 @@ def build_and_check(device: torch.device, log=None) -> list[dict]:
 
 def collect(device: str = "auto", build: bool = False, log=None) -> dict:
     """Everything ``dream3d env`` prints, as a JSON-ready dict."""
-    dev = resolve_env_device(device)
+    dev = resolve_device(device, "--device")
     info = {
         "dream3d": __version__,
         "python": platform.python_version(),
@@ -200,6 +204,7 @@ def collect(device: str = "auto", build: bool = False, log=None) -> dict:
         info["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
                        "memory_gib": round(total / 2**30, 1), "free_gib": round(free / 2**30, 1)}
     info["packages"] = {name: package_version(name) for name in PACKAGES}
+    info["toolchain"] = toolchain()
     if build:
         info["build"] = build_and_check(dev, log)  # before the backends, so that they report what loaded
     info["renderers"] = {}
@@ -226,6 +231,7 @@ def format_report(info: dict) -> str:
         g = info["gpu"]
         lines.append(f"- GPU: {g['name']} (compute capability {g['capability']}), {g['memory_gib']} GiB, {g['free_gib']} GiB free")
     lines += [f"- {name}: {v or 'not installed'}" for name, v in info["packages"].items()]
+    lines += [f"- {name}: {v or ('not found' if name == 'nvcc' else 'not set')}" for name, v in info["toolchain"].items()]
     lines.append(f"- renderer backends on {info['device']}:")
     lines += [f"  - {r}: {c['backend']} ({c['why']})" for r, c in info["renderers"].items()]
     if "build" in info:

@@ -102,6 +102,8 @@ class count_syncs(TorchFunctionMode):
             sync = name
         elif name == "where" and len(args) == 1 and not host:
             sync = "where(cond)"
+        elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None and (not ts or host):
+            sync = f"{name}(host data, device=...)"  # a blocking copy from the host, as .to(device) is
         elif name in ("to", "cuda", "copy_") and host and not kwargs.get("non_blocking", False):
             if name != "to" or any(isinstance(a, (torch.device, str)) or (isinstance(a, torch.Tensor) and a is not args[0]) for a in list(args[1:]) + [kwargs.get("device")]):
                 sync = f"{name}(host->device)"
@@ -110,6 +112,8 @@ class count_syncs(TorchFunctionMode):
             if site:
                 self.by_site[site] += 1
         out = func(*args, **kwargs)
+        if name in ("to", "cuda") and host and out is args[0]:
+            out = out.view_as(out)  # on the CPU a "copy to the device" is the tensor itself: an alias stands for the copy
         if "generator" in kwargs and kwargs["generator"] is not None and kwargs["generator"].device.type == "cpu":
             _mark(out)  # drawn on the host
         elif name in _FACTORIES and not ts and kwargs.get("device") is None:

@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 
 from renderers.cameras import Cameras, CameraSampler, orbit_cameras
 
-from .guidance.prior import resolve_device
+from .devices import resolve_device
 from .guidance.schedules import Scheduled, scheduled
 from .io import atomic_save_torch
 from .prior.sample import save_png
+from .optim import as_fused, skip_if_nonfinite
 from .profiling import PhaseTimer
+from .representations import REPRESENTATIONS
 
 
 @dataclass
@@ -34,9 +36,6 @@ class TrainConfig:
     batch_size: int = 4  # cameras rendered per step
     resolution: Scheduled = 64  # render size; [start_step, start, end, end_step] for progressive resolution
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # Gaussians render over this colour
-    lambda_opacity: float = 0.0  # NeRF: push the accumulated alpha towards 0 (sparsity)
-    lambda_entropy: float = 0.0  # NeRF: push the accumulated alpha towards 0 or 1
-    lambda_orientation: float = 0.0  # NeRF: DreamFusion's orientation loss (normals facing away)
     checkpoint_every: int = 100  # steps; 0 = only at the end
     val_every: int = 100  # steps between validation renders; 0 = off
     nan_policy: str = "skip"  # a non-finite loss or gradient: "skip" the step, or "stop" (last good checkpoint kept)
@@ -115,24 +114,13 @@ class Trainer:
     """Owns the representation, its optimizer, the guidance and the generators; ``run`` trains."""
 
     def __init__(self, cfg, prompt: str, out_dir: str, guidance=None, reference=None, log=print):
-        from .representations.gaussians import GaussianModel
-        from .representations.nerf import NeRFModel, occupancy_grid_for
-
         self.cfg, self.prompt, self.out_dir, self.log = cfg, prompt, out_dir, log
         self.device = resolve_device(cfg.train.device, "train.device")
         self.g_cam = torch.Generator().manual_seed(cfg.seed)
         self.g_model = torch.Generator().manual_seed(cfg.seed + 1)
         torch.manual_seed(cfg.seed)
-        if cfg.representation == "gaussians":
-            self.model = GaussianModel(cfg.gaussians, generator=self.g_model).to(self.device)
-            self.opt = self.model.make_optimizer()
-        elif cfg.representation == "nerf":
-            self.model = NeRFModel(cfg.nerf).to(self.device)
-            self.opt = torch.optim.Adam(self.model.parameter_groups(), betas=(0.9, 0.99), eps=1e-15, fused=True)
-        else:
-            raise ValueError(f"representation must be 'gaussians' or 'nerf', got {cfg.representation!r}")
-        # nerfacc's occupancy grid for the NeRF on CUDA (None elsewhere: dense samples)
-        self.occupancy = occupancy_grid_for(cfg.nerf, self.device) if cfg.representation == "nerf" else None
+        self.model = REPRESENTATIONS[cfg.representation].create(cfg, self.g_model, self.device)
+        self.opt = self.model.make_optimizer()
         self.timer = PhaseTimer(self.device)  # off: benchmarks/speed.py turns it on for a breakdown
         self._bar = None  # the progress bar while run() runs
         self.guidance = guidance
@@ -144,7 +132,8 @@ class Trainer:
         # (rgb (1,H,W,3), mask (1,H,W,1)) for image-to-3D, or None
         self.reference = None if reference is None else tuple(x.to(self.device) for x in reference)
         self.background = torch.tensor(cfg.train.background, device=self.device)
-        self._pending: list[tuple[int, Tensor]] = []  # (step, its numbers on the device) not yet read
+        self._pending: list[tuple[int, dict, Tensor]] = []  # (step, summary, its numbers on the device) not yet read
+        self._last_read: StepResult | None = None
         self._last_good: StepResult | None = None
         self.step = 0
         self.checkpoint_step = None  # the step the checkpoint on disk holds
@@ -155,18 +144,9 @@ class Trainer:
 
     # -- rendering ------------------------------------------------------------------------------
     def render(self, cameras: Cameras, step: int | None = None, shading: str | None = None, generator=None):
-        """rgb (B,H,W,3), alpha (B,H,W,1) and the raw render object."""
-        cameras = cameras.to(self.device)
-        if self.cfg.representation == "gaussians":
-            out = self.model.render(cameras, background=self.background)
-            return out.rgb, out.alpha, out
-        from .representations.nerf import pick_shading, sample_light_positions
-
-        if shading is None:
-            shading = "albedo" if step is None else pick_shading(step, self.cfg.nerf, generator)
-        lights = sample_light_positions(cameras, self.cfg.nerf, generator) if shading in ("lambertian", "textureless") else None
-        out = self.model.render(cameras, shading=shading, light_positions=lights, orientation=self.cfg.train.lambda_orientation > 0 and step is not None,
-                                stratified=step is not None, generator=generator, estimator=self.occupancy)
+        """rgb (B,H,W,3), alpha (B,H,W,1) and the representation's Render (with its regularizers when ``step``
+        is given: a training render)."""
+        out = self.model.render_views(cameras.to(self.device), self.background, step=step, generator=generator, shading=shading)
         return out.rgb, out.alpha, out
 
     def _reference_cameras(self, size: int) -> Cameras:
@@ -182,26 +162,19 @@ class Trainer:
         with self.timer("cameras"):
             res = int(round(scheduled(cfg.train.resolution, step)))
             cams = cfg.cameras.sample(cfg.train.batch_size, res, res, generator=self.g_cam)  # on the host
-            if self.cfg.representation == "gaussians":
-                self.model.update_learning_rate(self.opt, step)
-            if self.occupancy is not None:
-                from .representations.nerf import refresh_occupancy_grid
-
-                refresh_occupancy_grid(self.occupancy, self.model, step)
+            self.model.before_step(step, self.opt)
         with self.timer("render"):
             rgb, alpha, raw = self.render(cams, step=step, generator=self.g_model)
         loss = torch.zeros((), device=self.device)
         gl = gn = tt = torch.full((), float("nan"), device=self.device)
         if self.guidance is not None:
             gout = self.guidance(rgb, cams, self.prompt, step)
-            loss = loss + gout.loss
-            gl, gn, tt = gout.loss.detach(), gout.grad_norm.detach(), gout.t.float().mean()
+            # (.to: the prior may sit on another device than the representation, guidance.prior.device)
+            loss = loss + gout.loss.to(self.device)
+            gl, gn, tt = (x.detach().float().to(self.device) for x in (gout.loss, gout.grad_norm, gout.t.float().mean()))
+        for term in raw.losses.values():  # the representation's regularizers
+            loss = loss + term
         with self.timer("render"):
-            if self.cfg.representation == "nerf":
-                reg = raw.regularizers()
-                loss = loss + cfg.train.lambda_opacity * reg["opacity"] + cfg.train.lambda_entropy * reg["entropy"]
-                if "orientation" in reg:
-                    loss = loss + cfg.train.lambda_orientation * reg["orientation"]
             if self.reference is not None and step % cfg.reference.every == 0:
                 ref_rgb, ref_mask = self.reference
                 rc = self._reference_cameras(ref_rgb.shape[1])
@@ -212,15 +185,11 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
         with self.timer("optimizer"):
-            grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
-            bad = nonfinite(loss, grads)
-            if self.cfg.representation == "gaussians":
-                self.model.add_densification_stats(raw, grad_scale=cfg.train.batch_size, valid=~bad)
-            self.opt.found_inf = bad.float()  # the fused step leaves everything as it was where this is 1
+            bad = skip_if_nonfinite(self.opt, loss)
+            self.model.after_backward(raw, ~bad, cfg.train.batch_size)
             self.opt.step()  # (VSD's student takes its own LoRA step inside the guidance call)
-        if self.cfg.representation == "gaussians":
-            with self.timer("densify"):
-                self.model.densify_step(step, self.opt, self.g_model)
+        with self.timer("densify"):
+            self.model.after_step(step, self.opt, self.g_model, ~bad)
         return torch.stack([loss.detach().float(), gl.float(), gn.float(), tt, bad.float()])
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -230,8 +199,7 @@ class Trainer:
             "g_cam": self.g_cam.get_state(), "g_model": self.g_model.get_state(), "nan_skips": self.nan_skips,
             "train_seconds": self.train_seconds, "history": self.history,
         }
-        if self.occupancy is not None:
-            s["occupancy"] = self.occupancy.state_dict()
+        s.update(self.model.extra_state())
         if self.guidance is not None:
             s["g_guidance"] = self.guidance.generator.get_state()
             if hasattr(self.guidance, "state_dict"):
@@ -245,11 +213,9 @@ class Trainer:
     def load_checkpoint(self, path: str | None = None) -> None:
         s = torch.load(path or self.ckpt_path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(s["model"])
-        if self.cfg.representation == "gaussians":
-            self.opt = self.model.make_optimizer()
-        self.opt.load_state_dict(s["optimizer"])
-        if self.occupancy is not None and "occupancy" in s:
-            self.occupancy.load_state_dict(s["occupancy"])
+        self.opt = self.model.make_optimizer()  # over the loaded parameters (their count may have changed)
+        self.opt.load_state_dict(as_fused(s["optimizer"]))
+        self.model.load_extra_state(s)
         self.g_cam.set_state(s["g_cam"])
         self.g_model.set_state(s["g_model"])
         if self.guidance is not None and "g_guidance" in s:
@@ -281,7 +247,8 @@ class Trainer:
             with _interrupt_between_steps() as interrupted:
                 while self.step < cfg.steps:
                     if (stop_after is not None and done_now >= stop_after) or interrupted():
-                        last = self._read()
+                        self._read()
+                        last = self._last_read
                         if last is not None and not last.skipped and self.checkpoint_step != self.step:  # where --resume starts
                             self.save_checkpoint()
                         break
@@ -304,55 +271,53 @@ class Trainer:
         """One optimizer step, then (every ``log_every`` steps) the progress bar and the NaN policy, and the
         validation renders and checkpoints that are due."""
         t0 = time.time()
-        self._pending.append((self.step + 1, self.train_step()))
-        self.step += 1
+        self._queue_step()
         self._bar.update(1)
         checkpoint_due = (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps
-        last = self._read() if checkpoint_due or self.step % cfg.log_every == 0 else None
+        if checkpoint_due or self.step % cfg.log_every == 0:
+            self._read()
         self.train_seconds += time.time() - t0  # (a read waits for the step's work to finish)
         if cfg.val_every and self.step % cfg.val_every == 0:
             save_png(os.path.join(self.out_dir, "val", f"step_{self.step:05d}.png"), self.validation_views())
-        if checkpoint_due and not last.skipped:  # a bad step never overwrites the last good checkpoint
+        if checkpoint_due and not self._last_read.skipped:  # a bad step never overwrites the last good checkpoint
             self.save_checkpoint()
 
-    def _read(self) -> StepResult | None:
-        """Read the numbers of the steps since the last read (one wait for the device), log them, and apply
-        the NaN policy. Returns the last step's result (None if no step ran since)."""
+    def advance(self, n: int) -> None:
+        """``n`` training steps without checkpoints, validation renders or progress bar (benchmarks); the numbers
+        are read every ``train.log_every`` steps and at the end, as :meth:`run` reads them."""
+        for _ in range(n):
+            self._queue_step()
+            if self.step % self.cfg.train.log_every == 0:
+                self._read()
+        self._read()
+
+    def _queue_step(self) -> None:
+        stats = self.train_step()
+        self.step += 1
+        self._pending.append((self.step, self.model.summary(), stats))  # the summary is host data: no wait
+
+    def _read(self) -> None:
+        """Read the numbers of the steps since the last read (one wait for the device), record them, and apply
+        the NaN policy; ``_last_read`` is then the last step's result."""
         if not self._pending:
-            return None
+            return
         cfg = self.cfg.train
-        steps = [s for s, _ in self._pending]
-        rows = torch.stack([v for _, v in self._pending]).tolist()
+        rows = torch.stack([v for _, _, v in self._pending]).tolist()
+        meta = [(step, summary) for step, summary, _ in self._pending]
         self._pending.clear()
-        r = None
-        for step, (loss, gl, gn, tt, skipped) in zip(steps, rows):
-            r = StepResult(loss, gl, gn, tt, skipped=bool(skipped))
-            if r.skipped:
-                self.nan_skips += 1
-                if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
-                    if self._bar is not None:
-                        self._bar.close()
-                    raise NonFiniteError(f"non-finite loss or gradient at step {step}; stopped after {self.nan_skips} bad steps. The last good "
-                                         f"checkpoint is kept at {self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume.")
-                self.log(f"step {step}: non-finite loss or gradient; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
-                continue
-            self._last_good = r
+        for (step, summary), (loss, gl, gn, tt, skipped) in zip(meta, rows):
+            r = self._last_read = StepResult(loss, gl, gn, tt, skipped=bool(skipped))
             if step % 10 == 0 or step == cfg.steps:
-                rec = {"step": step, "loss": r.loss, "guidance_loss": r.guidance_loss, "grad_norm": r.grad_norm, "t": r.t}
-                if self.cfg.representation == "gaussians":
-                    rec["num_gaussians"] = len(self.model)
-                self.history.append(rec)
-        post = {"loss": f"{r.loss:.4g}", "t": f"{r.t:.0f}"}
-        if self.cfg.representation == "gaussians":
-            post["N"] = len(self.model)
+                self.history.append({"step": step, "loss": loss, "guidance_loss": gl, "grad_norm": gn, "t": tt} | summary)
+            if not r.skipped:
+                self._last_good = r
+                continue
+            self.nan_skips += 1
+            if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
+                if self._bar is not None:
+                    self._bar.close()
+                raise NonFiniteError(f"non-finite loss or gradient at step {step}; stopped after {self.nan_skips} bad steps. The last good "
+                                     f"checkpoint is kept at {self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume.")
+            self.log(f"step {step}: non-finite loss or gradient; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
         if self._bar is not None:
-            self._bar.set_postfix(post, refresh=False)
-        return r
-
-
-def nonfinite(loss: Tensor, grads: list[Tensor]) -> Tensor:
-    """A device bool: is the loss or any gradient NaN or infinite? (one norm per tensor, no host wait)"""
-    total = loss.detach().float()
-    if grads:
-        total = total + torch.stack(torch._foreach_norm(grads)).float().sum()
-    return ~torch.isfinite(total)
+            self._bar.set_postfix({"loss": f"{r.loss:.4g}", "t": f"{r.t:.0f}"} | summary, refresh=False)

@@ -65,8 +65,10 @@ class Cameras:
         return self.c2w[:, :3, 3]
 
     def to(self, device=None, dtype=None) -> "Cameras":
-        # non_blocking: a host-to-device copy need not wait for the device's queue
-        return Cameras(self.c2w.to(device=device, dtype=dtype, non_blocking=True), self.K.to(device=device, dtype=dtype, non_blocking=True),
+        # non_blocking from the host only: a host-to-device copy need not wait for the device's queue, while a
+        # device-to-host one must finish before the host reads it
+        nb = self.c2w.device.type == "cpu"
+        return Cameras(self.c2w.to(device=device, dtype=dtype, non_blocking=nb), self.K.to(device=device, dtype=dtype, non_blocking=nb),
                        self.width, self.height)
 
     def resized(self, width: int, height: int) -> "Cameras":

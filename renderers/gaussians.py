@@ -257,7 +257,7 @@ def _check_inputs(means, quats, scales, opacities, colors, cameras, background, 
     if background is None:
         background = torch.zeros(B, D, dtype=means.dtype, device=means.device)
     else:
-        background = torch.as_tensor(background, dtype=means.dtype, device=means.device)
+        background = torch.as_tensor(background, dtype=means.dtype).to(means.device, non_blocking=True)
         if background.shape == (D,):
             background = background.expand(B, D)
         elif background.shape != (B, D):

@@ -173,7 +173,7 @@ def _split_field_output(out) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
 
 def _per_ray(x, R: int, name: str, device, dtype) -> Tensor:
     """A scalar, (R,) or (R, 1) near/far as an (R,) tensor."""
-    t = torch.as_tensor(x, device=device, dtype=dtype)
+    t = torch.as_tensor(x, dtype=dtype).to(device, non_blocking=True)  # (a Python number: made on the host, copied without a wait)
     if t.ndim == 2 and t.shape[-1] == 1:
         t = t[:, 0]
     if t.ndim == 0:
@@ -186,7 +186,7 @@ def _per_ray(x, R: int, name: str, device, dtype) -> Tensor:
 def _background(background, R: int, device, dtype) -> Tensor | None:
     if background is None:
         return None
-    bg = torch.as_tensor(background, device=device, dtype=dtype)
+    bg = torch.as_tensor(background, dtype=dtype).to(device, non_blocking=True)
     if bg.shape == (3,):
         return bg.expand(R, 3)
     if bg.shape != (R, 3):
@@ -241,8 +241,10 @@ def render_rays(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1; got {num_samples}")
     R = rays_o.shape[0]
-    # (checked on the host only: on a GPU the check would make every render wait for the device)
-    if R > 0 and not rays_d.is_cuda and ((rays_d.norm(dim=-1) - 1).abs() > 1e-3).any():
+    unit = ((rays_d.norm(dim=-1) - 1).abs() <= 1e-3).all() if R > 0 else None
+    if unit is not None and rays_d.is_cuda:  # checked on the device: a host check would make every render wait
+        torch._assert_async(unit, "rays_d must be unit length; normalize the directions (Cameras.rays() already does)")
+    elif unit is not None and not unit:
         raise ValueError("rays_d must be unit length; normalize the directions (Cameras.rays() already does)")
     if ray_cond is not None and (ray_cond.ndim != 2 or ray_cond.shape[0] != R):
         raise ValueError(f"ray_cond must be (R, C) with R={R}; got shape {tuple(ray_cond.shape)}")
@@ -489,7 +491,7 @@ def render_volume(
         near_t, far_t = torch.full((n,), float(near), device=o.device), torch.full((n,), float(far), device=o.device)
     bg = None
     if background is not None:
-        bg = torch.as_tensor(background, device=o.device, dtype=o.dtype)
+        bg = torch.as_tensor(background, dtype=o.dtype).to(o.device, non_blocking=True)
         if bg.shape == (3,):
             bg = bg.expand(n, 3)
         elif bg.shape == (B, 3):

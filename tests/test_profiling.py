@@ -36,7 +36,8 @@ def test_count_syncs_finds_what_makes_the_host_wait_and_ignores_host_data():
     with count_syncs() as s:
         host.to("cpu")  # a blocking host-to-device copy
         (host + dev[:4]).sum().item()  # mixed with device data: device data
-    assert s.total == 2 and all("test_profiling.py" in k for k in s.by_site), s.by_site
+        torch.tensor([1.0, 2.0], device="cpu")  # Python data put on "the device": a blocking copy too
+    assert s.total == 3 and all("test_profiling.py" in k for k in s.by_site), s.by_site
 
 
 def test_count_ops_counts_forward_and_backward_operators():
@@ -120,3 +121,29 @@ def test_speed_benchmark_runs_at_a_tiny_size(tiny_prior, tmp_path):
         assert r["steps_per_second"] > 0 and r["syncs"]["outside_renderer_per_step"] == 0 and r["ops_per_step"] > 100
         assert {"render", "encode", "unet", "backward", "optimizer", "overhead"} <= set(r["ms_per_step_phases"])
     assert "lora" in by["gaussian-vsd"]["ms_per_step_phases"] and "lora" not in by["dreamgaussian"]["ms_per_step_phases"]
+
+
+# dynamo traces diffusers' U-Net slowly on a CPU: ~40 s for SDS, ~2 min more for VSD's student branch
+@pytest.mark.parametrize("preset", ["dreamgaussian", pytest.param("gaussian-vsd", marks=pytest.mark.slow)])
+def test_compiled_prior_trains_like_the_eager_one(tiny_prior, tmp_path, preset):
+    """train.compile traces the U-Net and the VAE encoder through dynamo, VSD's student branch (peft adapters on,
+    camera MLP attached) included; dynamo's "eager" backend runs the captured graphs, so the result must match."""
+    torch._dynamo.reset()
+    models = []
+    for compile_mode in (None, "eager"):
+        extra = ["train.steps=20", "gaussians.densify_from_step=100"] + ([f"train.compile={compile_mode}"] if compile_mode else [])
+        cfg = _cfg(tiny_prior, *extra, preset=preset)
+        tr = Trainer(cfg, cfg.prompt, str(tmp_path / str(compile_mode)), guidance=build_guidance(cfg), log=lambda m: None)
+        for _ in range(2):
+            tr.train_step()
+            tr.step += 1
+        models.append(tr)
+    eager, compiled = models
+    assert hasattr(compiled.guidance.prior.unet, "_compiled_call_impl") and compiled.guidance.prior.unet._compiled_call_impl is not None
+    for k, v in eager.model.state_dict().items():
+        if torch.is_tensor(v):
+            torch.testing.assert_close(compiled.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    if preset == "gaussian-vsd":
+        for a, b in zip(eager.guidance.trainable_parameters(), compiled.guidance.trainable_parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()

@@ -85,6 +85,57 @@ def test_generate_writes_every_file(tiny_prior, tmp_path, preset, model_file):
         generate(cfg, str(out), log=lambda msg: None)
 
 
+def _old_layout(cfg) -> dict:
+    """``cfg`` as a config.yaml of before issue 17 held it: a section per rule, the unselected ones at their defaults."""
+    from dream3d.configtools import schema_at, to_plain
+    from dream3d.guidance import RULES
+
+    plain, method = to_plain(cfg), cfg.guidance.method
+    rules = {n: to_plain(r.config_class()) for n, r in RULES.items() if n != method}
+    for section in rules.values():
+        section["timesteps"]["total_steps"] = 1000  # the old default
+    own = {k: v for k, v in plain["guidance"].items() if k not in ("method", "prior")}
+    assert schema_at(cfg, "guidance.timesteps.total_steps") == own["timesteps"]["total_steps"]
+    return plain | {"guidance": {"method": method, "prior": plain["guidance"]["prior"], method: own, **rules}}
+
+
+def test_resume_trains_longer_with_the_schedule_it_started_with_also_from_an_old_layout_config(tiny_prior, tmp_path):
+    """dreamgaussian anneals t over the run (total_steps follows train.steps). A run started with 2 steps and
+    resumed with 4 keeps annealing over 2, and reaches the parameters of an uninterrupted 4-step run with the
+    2-step run's schedule: also when its config.yaml is in the layout before issue 17."""
+    import yaml
+
+    quiet = dict(log=lambda m: None)
+    short = _cfg(tiny_prior, "train.steps=2", "train.val_every=0", "output.mesh=false")
+    assert short.guidance.timesteps.total_steps == 2 and short.guidance.timesteps.schedule == "linear"
+    out = str(tmp_path / "resumed")
+    generate(short, out, stop_after=1, **quiet)
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        yaml.safe_dump(_old_layout(short), f, sort_keys=False)
+    from dream3d.pipeline import RunError
+
+    with pytest.warns(FutureWarning, match="config.yaml: translated from the old guidance layout"), \
+            pytest.raises(RunError, match="guidance.guidance_scale: 50.0 -> 3.0"):  # what it compares is the run's settings
+        generate(_cfg(tiny_prior, "train.steps=4", "train.val_every=0", "output.mesh=false", "guidance.guidance_scale=3"), out,
+                 resume=True, **quiet)
+    longer = _cfg(tiny_prior, "train.steps=4", "train.val_every=0", "output.mesh=false")
+    assert longer.guidance.timesteps.total_steps == 4
+    assert generate(longer, out, resume=True, **quiet)["train"]["steps"] == 4
+    assert longer.guidance.timesteps.total_steps == 2
+    saved = load_run_config(os.path.join(out, "config.yaml"))  # rewritten in the new layout, with the run's schedule
+    assert (saved.train.steps, saved.guidance.timesteps.total_steps) == (4, 2)
+    from dream3d.configtools import schema_at
+
+    kept = [f"{k}={schema_at(short, k)}" for k in short.follows_run_length]  # all settings that followed 2 steps
+    ckpt = {}
+    for name, extra in (("uninterrupted", kept), ("annealed_over_4", [])):
+        generate(_cfg(tiny_prior, "train.steps=4", "train.val_every=0", "output.mesh=false", *extra), str(tmp_path / name), **quiet)
+        ckpt[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
+    resumed = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
+    assert all(torch.equal(resumed[k], ckpt["uninterrupted"][k]) for k in resumed if isinstance(resumed[k], torch.Tensor))
+    assert not all(torch.equal(resumed[k], ckpt["annealed_over_4"][k]) for k in resumed if isinstance(resumed[k], torch.Tensor))
+
+
 def test_resumed_generate_counts_the_earlier_sitting(tiny_prior, tmp_path):
     cfg = _cfg(tiny_prior, "train.steps=4", "train.checkpoint_every=2", "train.val_every=0", "output.mesh=false")
     out = str(tmp_path / "run")
@@ -101,7 +152,7 @@ def test_sds_with_the_embedded_prior_lowers_the_distillation_gradient(tmp_path):
     """A short SDS run moves the Gaussians towards what the prior expects: the guided residual
     |eps_hat - eps| at fixed noise, t and cameras is smaller after training than before."""
     cfg = load_run_config("dreamgaussian", ["prompt=a red sphere", "train.steps=40", "train.val_every=0", "train.checkpoint_every=0",
-                                            "gaussians.num_points=1000", "guidance.sds.timesteps.schedule=random"])
+                                            "gaussians.num_points=1000", "guidance.timesteps.schedule=random"])
     guidance = build_guidance(cfg)
     tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=guidance, log=lambda m: None)
     cams = orbit_cameras(15.0, torch.tensor([0.0, 90.0, 180.0, 270.0]), 2.9, 45.0, 64, 64)
@@ -120,7 +171,7 @@ def test_sds_with_the_embedded_prior_lowers_the_distillation_gradient(tmp_path):
         return total
 
     before = residual()
-    guidance.cfg.grad_clip_norm = cfg.guidance.sds.grad_clip_norm
+    guidance.cfg.grad_clip_norm = cfg.guidance.grad_clip_norm
     tr.run()
     after = residual()
     assert after < 0.8 * before, (before, after)
@@ -182,3 +233,45 @@ def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, 
     (other / "val" / "step_00001.png").write_text("not a render of ours")
     generate(_cfg(tiny_prior, "train.val_every=0"), str(other), overwrite=True, stop_after=1, **quiet)
     assert (other / "val" / "step_00001.png").read_text() == "not a render of ours"
+
+
+def test_stopping_right_after_a_read_leaves_a_checkpoint(tiny_prior, tmp_path):
+    """--stop-after N with N a multiple of train.log_every (the step's numbers were just read) still checkpoints."""
+    cfg = _cfg(tiny_prior, "train.steps=6", "train.log_every=2", "train.checkpoint_every=0", "train.val_every=0")
+    tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
+    tr.run(stop_after=2)
+    assert torch.load(tr.ckpt_path, weights_only=True)["step"] == 2
+
+
+def test_nan_guard_with_reads_every_few_steps(tiny_prior, tmp_path):
+    """Bad steps are found when the numbers are read (every log_every steps), counted one by one, recorded in
+    the history, and the checkpoint on disk stays the last good one."""
+    cfg = _cfg(tiny_prior, "train.steps=12", "train.log_every=3", "train.checkpoint_every=0", "train.val_every=0", "train.max_nan_skips=4")
+    tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
+    tr.run(stop_after=4)
+    good = tr.model.means.detach().clone()
+    tr.background = torch.full_like(tr.background, float("nan"))  # every later step is non-finite
+    with pytest.raises(NonFiniteError, match="last good checkpoint"):
+        tr.run()
+    assert tr.nan_skips == 5 and tr.step == 9  # read at steps 6 and 9: five bad steps > 4
+    assert torch.equal(tr.model.means, good)  # skipped on the device: the Gaussians never moved
+    saved = torch.load(tr.ckpt_path, weights_only=True)
+    assert saved["step"] == 4 and torch.equal(saved["model"]["means"], good)
+
+
+@pytest.mark.parametrize("preset", ["gaussian-vsd", "prolificdreamer"])
+def test_a_checkpoint_of_a_non_fused_optimizer_resumes(tiny_prior, tmp_path, preset):
+    """Checkpoints written before the optimizers were fused (foreach/for-loop Adam) load and train on."""
+    cfg = _cfg(tiny_prior, "train.steps=4", "train.checkpoint_every=0", "train.val_every=0", preset=preset)
+    tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
+    tr.run(stop_after=2)
+    state = torch.load(tr.ckpt_path, weights_only=True)
+    groups = state["optimizer"]["param_groups"] + state["guidance"].get("optimizer", {}).get("param_groups", [])
+    for g in groups:
+        g["fused"], g["foreach"] = None, None  # how the earlier code saved them
+    torch.save(state, tr.ckpt_path)
+    resumed = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
+    resumed.load_checkpoint()
+    assert all(g["fused"] for g in resumed.opt.param_groups)
+    resumed.run()
+    assert resumed.step == 4 and resumed.nan_skips == 0

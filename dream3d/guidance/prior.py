@@ -27,6 +27,7 @@ from torch import Tensor
 from renderers.cameras import view_names
 
 from ..assets import EMBEDDED_PRIOR
+from ..devices import resolve_device
 
 _REQUIRED = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json", "scheduler": "scheduler_config.json", "tokenizer": None}
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -92,27 +93,6 @@ def resolve_model(cfg: PriorConfig) -> tuple[str, bool]:
     if looks_like_path:
         raise PriorNotFoundError(f"No diffusion model folder at {p.resolve()}. " + _how_to_provide())
     return model, False  # "owner/name": a hub id
-
-
-def resolve_device(device: str, key: str = "guidance.prior.device") -> torch.device:
-    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a clear error for a device this
-    machine lacks (torch's own is an AssertionError from deep inside the first .to())."""
-    from ..configtools import ConfigError
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"{key}={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key}={device} but torch sees no CUDA device here (torch.cuda.is_available() is False); "
-                          f"use {key}=auto or cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"{key}={device} but this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 ...")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"{key}={device!r}: only cpu and cuda devices are supported")
-    return dev
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

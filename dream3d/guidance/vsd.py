@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from renderers.cameras import Cameras, look_at, positions_from_spherical
 
+from ..optim import as_fused, skip_if_nonfinite
 from .base import Guidance, GuidanceConfig, GuidanceOutput, Views, guided_eps, view_angles
 from .prior import DiffusionPrior, TextConditioning
 from .schedules import Scheduled, scheduled
@@ -119,7 +120,7 @@ class VSD(Guidance):
             for p, v in zip(self.lora_parameters, state["lora"]):
                 p.copy_(v)
         self.camera_mlp.load_state_dict(state["camera_mlp"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(as_fused(copy.deepcopy(state["optimizer"])))
 
     @contextmanager
     def student(self):
@@ -186,8 +187,6 @@ class VSD(Guidance):
             loss = F.mse_loss(prior.model_output(x_t, t, cond, class_labels=cam), prior.training_target(x0, noise, t))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            # a non-finite loss or gradient (a bad render) leaves the student as it was, without a host wait
-            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            self.optimizer.found_inf = (~torch.isfinite(loss.detach() + torch.stack(torch._foreach_norm(grads)).sum())).float()
+            skip_if_nonfinite(self.optimizer, loss)  # a bad render leaves the student as it was, without a host wait
             self.optimizer.step()
         return loss.detach()

@@ -29,6 +29,9 @@ from torch import Tensor, nn
 from renderers.cameras import Cameras
 from renderers.gaussians import GaussianRender, quat_to_rotmat, rasterize_gaussians
 
+from ..mesh.stage import gaussian_render_fn, mesh_from_gaussians
+from .base import Render, Representation
+
 SH_C0 = 0.28209479177387814  # the degree-0 SH basis value, 1 / (2 sqrt(pi))
 PARAM_NAMES = ("means", "features_dc", "features_rest", "opacity_logits", "log_scales", "quats")
 
@@ -109,7 +112,7 @@ def nearest_neighbour_scale(points: Tensor, k: int = 3, chunk: int = 2048) -> Te
     return torch.cat(out).clamp_min(1e-14).sqrt()
 
 
-class GaussianModel(nn.Module):
+class GaussianModel(Representation):
     """N Gaussians as raw parameters (see the module docstring for the activations).
 
     Parameters (nn.Parameter, first dim N): ``means`` (N, 3), ``features_dc`` (N, 1, 3) SH DC or colour
@@ -128,6 +131,13 @@ class GaussianModel(nn.Module):
         means = d * cfg.init_radius * torch.rand(n, 1, generator=generator) ** (1 / 3)
         rgb = torch.rand(n, 3, generator=generator)
         self._init_from(means, rgb)
+
+    config_key = "gaussians"
+    files = ("gaussians.ply",)
+
+    @classmethod
+    def create(cls, cfg, generator: torch.Generator, device: torch.device) -> "GaussianModel":
+        return cls(cfg.gaussians, generator=generator).to(device)
 
     @classmethod
     def from_points(cls, points: Tensor, colors: Tensor, cfg: GaussianConfig | None = None) -> "GaussianModel":
@@ -200,6 +210,41 @@ class GaussianModel(nn.Module):
             out.means2d.retain_grad()
         return out
 
+    # -- the Trainer's interface (representations/base.py) ---------------------------------------
+
+    def render_views(self, cameras: Cameras, background: Tensor, *, step: int | None = None,
+                     generator: torch.Generator | None = None, shading: str | None = None) -> Render:
+        out = self.render(cameras, background=background)
+        return Render(out.rgb, out.alpha, raw=out)
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        self.update_learning_rate(optimizer, step)
+
+    def after_backward(self, render: Render, valid: Tensor, batch_size: int) -> None:
+        self.add_densification_stats(render.raw, grad_scale=batch_size, valid=valid)
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer, generator: torch.Generator, valid: Tensor) -> None:
+        c = self.cfg
+        due = c.densify_from_step <= step <= c.densify_until_step and step > 0 and (
+            step % c.densify_interval == 0 or (c.opacity_reset_interval and step % c.opacity_reset_interval == 0))
+        if due and bool(valid):  # (densifying reads the statistics on the host anyway) not after a skipped step
+            self.densify_step(step, optimizer, generator)
+
+    def summary(self) -> dict[str, int]:
+        return {"num_gaussians": len(self)}
+
+    def save(self, out_dir: str) -> dict[str, str]:
+        path = os.path.join(out_dir, "gaussians.ply")
+        self.save_ply(path)
+        return {"ply": path}
+
+    @torch.no_grad()
+    def extract_mesh(self, mesh_cfg):
+        """DreamGaussian's mesh stage: the Gaussians' density on a grid, their renders for the colours."""
+        inp = {k: v.detach() if torch.is_tensor(v) else v for k, v in self.render_inputs().items()}
+        render_fn = gaussian_render_fn(inp["means"], inp["quats"], inp["scales"], inp["opacities"], inp["colors"], inp["sh_degree"])
+        return mesh_from_gaussians(inp["means"], inp["quats"], inp["scales"], inp["opacities"], render_fn, mesh_cfg)
+
     def oneup_sh_degree(self) -> None:
         """Use one more SH band, up to ``cfg.sh_degree`` (3DGS raises it every 1000 steps)."""
         self.active_sh_degree = min(self.active_sh_degree + 1, self.cfg.sh_degree)
@@ -252,7 +297,7 @@ class GaussianModel(nn.Module):
         if g is None:
             raise RuntimeError("render.means2d has no gradient: render with GaussianModel.render (or call means2d.retain_grad()) and run loss.backward() first")
         H, W = render.rgb.shape[1:3]
-        g = g * torch.tensor([W / 2, H / 2], dtype=g.dtype, device=g.device) * grad_scale  # (B, N, 2)
+        g = torch.stack([g[..., 0] * (W / 2), g[..., 1] * (H / 2)], -1) * grad_scale  # (B, N, 2)
         seen = render.radii > 0  # (B, N)
         if valid is not None:
             seen = seen & valid

@@ -18,6 +18,7 @@ gets ``num_samples`` dense samples.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from renderers.cameras import Cameras
-from renderers.volume import render_volume
+from renderers.volume import make_occupancy_grid, nerfacc_available, render_volume, update_occupancy_grid
+
+from ..io import atomic_path
+from ..mesh.stage import mesh_from_density_fn
+from .base import Render, Representation
 
 SHADINGS = ("albedo", "lambertian", "textureless", "normal")
 # Instant-NGP's spatial hash: XOR of the integer vertex coordinates times these primes, modulo T.
@@ -56,6 +61,11 @@ class NeRFConfig:
     # background: "mlp" (a small MLP of the view direction) or "fixed" (background_color)
     background: str = "mlp"
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # regularizers of training renders (DreamFusion): weights of the mean accumulated opacity (sparsity), of its
+    # entropy (opacity towards 0 or 1), and of the orientation loss (normals facing away from the camera)
+    lambda_opacity: float = 0.0
+    lambda_entropy: float = 0.0
+    lambda_orientation: float = 0.0
     # rendering and shading
     num_samples: int = 64
     ambient_ratio: float = 0.1
@@ -130,12 +140,12 @@ class HashGrid(nn.Module):
         pos = x * n
         i0 = pos.detach().floor().clamp(0, n - 1)
         frac = pos - i0  # in [0, 1]; differentiable in x
-        c = i0.long()[:, :, None] + torch.tensor([0, 1], device=x.device)  # (P, 3, 2) low/high vertex per axis
+        c = i0.long()[:, :, None] + torch.arange(2, device=x.device)  # (P, 3, 2) low/high vertex per axis
         if self.dense[level]:
             m = n + 1
             idx = c[:, 0, :, None, None] * (m * m) + c[:, 1, None, :, None] * m + c[:, 2, None, None, :]
         else:
-            h = c * torch.tensor(HASH_PRIMES, device=x.device)[:, None]
+            h = torch.stack([c[:, axis] * prime for axis, prime in enumerate(HASH_PRIMES)], 1)  # (python ints: no copy to the device)
             idx = (h[:, 0, :, None, None] ^ h[:, 1, None, :, None] ^ h[:, 2, None, None, :]) & (self.table_size - 1)
         w = torch.stack([1 - frac, frac], -1)  # (P, 3, 2)
         w = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
@@ -254,7 +264,8 @@ def sample_light_positions(cameras: Cameras, cfg: NeRFConfig, generator: torch.G
     o = cameras.origins
     B = o.shape[0]
     if cfg.light_direction is not None:
-        return F.normalize(torch.tensor(cfg.light_direction, dtype=o.dtype, device=o.device), dim=0).expand(B, 3) * 1e4
+        light = torch.tensor(cfg.light_direction, dtype=o.dtype).to(o.device, non_blocking=True)  # made on the host, copied without a wait
+        return F.normalize(light, dim=0).expand(B, 3) * 1e4
     noise = torch.randn(B, 3, generator=generator).to(o, non_blocking=True)
     direction = F.normalize(F.normalize(o, dim=-1) + cfg.light_jitter * noise, dim=-1)
     lo, hi = cfg.light_distance
@@ -267,8 +278,6 @@ def occupancy_grid_for(cfg: NeRFConfig, device) -> object | None:
     ``cfg.occupancy_grid`` is off. Pass it to ``NeRFModel.render(estimator=...)``. nerfacc jitters samples
     and grid updates with the global CUDA RNG, so a resumed CUDA run is close to, not bit-identical with,
     an uninterrupted one."""
-    from renderers.volume import make_occupancy_grid, nerfacc_available
-
     if not cfg.occupancy_grid or torch.device(device).type != "cuda" or not nerfacc_available():
         return None
     return make_occupancy_grid(cfg.bound, cfg.occupancy_resolution, device=device)
@@ -276,8 +285,6 @@ def occupancy_grid_for(cfg: NeRFConfig, device) -> object | None:
 
 def refresh_occupancy_grid(estimator, model: "NeRFModel", step: int) -> None:
     """Re-mark the grid's occupied cells from the model's current density (every ``occupancy_every`` steps)."""
-    from renderers.volume import update_occupancy_grid
-
     cfg = model.cfg
     update_occupancy_grid(estimator, model.density, step, step_size=2 * cfg.bound / cfg.num_samples,
                           every=cfg.occupancy_every, occ_thre=cfg.occupancy_threshold)
@@ -315,10 +322,14 @@ class NeRFRender:
         return out
 
 
-class NeRFModel(nn.Module):
+class NeRFModel(Representation):
+    config_key = "nerf"
+    files = ("nerf.safetensors",)
+
     def __init__(self, cfg: NeRFConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or NeRFConfig()
+        self.occupancy = None  # nerfacc's occupancy grid on CUDA (see create); not a submodule: not in the weights
         self.encoding = HashGrid(cfg.levels, cfg.log2_table_size, cfg.features_per_level, cfg.base_resolution, cfg.max_resolution)
         self.density_net = _mlp(self.encoding.out_dim, cfg.hidden_dim, 1, cfg.hidden_layers)
         self.albedo_net = _mlp(self.encoding.out_dim, cfg.hidden_dim, 3, cfg.hidden_layers)
@@ -434,6 +445,72 @@ class NeRFModel(nn.Module):
             detail_eps=self.cfg.normal_weight_eps if with_normals else 0.0,
         )
         return NeRFRender(imgs.rgb, imgs.alpha, imgs.depth, imgs.extras.get("normal"), imgs.extras.get("orientation"))
+
+    # -- the Trainer's interface (representations/base.py) ---------------------------------------
+
+    @classmethod
+    def create(cls, cfg, generator: torch.Generator, device: torch.device) -> "NeRFModel":
+        model = cls(cfg.nerf).to(device)
+        model.occupancy = occupancy_grid_for(cfg.nerf, device)  # None off CUDA: dense samples
+        return model
+
+    def __setattr__(self, name, value):
+        if name == "occupancy":  # a plain attribute, though nerfacc's grid is an nn.Module
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameter_groups(), betas=(0.9, 0.99), eps=1e-15, fused=True)
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        if self.occupancy is not None:
+            refresh_occupancy_grid(self.occupancy, self, step)
+
+    def render_views(self, cameras: Cameras, background: Tensor, *, step: int | None = None,
+                     generator: torch.Generator | None = None, shading: str | None = None) -> Render:
+        """Training renders (``step`` given) draw their shading and lights from ``generator``, jitter their
+        samples and carry the regularizers; others are albedo unless ``shading`` says otherwise. The NeRF
+        renders over its own background (``nerf.background``), not ``background``."""
+        cfg, training = self.cfg, step is not None
+        if shading is None:
+            shading = pick_shading(step, cfg, generator) if training else "albedo"
+        lights = sample_light_positions(cameras.to(self.encoding.table.device), cfg, generator) if shading in ("lambertian", "textureless") else None
+        out = self.render(cameras, shading=shading, light_positions=lights, orientation=cfg.lambda_orientation > 0 and training,
+                          stratified=training, generator=generator, estimator=self.occupancy)
+        losses = {}
+        if training:
+            reg = out.regularizers()
+            losses["density"] = cfg.lambda_opacity * reg["opacity"] + cfg.lambda_entropy * reg["entropy"]
+            if "orientation" in reg:
+                losses["orientation"] = cfg.lambda_orientation * reg["orientation"]
+        return Render(out.rgb, out.alpha, losses, out)
+
+    def extra_state(self) -> dict:
+        return {} if self.occupancy is None else {"occupancy": self.occupancy.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.occupancy is not None and "occupancy" in state:
+            self.occupancy.load_state_dict(state["occupancy"])
+
+    def save(self, out_dir: str) -> dict[str, str]:
+        from safetensors.torch import save_file
+
+        path = os.path.join(out_dir, "nerf.safetensors")
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items() if isinstance(v, torch.Tensor)}, tmp)
+        return {"nerf": path}
+
+    @torch.no_grad()
+    def extract_mesh(self, mesh_cfg):
+        """The density inside the sphere rays see, on a grid; albedo renders for the colours."""
+        device = self.encoding.table.device
+
+        def render_fn(cameras):
+            out = self.render(cameras, shading="albedo", background=torch.zeros(3, device=device), stratified=False)
+            return out.rgb, out.alpha
+
+        return mesh_from_density_fn(self.seen_density, render_fn, mesh_cfg, device=device)
 
     def parameter_groups(self) -> list[dict]:
         """Optimizer groups with the config's learning rates (grid, MLP heads, background)."""
