@@ -4,15 +4,20 @@
     python benchmarks/quality.py --presets dreamgaussian,dreamfusion,gaussian-vsd --steps 200
     python benchmarks/quality.py --limit 2 --out /tmp/q guidance.prior.model=/tmp/pa/prior train.steps=3 ...
 
+    python benchmarks/quality.py --limit 4 --workers 2 --compare-series --out runs/q_speed   # Ray against in series
+
 The prompt set names every shape once with the colours cycling, so every colour appears, then every
-front-distinct shape (house, mug, chair, snowman) again in another colour. Each (preset,
-prompt) is generated with ``dream3d generate`` in a subprocess into OUT/PRESET/PROMPT; a folder whose
-metrics.json exists is finished and is not generated again (an interrupted one, or one whose mesh stage
-failed, is resumed), so the command can be re-run until the table is complete. Every run is then evaluated
+front-distinct shape (house, mug, chair, snowman) again in another colour. Each (preset, prompt) is generated
+into OUT/PRESET/PROMPT through dream3d.executor, as ``dream3d batch`` runs its prompts: in series in this
+process, or with --workers / --address as Ray tasks; a folder whose metrics.json exists is finished and is
+not generated again (an interrupted one, or one whose mesh stage failed, is resumed), so the command can be
+re-run until the table is complete. With --compare-series the same runs are made twice, in series into
+OUT/series and through Ray into OUT/ray, and the wall-clock times are compared (OUT/speed.json). Every run is then evaluated
 (dream3d.evaluate): volumetric IoU, colour distance and palette colour, the world classifier's colour / shape
 accuracy over 9 views, and Janus for front-distinct objects. A reference row scores a plain grey ball (radius
 0.5, the size of the Gaussians' initial cloud) on the same prompts: what an object that answers nothing gets.
-Prints a table; writes OUT/quality.json and OUT/quality.md.
+Prints a table; writes OUT/quality.json, OUT/quality.md, OUT/summary.csv / summary.json and the gallery
+(OUT/index.html).
 """
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
@@ -31,10 +35,13 @@ import trimesh
 
 from dream3d.config import TEXT_PRESET, load_run_config
 from dream3d.configtools import ConfigError
+from dream3d import executor
+from dream3d.ablate import score_fields
+from dream3d.commands import UserError
 from dream3d.evaluate import (EvalConfig, default_classifier, evaluate_mesh, evaluate_run, load_mesh, render_views, summarize,
                               surface_from_colored, surface_from_trimesh)
+from dream3d.gallery import write_gallery
 from dream3d.io import atomic_write_bytes, atomic_write_text
-from dream3d.pipeline import mesh_error
 from dream3d.world.shapes import COLORS, COMPOSITES, SHAPES, parse_prompt, scene_for_prompt
 from renderers.cameras import orbit_cameras
 
@@ -55,28 +62,15 @@ def slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
 
 
-def generate(prompt: str, preset: str, run_dir: str, overrides: list[str], log) -> dict:
-    """Run ``dream3d generate`` unless ``run_dir`` already holds a finished run. Returns a status dict."""
-    if os.path.exists(os.path.join(run_dir, "metrics.json")) and mesh_error(run_dir) is None:
-        return {"status": "done before"}
-    os.makedirs(run_dir, exist_ok=True)
-    cmd = [sys.executable, "-m", "dream3d.cli", "generate", prompt, *overrides, "-o", run_dir, "--config", preset]
-    if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-        cmd.append("--resume")
-    log(f"[{preset}] {prompt}: generating ({' '.join(overrides) or 'preset settings'})")
-    t0 = time.time()
-    with open(os.path.join(run_dir, "generate.log"), "a") as fh:
-        child = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            rc = child.wait()
-        except KeyboardInterrupt:  # the child got the Ctrl-C too: let it finish its step and checkpoint
-            child.wait()
-            raise
-    wall = round(time.time() - t0, 2)
-    if rc != 0 or not os.path.exists(os.path.join(run_dir, "metrics.json")) or mesh_error(run_dir) is not None:
-        log(f"[{preset}] {prompt}: FAILED (exit {rc}); see {os.path.join(run_dir, 'generate.log')}")
-        return {"status": "failed", "exit_code": rc, "wall_seconds": wall}
-    return {"status": "generated", "wall_seconds": wall}
+def run_specs(prompts: list[str], presets: list[str], overrides: list[str]) -> list[executor.RunSpec]:
+    """One run per (preset, prompt), in PRESET/PROMPT."""
+    return [executor.RunSpec(name=os.path.join(preset, slug(prompt)), cfg=load_run_config(preset, overrides, {"prompt": prompt}),
+                             labels={"prompt": prompt, "preset": preset}, title=f"[{preset}] {prompt}")
+            for preset in presets for prompt in prompts]
+
+
+# the executor's status -> this benchmark's words in quality.json
+GENERATION = {"done": "generated", "skipped": "done before", "failed": "failed", "not generated": "not generated"}
 
 
 def fmt(x, spec=".3f") -> str:
@@ -136,7 +130,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--classifier", help="world classifier folder (default: assets/world_classifier)")
     ap.add_argument("--no-generate", action="store_true", help="only evaluate runs that are already finished")
     ap.add_argument("--no-baseline", action="store_true", help="leave out the reference row of a plain grey ball")
+    ap.add_argument("--compare-series", action="store_true", help="make every run twice, in series into OUT/series and through "
+                    "Ray (--workers / --address) into OUT/ray, and compare the generation times (OUT/speed.json)")
+    executor.add_options(ap, ray_by_default=False)
     args = ap.parse_args(argv)
+    try:
+        resources = executor.resources_from(args)
+    except UserError as e:
+        ap.error(str(e))
 
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()] if args.prompts else default_prompts()
     if args.limit:
@@ -163,28 +164,62 @@ def main(argv=None) -> dict:
     if classifier is None:
         print("note: no world classifier (assets/world_classifier); colour/shape accuracy and Janus are n/a", file=sys.stderr)
 
+    cfg = EvalConfig()
+    if args.compare_series:
+        if resources.local:
+            ap.error("--compare-series compares Ray with a run in series: give --workers N or --address")
+        reports = {}
+        for mode, res in (("series", executor.Resources(local=True)), ("ray", resources)):
+            out = os.path.join(args.out, mode)
+            if any(os.path.exists(os.path.join(out, s.name, "metrics.json")) for s in run_specs(prompts, presets, overrides)):
+                ap.error(f"{out} already holds finished runs: a speed comparison needs fresh folders (another --out)")
+            reports[mode] = bench(args, prompts, presets, overrides, classifier, cfg, out, res)
+        secs = {m: r["generation_seconds"] for m, r in reports.items()}
+        iou = {m: {x["prompt"]: x.get("iou") for x in r["results"][p]} for m, r in reports.items() for p in presets}
+        speed = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(), "prompts": prompts, "presets": presets,
+                 "overrides": overrides, "workers": args.workers, "address": args.address, "generation_seconds": secs,
+                 "ratio_series_over_ray": round(secs["series"] / secs["ray"], 3), "iou": iou}
+        atomic_write_text(os.path.join(args.out, "speed.json"), json.dumps(speed, indent=1))
+        print(f"generating {len(prompts) * len(presets)} runs (wall clock): in series {secs['series']:.0f} s, through Ray "
+              f"({args.workers or 'default'} workers) {secs['ray']:.0f} s; series / Ray = {speed['ratio_series_over_ray']:.2f}")
+        return reports["ray"] | {"speed": speed}
+    return bench(args, prompts, presets, overrides, classifier, cfg, args.out, resources)
+
+
+def bench(args, prompts, presets, overrides, classifier, cfg, out_dir, resources) -> dict:
+    """Generate (unless --no-generate) and judge every run into ``out_dir``; print the table and write the results."""
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    cfg = EvalConfig()
-    report = {"prompts": prompts, "presets": presets, "overrides": overrides, "classifier": classifier is not None, "results": {}, "summary": {}}
+    specs = run_specs(prompts, presets, overrides)
+    t0 = time.time()
+    if args.no_generate:
+        runs = [executor.summary_row(s, "skipped" if executor.is_finished(os.path.join(out_dir, s.name)) else "not generated",
+                                     os.path.join(out_dir, s.name)) for s in specs]
+    else:
+        runs = executor.run_specs(specs, out_dir, resources)
+    report = {"prompts": prompts, "presets": presets, "overrides": overrides, "classifier": classifier is not None, "results": {}, "summary": {},
+              "generation_seconds": round(time.time() - t0, 1)}
+    by_name = {r["name"]: r for r in runs}
     for preset in presets:
         results = []
         for prompt in prompts:
-            run_dir = os.path.join(args.out, preset, slug(prompt))
-            status = {"status": "not generated"} if args.no_generate else generate(prompt, preset, run_dir, overrides, log)
-            if not os.path.exists(os.path.join(run_dir, "metrics.json")) or mesh_error(run_dir) is not None:  # no mesh to judge
+            run = by_name[os.path.join(preset, slug(prompt))]
+            run_dir = os.path.join(out_dir, run["name"])
+            status = {"status": GENERATION[run["status"]], "wall_seconds": run.get("wall_seconds")} | (
+                {"error": run["error"]} if run.get("error") else {})
+            if not executor.is_finished(run_dir):  # no mesh to judge
                 results.append({"prompt": prompt, "run_dir": run_dir, "error": status})
                 continue
             r = evaluate_run(run_dir, classifier=classifier, cfg=cfg)
             r["generation"] = status
+            run["scores"] = score_fields(r)
             log(f"[{preset}] {prompt}: IoU {r['iou']:.3f}, palette colour {r['palette_color']}, colour acc {fmt(r['color_accuracy'], '.2f')}, "
                 f"shape acc {fmt(r['shape_accuracy'], '.2f')}, Janus {r['janus']}")
             results.append(r)
         done = [r for r in results if "error" not in r]
         report["results"][preset] = results
         report["summary"][preset] = summarize(done) | {"failed": len(results) - len(done)}
-
     if not args.no_baseline:
         # What a non-answer scores: a grey ball the size of the Gaussians' initial cloud, for every prompt.
         ball = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
@@ -195,8 +230,8 @@ def main(argv=None) -> dict:
 
     table = summary_table(report["summary"])
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    atomic_write_text(os.path.join(args.out, "quality.json"), json.dumps(report, indent=1, default=float))
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, "quality.json"), json.dumps(report, indent=1, default=float))
     md = ["# Text-to-3D quality against the shape world", "",
           f"Prompts: {', '.join(prompts)}. Overrides of this invocation: {' '.join(overrides) or 'none'} (runs finished "
           "earlier keep the settings in their own config.yaml; the steps column is what each run trained).",
@@ -211,11 +246,13 @@ def main(argv=None) -> dict:
     for preset in presets:
         done = [r for r in report["results"][preset] if "error" not in r]
         if done:
-            path = os.path.join(args.out, f"{preset}_sheet.png")
+            path = os.path.join(out_dir, f"{preset}_sheet.png")
             atomic_write_bytes(path, iio.imwrite("<bytes>", contact_sheet(done, cfg), extension=".png"))
             md += [f"![{preset}]({preset}_sheet.png)", ""]
-    atomic_write_text(os.path.join(args.out, "quality.md"), "\n".join(md))
-    print(f"wrote {os.path.join(args.out, 'quality.json')} and {os.path.join(args.out, 'quality.md')}", file=sys.stderr)
+    atomic_write_text(os.path.join(out_dir, "quality.md"), "\n".join(md))
+    executor.write_summary(out_dir, runs, {"benchmark": "quality", "overrides": overrides})
+    write_gallery(out_dir, title=f"quality: {', '.join(presets)} ({len(runs)} runs)", log=log)
+    print(f"wrote {os.path.join(out_dir, 'quality.json')} and {os.path.join(out_dir, 'quality.md')}", file=sys.stderr)
     return report
 
 

@@ -81,48 +81,67 @@ def cell_row(cell: dict, metrics: dict, quality: dict | None) -> dict:
     return row
 
 
-def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True) -> list[dict]:
-    from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes, generate, mesh_error
+def cell_specs(spec: AblationSpec, spec_path: str, out_dir: str) -> list:
+    """One RunSpec per cell, in ``variant/prompt/seed<k>``; a typo fails here naming its cell, and so do two
+    cells that would share a folder and a cell whose folder holds a run with other settings (executor.check_specs)."""
+    from .executor import RunSpec, check_specs
 
-    spec = load_spec(spec_path)
-    grid = cells(spec)
-    # Check every cell before running any, so a typo fails now and not at cell 7.
-    cfgs, dirs = [], {}
-    for c in grid:
+    specs = []
+    for c in cells(spec):
         name = f"variant {c['variant']!r}, prompt {c['prompt']!r}, seed {c['seed']}"
         try:
-            cfgs.append(load_run_config(spec.base, c["overrides"], {"prompt": c["prompt"]}))
+            cfg = load_run_config(spec.base, c["overrides"], {"prompt": c["prompt"]})
         except ConfigError as e:
             raise ConfigError(f"{spec_path}: {name}: {e}") from None
-        cell_dir = os.path.join(out_dir, _slug(c["variant"]), _slug(c["prompt"]), f"seed{c['seed']}")
-        if cell_dir in dirs:
-            raise ConfigError(f"{spec_path}: {dirs[cell_dir]} and {name} would share the folder {cell_dir}; "
-                              "rename one (folder names keep only letters and digits)")
-        dirs[cell_dir] = name
-        # A cell run before with other settings (the spec was edited) must not pass for this one.
-        saved = os.path.join(cell_dir, "config.yaml")
-        done = os.path.exists(os.path.join(cell_dir, "metrics.json"))
-        changed = config_changes(cfgs[-1], saved, () if done else RESUME_MAY_CHANGE) if os.path.exists(saved) else []
-        if changed:
-            raise RunError(f"{cell_dir} holds a{' finished' if done else 'n unfinished'} run with other settings than the spec "
-                           f"now gives ({'; '.join(changed[:6])}); delete that folder to run the cell again, or use another -o")
+        folder = os.path.join(_slug(c["variant"]), _slug(c["prompt"]), f"seed{c['seed']}")
+        labels = {"variant": c["variant"], "prompt": c["prompt"], "seed": c["seed"],
+                  "preset": os.path.splitext(os.path.basename(spec.base))[0]}
+        specs.append(RunSpec(name=folder, cfg=cfg, labels=labels, title=f"{spec_path}: {name}"))
+    check_specs(specs, out_dir)
+    return specs
+
+
+def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True, resources=None, stream=None) -> list[dict]:
+    """Every cell through the executor (in series in this process unless ``resources`` says Ray), then
+    results.csv, results.md, contact_sheet.png, summary.csv / summary.json and the gallery. A failed cell does
+    not stop the others; it is left out of the results and named in the summary, and RunsFailed names it at the end."""
+    import time
+
+    from .executor import Resources, check_failures, run_specs, write_summary
+    from .gallery import write_gallery
+
+    spec = load_spec(spec_path)
+    specs = cell_specs(spec, spec_path, out_dir)
+    t0 = time.time()
+    runs = run_specs(specs, out_dir, resources or Resources(local=True), stream)
     rows = []
-    for k, (cell, cfg, cell_dir) in enumerate(zip(grid, cfgs, dirs)):
-        # a cell whose mesh stage failed is trained: resuming it runs the mesh stage only
-        done = os.path.exists(os.path.join(cell_dir, "metrics.json")) and mesh_error(cell_dir) is None
-        log(f"[{k + 1}/{len(grid)}] {cell['variant']} | {cell['prompt']} | seed {cell['seed']}" + (" (done, skipped)" if done else ""))
-        if not done:
-            resume = os.path.exists(os.path.join(cell_dir, "checkpoint.pt"))
-            generate(cfg, cell_dir, resume=resume, log=log)
+    for cell, s, run in zip(cells(spec), specs, runs):
+        cell_dir = os.path.join(out_dir, s.name)
+        if run["status"] not in ("done", "skipped"):
+            continue
         with open(os.path.join(cell_dir, "metrics.json")) as f:
             metrics = json.load(f)
-        quality = _quality(cell_dir) if evaluate else None
-        rows.append(cell_row(cell, metrics, quality) | {"dir": os.path.relpath(cell_dir, out_dir)})
-    write_results(rows, out_dir)
+        quality = judge_run(cell_dir) if evaluate else None
+        run["scores"] = score_fields(quality)
+        rows.append(cell_row(cell, metrics, quality) | {"dir": s.name})
+    if rows:
+        write_results(rows, out_dir)
+    write_summary(out_dir, runs, {"spec": os.path.abspath(spec_path), "wall_seconds": round(time.time() - t0, 2)})
+    write_gallery(out_dir, log=log)
+    check_failures(runs, out_dir, "cells")
     return rows
 
 
-def _quality(cell_dir: str) -> dict | None:
+def score_fields(quality: dict | None) -> dict | None:
+    """The scalar scores of a judged run (evaluate_run's result without its path and timing), for summaries."""
+    if not quality:
+        return None
+    flat: dict = {}
+    _flatten("", {k: v for k, v in quality.items() if k not in ("run", "run_dir", "prompt")}, flat)
+    return {k: v for k, v in flat.items() if isinstance(v, (int, float, bool, str)) or v is None}
+
+
+def judge_run(cell_dir: str) -> dict | None:
     """World-ground-truth quality, when the prompt is in the shape world's vocabulary."""
     from .world.shapes import parse_prompt
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from . import __version__
-from .commands import UserError, add_generate_and_ablate
+from .commands import UserError, add_batch_and_gallery, add_generate_and_ablate
 from .configtools import ConfigError, build_config, parse_overrides, to_yaml
 
 
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_prior_train_classifier)
 
     add_generate_and_ablate(sub)
+    add_batch_and_gallery(sub)
 
     v = sub.add_parser("env", help="versions, the device, and the backend each renderer uses; --build checks the CUDA libraries",
                        description="Print dream3d's environment for a bug report: versions of Python, torch, CUDA and the libraries "
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dream3d: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
-        again = "the same command" if args.command in ("ablate", "mesh") else "the same command with --resume"
+        again = "the same command" if args.command in ("ablate", "mesh", "batch") else "the same command with --resume"
         print(f"dream3d: interrupted; run {again} to continue", file=sys.stderr)
         return 130
     return 0

@@ -1,7 +1,8 @@
-"""``dream3d generate`` and ``dream3d ablate``: argument parsing, then library calls."""
+"""``dream3d generate``, ``mesh``, ``ablate``, ``batch`` and ``gallery``: argument parsing, then library calls."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -48,14 +49,44 @@ def _generate(args) -> None:
 
 def _ablate(args) -> None:
     from .ablate import run_ablation
-    from .pipeline import MeshStageError, RunError
+    from .executor import RunsFailed, resources_from
+    from .pipeline import RunError
 
     try:
-        run_ablation(args.spec, args.output, log=lambda m: print(m, file=sys.stderr))
+        run_ablation(args.spec, args.output, log=lambda m: print(m, file=sys.stderr), resources=resources_from(args))
     except RunError as e:
         raise UserError(str(e)) from None
-    except MeshStageError as e:  # running the ablation again finishes that cell's mesh stage too
+    except RunsFailed as e:  # the other cells finished; running the ablation again retries the failed ones
         raise UserError(str(e), exit_code=1) from None
+
+
+def _batch(args) -> None:
+    from .batch import run_batch
+    from .executor import RunsFailed, resources_from
+    from .pipeline import RunError
+
+    bad = [w for w in args.overrides if not _OVERRIDE.match(w)]
+    if bad:
+        raise UserError(f"after PROMPTS only key=value overrides may follow; got {' '.join(bad)}")
+    try:
+        run_batch(args.prompts, args.output, args.config, args.overrides, resources_from(args), judge=args.judge)
+    except RunError as e:
+        raise UserError(str(e)) from None
+    except RunsFailed as e:
+        raise UserError(str(e), exit_code=1) from None
+
+
+def _gallery(args) -> None:
+    from .gallery import serve, write_gallery
+
+    if not os.path.isdir(args.dir):
+        raise UserError(f"{args.dir} is not a folder; give the output folder of dream3d batch, ablate or benchmarks/quality.py")
+    write_gallery(args.dir, log=lambda m: print(m, file=sys.stderr))
+    if args.serve:
+        try:
+            serve(args.dir, args.port)
+        except KeyboardInterrupt:
+            pass
 
 
 def _mesh(args) -> None:
@@ -118,4 +149,47 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("spec", help="ablation YAML (e.g. configs/ablations/sds_vs_vsd.yaml)")
     a.add_argument("-o", "--output", required=True, help="folder for the cells and the results")
+    from .executor import add_options
+
+    add_options(a, ray_by_default=False)
     a.set_defaults(func=_ablate)
+
+
+def add_batch_and_gallery(sub: argparse._SubParsersAction) -> None:
+    from .executor import add_options
+
+    b = sub.add_parser(
+        "batch", help="many prompts, one run each, on Ray (this machine or a cluster); a summary and a gallery",
+        description="Runs every prompt of PROMPTS as dream3d generate would, each in OUT/<name> with its own generate.log: as "
+                    "Ray tasks (pip install 'dream3d[batch]'), on this machine or with --address on a cluster, or with "
+                    "--local one after another in this process. Finished runs are skipped and unfinished ones resume from "
+                    "their checkpoint, so the same command continues an interrupted batch; a run whose worker died is retried "
+                    "(--retries); a failed run does not stop the others. Writes OUT/summary.csv, OUT/summary.json and "
+                    "OUT/index.html (the gallery). On a cluster OUT must be on a file system every node mounts at the same path.",
+        epilog="PROMPTS: a text file, one prompt a line (# comments), or a YAML list whose entries are a prompt or a mapping\n"
+               "with prompt, image, seed, overrides, config and name (see dream3d/batch.py).\n\nexamples:\n"
+               "  dream3d batch prompts.txt -o out/batch\n"
+               "  dream3d batch prompts.yaml -o out/batch --config dreamgaussian train.steps=300 --workers 2\n"
+               "  dream3d batch prompts.txt -o /shared/out --address auto --gpus-per-run 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("prompts", metavar="PROMPTS", help="a text file (one prompt a line) or a YAML list")
+    b.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run, e.g. train.steps=300")
+    b.add_argument("-o", "--output", required=True, help="the batch folder: one run folder per prompt, the summary, the gallery")
+    b.add_argument("--config", help="a preset or YAML file for every entry without its own (default: as dream3d generate)")
+    b.add_argument("--judge", action="store_true", help="score world prompts against the shape world's ground truth (IoU, "
+                                                        "colour, Janus) for the summary and the gallery")
+    add_options(b, ray_by_default=True)
+    b.set_defaults(func=_batch, words="overrides")
+
+    v = sub.add_parser(
+        "gallery", help="write DIR/index.html: one card per run, the mesh in a 3D viewer",
+        description="Writes DIR/index.html for the runs of a batch, an ablation or benchmarks/quality.py (from DIR/summary.json, "
+                    "or the run folders under DIR): each run's mesh in <model-viewer>, its prompt, preset, seed, time, steps/s "
+                    "and scores, links to its files, a failed run's error. Opens from the folder, offline. The viewer is "
+                    "fetched from the npm registry once (npm pack @google/model-viewer); without it the page shows turntables.",
+    )
+    v.add_argument("dir", metavar="DIR", help="a batch, ablation or quality-benchmark output folder")
+    v.add_argument("--serve", action="store_true", help="then serve DIR on http://127.0.0.1:PORT until Ctrl-C")
+    v.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000; 0: any free one)")
+    v.set_defaults(func=_gallery)
