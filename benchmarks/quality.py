@@ -124,8 +124,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--presets", default=TEXT_PRESET, help=f"comma-separated presets of configs/ (default {TEXT_PRESET}, what dream3d generate uses)")
     ap.add_argument("--prompts", help="';'-separated world prompts (default: every shape once, colours cycling)")
     ap.add_argument("--limit", type=int, help="use only the first N prompts")
-    ap.add_argument("--steps", type=int, help="override train.steps of every preset (only that: run-length schedules such as "
-                    "guidance.sds.timesteps.total_steps keep the preset's values unless overridden too)")
+    ap.add_argument("--steps", type=int, help="override train.steps of every preset (the settings of dream3d.config.RUN_LENGTH_KEYS "
+                    "follow it; any other run-length setting keeps the preset's value unless overridden too)")
     ap.add_argument("--out", default="runs/quality", help="folder for the runs and the results (default runs/quality)")
     ap.add_argument("--classifier", help="world classifier folder (default: assets/world_classifier)")
     ap.add_argument("--no-generate", action="store_true", help="only evaluate runs that are already finished")

@@ -25,9 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dream3d.guidance import CSD, ISM, SDS, VSD, CSDConfig, DiffusionPrior, ISMConfig, PriorConfig, SDSConfig, TimestepConfig, VSDConfig  # noqa: E402
-
-RULES = {"sds": (SDS, SDSConfig), "vsd": (VSD, VSDConfig), "ism": (ISM, ISMConfig), "csd": (CSD, CSDConfig)}
+from dream3d.guidance import RULES, DiffusionPrior, PriorConfig, TimestepConfig  # noqa: E402
 
 
 def optimize_2d(prior: DiffusionPrior, rule, prompt: str, steps: int, lr: float = 0.03, param: str = "latent", batch: int = 1,
@@ -90,8 +88,8 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     prior = DiffusionPrior.load(PriorConfig(model=a.model, allow_download=a.allow_download, device=a.device, dtype=a.dtype))
-    cls, cfg_cls = RULES[a.method]
-    cfg = cfg_cls(negative_prompt=a.negative_prompt, seed=a.seed,
+    cls = RULES[a.method]
+    cfg = cls.config_class(negative_prompt=a.negative_prompt, seed=a.seed,
                   timesteps=TimestepConfig(schedule=a.t_schedule, t_min=a.t_min, t_max=a.t_max, total_steps=max(a.steps, 1)))
     if a.guidance_scale is not None:
         cfg.guidance_scale = a.guidance_scale

@@ -10,7 +10,9 @@ Spec (YAML)::
       sds: [guidance.method=sds]
       vsd: [guidance.method=vsd]
 
-Each cell runs in ``OUT/<variant>/<prompt>/seed<k>``; a cell with a metrics.json is skipped and an
+A cell's overrides are the shared ones, then its variant's, as one layer over the base: a variant that switches
+``guidance.method`` starts the guidance section from that rule's defaults, and the shared guidance keys apply
+to it too. Each cell runs in ``OUT/<variant>/<prompt>/seed<k>``; a cell with a metrics.json is skipped and an
 interrupted one resumes. Then ``results.csv``, ``results.md`` and ``contact_sheet.png`` are written.
 """
 from __future__ import annotations
@@ -89,10 +91,10 @@ def cell_specs(spec: AblationSpec, spec_path: str, out_dir: str) -> list:
     specs = []
     for c in cells(spec):
         name = f"variant {c['variant']!r}, prompt {c['prompt']!r}, seed {c['seed']}"
-        try:
-            cfg = load_run_config(spec.base, c["overrides"], {"prompt": c["prompt"]})
+        try:  # the spec names the overrides in messages (an unknown key, the old guidance layout translated)
+            cfg = load_run_config(spec.base, c["overrides"], {"prompt": c["prompt"]}, overrides_from=spec_path)
         except ConfigError as e:
-            raise ConfigError(f"{spec_path}: {name}: {e}") from None
+            raise ConfigError(f"{spec_path}: {name}: {str(e).removeprefix(spec_path + ': ')}") from None
         folder = os.path.join(_slug(c["variant"]), _slug(c["prompt"]), f"seed{c['seed']}")
         labels = {"variant": c["variant"], "prompt": c["prompt"], "seed": c["seed"],
                   "preset": os.path.splitext(os.path.basename(spec.base))[0]}

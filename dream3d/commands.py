@@ -17,7 +17,7 @@ class UserError(Exception):
 
 
 # A word that starts with a key and "=" is an override, even a misspelt key (train.batch-size=2 must fail as
-# an unknown key, not slip into the prompt); the value may hold spaces ("guidance.sds.negative_prompt=blurry, ugly").
+# an unknown key, not slip into the prompt); the value may hold spaces ("guidance.negative_prompt=blurry, ugly").
 _OVERRIDE = re.compile(r"^[^\s=]+=")
 
 

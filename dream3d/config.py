@@ -3,17 +3,16 @@ dotted command-line overrides fill it (see :mod:`dream3d.configtools`)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, make_dataclass
+from typing import ClassVar
 
 from renderers.cameras import CameraSampler
 
 from .assets import CONFIG_DIR
-from .configtools import ConfigError, build_config, load_yaml, parse_overrides, schema_at
-from .guidance.csd import CSDConfig
-from .guidance.ism import ISMConfig
+from .configtools import ConfigError, build_config, load_yaml, parse_overrides, schema_at, selected_by
+from .guidance import RULES
 from .guidance.prior import PriorConfig
-from .guidance.sds import SDSConfig
-from .guidance.vsd import VSDConfig
 from .mesh.stage import MeshConfig
 from .representations.gaussians import GaussianConfig
 from .representations.nerf import NeRFConfig
@@ -24,17 +23,24 @@ from .train import ReferenceViewConfig, TrainConfig
 # DreamGaussian's SDS setup, the one measured with a reference view.
 TEXT_PRESET = "gaussian-vsd"
 IMAGE_PRESET = "dreamgaussian"
-GUIDANCE_METHODS = ("sds", "vsd", "ism", "csd")
 
 
 @dataclass
 class GuidanceSection:
-    method: str = "sds"  # one of GUIDANCE_METHODS; only that method's section is used
+    """What every guidance section holds: the rule (``method``, a name of dream3d.guidance.RULES) and the
+    diffusion model it scores with. A run's section is ``GUIDANCE_SECTIONS[method]``: these two, then that
+    rule's config (the settings every rule shares, GuidanceConfig's, and the rule's own), with its defaults.
+    A layer that changes the method starts the section from the new rule's defaults (prior.* stays):
+    configtools.selected_by."""
+
+    method: str = "sds"
     prior: PriorConfig = field(default_factory=PriorConfig)
-    sds: SDSConfig = field(default_factory=SDSConfig)
-    vsd: VSDConfig = field(default_factory=VSDConfig)
-    ism: ISMConfig = field(default_factory=ISMConfig)
-    csd: CSDConfig = field(default_factory=CSDConfig)
+
+
+GUIDANCE_SECTIONS = {name: make_dataclass(f"{rule.__name__}Section", [("method", str, field(default=name))],
+                                          bases=(rule.config_class, GuidanceSection), namespace={"__module__": __name__})
+                     for name, rule in RULES.items()}
+globals().update((cls.__name__, cls) for cls in GUIDANCE_SECTIONS.values())  # importable by name: a config pickles
 
 
 @dataclass
@@ -52,12 +58,14 @@ class RunConfig:
     representation: str = "gaussians"  # "gaussians" (DreamGaussian) or "nerf" (DreamFusion / ProlificDreamer)
     gaussians: GaussianConfig = field(default_factory=GaussianConfig)
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
-    guidance: GuidanceSection = field(default_factory=GuidanceSection)
+    guidance: GuidanceSection = selected_by("method", GUIDANCE_SECTIONS, GuidanceSection.method)
     cameras: CameraSampler = field(default_factory=CameraSampler)
     train: TrainConfig = field(default_factory=TrainConfig)
     reference: ReferenceViewConfig = field(default_factory=ReferenceViewConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    # The keys of RUN_LENGTH_KEYS that resolve_run_length filled from train.steps (not a setting)
+    follows_run_length: ClassVar[tuple[str, ...]] = ()
 
 
 def preset_path(name: str) -> str:
@@ -71,14 +79,17 @@ def preset_path(name: str) -> str:
     return path
 
 
-def load_run_config(preset: str | None = "dreamgaussian", overrides: list[str] | None = None, extra: dict | None = None) -> RunConfig:
-    """Preset, then ``extra`` (values the CLI sets, like the prompt), then dotted overrides."""
+def load_run_config(preset: str | None = "dreamgaussian", overrides: list[str] | None = None, extra: dict | None = None,
+                    overrides_from: str = "overrides") -> RunConfig:
+    """Preset, then ``extra`` (values the CLI sets, like the prompt), then dotted overrides (``overrides_from``
+    names them in messages: the ablation spec they come from)."""
     layers = _preset_layers(preset, []) if preset else []
     if extra:
         layers.append(("command line", extra))
     if overrides:
-        layers.append(("overrides", parse_overrides(overrides)))
-    cfg = build_config(RunConfig, layers)
+        layers.append((overrides_from, parse_overrides(overrides)))
+    layers = old_guidance_layout(layers, bool(overrides))
+    cfg = resolve_run_length(build_config(RunConfig, layers))
     validate(cfg)
     return cfg
 
@@ -100,11 +111,61 @@ def _preset_layers(name: str, seen: list[str]) -> list[tuple[str, dict]]:
     return _preset_layers(base, seen + [os.path.abspath(path)]) + [(path, data)]
 
 
+def old_guidance_layout(layers: list[tuple[str, dict]], last_is_overrides: bool = False) -> list[tuple[str, dict]]:
+    """Layers written in the layout before issue 17 (a section per rule side by side: guidance.sds, guidance.vsd,
+    ..., each with the shared settings, of which only guidance.method's was read) in the new layout: the
+    selected rule's section moves up to guidance.*, with a one-line notice naming the file. A file's sections of
+    other rules are dropped (they were never read; a saved run config holds all four); in the overrides they
+    stay, and fail as keys of an unselected rule."""
+    method, out = GuidanceSection.method, []
+    for i, (where, data) in enumerate(layers):
+        g = data.get("guidance")
+        if isinstance(g, dict) and isinstance(g.get("method", method), str):
+            method = g.get("method", method)
+            keep_others = last_is_overrides and i == len(layers) - 1
+            drop = [n for n in RULES if n != method and isinstance(g.get(n), dict) and not keep_others]
+            if method in RULES and (isinstance(g.get(method), dict) or drop):
+                rest = {k: v for k, v in g.items() if k != method and k not in drop}
+                data = {**data, "guidance": _deep_merge(g.get(method) or {}, rest)}
+                # issued here (stacklevel 1), so a file loaded again (resume compares it twice) gives the line once
+                warnings.warn(f"{where}: translated from the old guidance layout (a section per rule): guidance.{method}.* is now "
+                              f"guidance.*" + (f"; dropped {', '.join('guidance.' + n for n in drop)} (never read with "
+                                               f"guidance.method={method})" if drop else ""), FutureWarning, stacklevel=1)
+        out.append((where, data))
+    return out
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    """``a`` updated with ``b``, section by section (``b`` wins)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# Settings that follow the run length: None (their default) means train.steps. resolve_run_length fills them
+# in when the run config is built, so --print-config and the run's config.yaml show the numbers the run uses.
+RUN_LENGTH_KEYS = ("guidance.timesteps.total_steps",)
+
+
+def resolve_run_length(cfg: RunConfig) -> RunConfig:
+    """Set each key of RUN_LENGTH_KEYS left at None to train.steps; called once, by load_run_config.
+    ``cfg.follows_run_length`` names the keys it set: a resumed run keeps the values it started with for
+    them (pipeline.keep_run_length), so resuming with a larger train.steps trains longer with the schedules
+    the run started with."""
+    filled = []
+    for key in RUN_LENGTH_KEYS:
+        section, name = key.rsplit(".", 1)
+        if getattr(schema_at(cfg, section), name) is None:
+            setattr(schema_at(cfg, section), name, cfg.train.steps)
+            filled.append(key)
+    cfg.follows_run_length = tuple(filled)
+    return cfg
+
+
 def validate(cfg: RunConfig) -> None:
     if cfg.representation not in ("gaussians", "nerf"):
         raise ConfigError(f"representation must be 'gaussians' or 'nerf', got {cfg.representation!r}")
-    if cfg.guidance.method not in GUIDANCE_METHODS:
-        raise ConfigError(f"guidance.method must be one of {', '.join(GUIDANCE_METHODS)}, got {cfg.guidance.method!r}")
     for key, least in _MINIMUMS.items():
         value = schema_at(cfg, key)
         if value < least:

@@ -17,6 +17,19 @@ from typing import Any, TypeVar
 
 
 T = TypeVar("T")
+SELECTED_BY = "dream3d.selected_by"  # field metadata of a section whose schema one of its own keys picks
+
+
+def selected_by(key: str, schemas: dict[str, type], default: str):
+    """A dataclass field whose section's schema is picked by the section's own key ``key`` (``guidance.method``
+    picks the rule): ``schemas[name]`` is the schema for each name. The field's annotation is the part that
+    every choice shares and that a switch keeps (``guidance.prior``).
+
+    A layer (a YAML file, the overrides) that changes the choice starts the section afresh from the new
+    choice's defaults: keys of earlier layers are dropped, except the shared part's; keys of that layer and
+    later ones apply, whatever their order. A key that only another choice has is an error that names the
+    choice in effect and the switch."""
+    return dataclasses.field(default_factory=lambda: schemas[default](), metadata={SELECTED_BY: (key, schemas)})
 
 
 class ConfigError(ValueError):
@@ -62,7 +75,36 @@ def _check_keys(schema: Any, mapping: dict, where: str, prefix: str = "") -> Non
             while isinstance(v, dict) and v:  # name the full dotted key that was meant
                 k2, v = next(iter(v.items()))
                 key = f"{key}.{k2}"
-            raise ConfigError(f"{where}: unknown config key '{key}'{_suggest(key, leaves, sections)}")
+            raise ConfigError(f"{where}: {_other_choice(schema, key) or 'unknown config key ' + repr(key) + _suggest(key, leaves, sections)}")
+
+
+def _selected(schema: Any, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """(dotted path, field) of each section below ``schema`` whose schema one of its keys picks."""
+    out = []
+    for f in dataclasses.fields(schema):
+        if SELECTED_BY in f.metadata:
+            out.append((prefix + f.name, f))
+        value = getattr(schema, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _selected(value, prefix + f.name + ".")
+    return out
+
+
+def _other_choice(schema: Any, key: str) -> str | None:
+    """For a key that only unselected choices of a section have ('guidance.lora_rank' while guidance.method
+    is sds; also the per-choice layout 'guidance.vsd.lora_rank'): what is selected and how to switch."""
+    for path, f in _selected(schema):
+        if not key.startswith(path + "."):
+            continue
+        name, schemas = f.metadata[SELECTED_BY]
+        rest, now = key[len(path) + 1:], getattr(schema_at(schema, path), name)
+        for choice, tp in schemas.items():
+            inner = rest.removeprefix(choice + ".")
+            if choice != now and inner in dotted_keys(tp):
+                return (f"'{key}' is a setting of {path}.{name}={choice}, and this config selects {path}.{name}={now}; "
+                        f"to use it set {path}.{name}={choice} beside it (the switch starts {path} from that "
+                        f"{name}'s defaults{'; the key is then ' + repr(path + '.' + inner) if inner != rest else ''})")
+    return None
 
 
 def _first_path(d: dict) -> list[str]:
@@ -133,9 +175,32 @@ def build_config(schema_type: type[T], layers: list[tuple[str, dict]]) -> T:
     default = schema_type()
     merged: dict = {}
     for where, mapping in layers:
+        _switch(default, merged, mapping, where)
         _check_keys(default, mapping, where)
         _merge(merged, mapping, where)
     return _fill(schema_type, merged, "")
+
+
+def _switch(default: Any, merged: dict, mapping: dict, where: str, prefix: str = "") -> None:
+    """A layer that changes the choice of a selected section (see :func:`selected_by`): ``default`` takes the
+    new choice's defaults, and the keys earlier layers set in that section are dropped but for the shared part."""
+    for f in dataclasses.fields(default):
+        sub, value = mapping.get(f.name), getattr(default, f.name)
+        if not isinstance(sub, dict) or not dataclasses.is_dataclass(value):
+            continue
+        if SELECTED_BY in f.metadata and f.metadata[SELECTED_BY][0] in sub:
+            name, schemas = f.metadata[SELECTED_BY]
+            choice = sub[name]
+            if not isinstance(choice, str) or choice not in schemas:
+                raise ConfigError(f"{where}: bad value for '{prefix}{f.name}.{name}': {choice!r} is not one of {', '.join(schemas)}")
+            if choice != getattr(value, name):
+                value = schemas[choice]()
+                setattr(default, f.name, value)
+                kept = {g.name for g in dataclasses.fields(typing.get_type_hints(type(default))[f.name])}
+                if isinstance(merged.get(f.name), dict):
+                    merged[f.name] = {k: v for k, v in merged[f.name].items() if k in kept}
+        inner = merged.get(f.name)
+        _switch(value, inner if isinstance(inner, dict) else {}, sub, where, prefix + f.name + ".")
 
 
 def _merge(dst: dict, src: dict, where: str) -> None:
@@ -158,7 +223,11 @@ def _fill(cls: type, values: dict, prefix: str):
             continue
         key = prefix + f.name
         item = values[f.name]
-        if dataclasses.is_dataclass(hints[f.name]) or _dataclass_in(hints[f.name]):
+        if SELECTED_BY in f.metadata:  # the choice in effect: the last layer's (build_config checked it) or the default's
+            name, schemas = f.metadata[SELECTED_BY]
+            choice = item[name][0] if name in item else getattr(f.default_factory(), name)
+            kwargs[f.name] = _fill(schemas[choice], item, key + ".")
+        elif dataclasses.is_dataclass(hints[f.name]) or _dataclass_in(hints[f.name]):
             sub = _dataclass_in(hints[f.name]) or hints[f.name]
             kwargs[f.name] = _fill(sub, item, key + ".")
         else:

@@ -16,8 +16,9 @@ import warnings
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, load_run_config
 from .configtools import dotted_keys, schema_at, to_plain, to_yaml
+from .guidance import RULES
 from .io import atomic_write_text
 
 
@@ -39,22 +40,17 @@ MESH_NOT_FINISHED = "the mesh stage did not finish (the process ended during it)
 
 
 def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
-    from .guidance.csd import CSD
-    from .guidance.ism import ISM
     from .guidance.prior import DiffusionPrior
-    from .guidance.sds import SDS
-    from .guidance.vsd import VSD
 
     prior = DiffusionPrior.load(cfg.guidance.prior)
-    rule = {"sds": SDS, "vsd": VSD, "ism": ISM, "csd": CSD}[cfg.guidance.method]
-    gcfg = getattr(cfg.guidance, cfg.guidance.method)
+    rule = RULES[cfg.guidance.method]  # cfg.guidance is the rule's config (with method and prior beside it)
     seed = cfg.seed + 2 if generator_seed is None else generator_seed
     # VSD's LoRA and camera MLP start from torch's global RNG (peft initialises them so): seed it here, so the
     # student starts the same for the same seed whatever ran before in this process, and leave it as it was
     # (the CUDA generators too: manual_seed seeds them, and peft may initialise on the prior's device).
     with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(seed)
-        return rule(prior, gcfg, generator=torch.Generator().manual_seed(seed))
+        return rule(prior, cfg.guidance, generator=torch.Generator().manual_seed(seed))
 
 
 def describe_prior(prior) -> dict:
@@ -175,10 +171,12 @@ def clear_run(out_dir: str) -> None:
 
 
 def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> list[str]:
-    """'key: before -> now' for each setting where ``cfg`` differs from the run config saved at ``path``."""
-    from .config import load_run_config
-
+    """'key: before -> now' for each setting where ``cfg`` differs from the run config saved at ``path`` (in
+    the layout before issue 17 too: it is translated). When train.steps may change (a resume), so may the
+    settings of ``cfg`` that follow it: the resumed run keeps the saved values (keep_run_length)."""
     saved = load_run_config(path)
+    if "train.steps" in ignore:
+        ignore = (*ignore, *cfg.follows_run_length)
     before = {k: schema_at(saved, k) for k in dotted_keys(saved)}
     now = {k: schema_at(cfg, k) for k in dotted_keys(cfg)}
     for d in (before, now):  # the same file spelt another way (./a.png, an absolute path) is the same input
@@ -189,8 +187,8 @@ def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> l
     return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys]
 
 
-# Settings a resumed run may change: they do not touch what each step does (no schedule reads train.steps,
-# so a run can be resumed to train longer).
+# Settings a resumed run may change: they do not touch what each step does (schedules that follow train.steps
+# keep the values the run started with, keep_run_length, so a run can be resumed to train longer).
 RESUME_MAY_CHANGE = ("mesh.", "output.", "train.steps", "train.checkpoint_every", "train.val_every", "guidance.prior.allow_download")
 
 
@@ -202,6 +200,17 @@ def check_resume_config(cfg: RunConfig, out_dir: str) -> None:
         raise RunError(f"--resume: this command's settings differ from those the run in {out_dir} started with "
                        f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}). "
                        "Resume with the same prompt, --config and overrides, or start again with --overwrite")
+
+
+def keep_run_length(cfg: RunConfig, out_dir: str) -> None:
+    """A resumed run trains on with the schedules it started with: the settings that follow train.steps
+    (config.resolve_run_length) take the values saved in the run's config.yaml, whatever train.steps is now."""
+    path = os.path.join(out_dir, "config.yaml")
+    if cfg.follows_run_length and os.path.exists(path):
+        started = load_run_config(path)
+        for key in cfg.follows_run_length:
+            section, name = key.rsplit(".", 1)
+            setattr(schema_at(cfg, section), name, schema_at(started, key))
 
 
 def warn_outside_vocabulary(cfg: RunConfig, log) -> None:
@@ -234,6 +243,7 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     check_output_dir(out_dir, resume, overwrite)
     if resume:
         check_resume_config(cfg, out_dir)
+        keep_run_length(cfg, out_dir)
     resolve_device(cfg.train.device, "train.device")
     if resume and mesh_error(out_dir) is not None:
         with open(os.path.join(out_dir, "metrics.json")) as fh:
@@ -356,8 +366,6 @@ def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
     (``key=value`` overrides), without training: the representation comes from the run's checkpoint.
     Also finishes a run whose mesh stage failed. Updates the run's config.yaml and the ``mesh`` and ``files``
     entries of its metrics.json."""
-    from .config import load_run_config
-
     overrides = list(overrides or [])
     for name in ("config.yaml", "checkpoint.pt", "metrics.json"):
         if not os.path.exists(os.path.join(run_dir, name)):

@@ -121,13 +121,18 @@ def test_bad_override_fails_with_the_key_named(tmp_path):
 
 def test_ablation_cells_that_would_share_a_folder_are_refused(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  'cfg 50': guidance.sds.guidance_scale=50\n"
-                    "  cfg-50: [guidance.sds.guidance_scale=50]\n")
+    spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  'cfg 50': guidance.guidance_scale=50\n"
+                    "  cfg-50: [guidance.guidance_scale=50]\n")
     r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
     assert r.returncode == 2 and "would share the folder" in r.stderr and not (tmp_path / "abl").exists()
-    spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  a: [guidance.sds.guidance_scael=50]\n")
+    spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  a: [guidance.guidance_scael=50]\n")
     r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
-    assert r.returncode == 2 and "variant 'a'" in r.stderr and "guidance.sds.guidance_scale" in r.stderr
+    assert r.returncode == 2 and "variant 'a'" in r.stderr and "'guidance.guidance_scale'" in r.stderr
+    # a key of a rule the cell does not select names the rule it selects and the switch
+    spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  a: [guidance.lora_rank=8]\n")
+    r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
+    assert r.returncode == 2 and "variant 'a'" in r.stderr and "selects guidance.method=sds" in r.stderr, r.stderr
+    assert "set guidance.method=vsd" in r.stderr and not (tmp_path / "abl").exists()
 
 
 def test_missing_model_names_the_key_that_sets_it(tmp_path):
@@ -189,7 +194,7 @@ def test_ablate_two_by_two_grid(tiny_prior, tmp_path):
         "base: dreamgaussian\n"
         f"overrides: {json.dumps(TINY_RUN + ['guidance.prior.model=' + tiny_prior, 'output.mesh=false'])}\n"
         "prompts: ['a red cube', 'a green cone']\nseeds: [0]\n"
-        "variants:\n  cfg10: [guidance.sds.guidance_scale=10]\n  cfg50: [guidance.sds.guidance_scale=50]\n")
+        "variants:\n  cfg10: [guidance.guidance_scale=10]\n  cfg50: [guidance.guidance_scale=50]\n")
     r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "abl" / "results.csv")))
@@ -201,7 +206,15 @@ def test_ablate_two_by_two_grid(tiny_prior, tmp_path):
     # an edited spec does not pass off the old results as the new settings'
     spec.write_text(spec.read_text().replace("guidance_scale=50", "guidance_scale=30"))
     r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
-    assert r.returncode == 2 and "guidance.sds.guidance_scale: 50.0 -> 30.0" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "guidance.guidance_scale: 50.0 -> 30.0" in r.stderr, r.stderr[-2000:]
+    # the same spec in the layout before issue 17 (a section per rule) is translated, with a notice naming it,
+    # and its cells are the finished ones
+    spec.write_text(spec.read_text().replace("guidance.guidance_scale=30", "guidance.sds.guidance_scale=50")
+                    .replace("guidance.guidance_scale=10", "guidance.sds.guidance_scale=10"))
+    r = subprocess.run([sys.executable, "-m", "dream3d.cli", "ablate", str(spec), "-o", str(tmp_path / "abl")], capture_output=True,
+                       text=True, env=dict(ENV, PYTHONWARNINGS="default::FutureWarning"), timeout=900)
+    assert r.returncode == 0 and r.stderr.count("skipped") == 4, r.stderr[-2000:]
+    assert f"FutureWarning: {spec}: translated from the old guidance layout" in r.stderr
 
 
 def test_image_to_3d_fits_the_reference_view(tiny_prior, tmp_path):

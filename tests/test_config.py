@@ -1,10 +1,14 @@
 import glob
+import json
 import os
+import re
+import warnings
+from pathlib import Path
 
 import pytest
 
 from dream3d.config import CONFIG_DIR, RunConfig, load_run_config
-from dream3d.configtools import ConfigError, dotted_keys, parse_overrides, to_yaml
+from dream3d.configtools import ConfigError, dotted_keys, parse_overrides, to_plain, to_yaml
 
 
 @pytest.mark.parametrize("preset", sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))))
@@ -42,21 +46,22 @@ def test_nerf_presets_are_lit_like_the_embedded_priors_world(preset):
 
 
 def test_overrides_fill_nested_fields_with_types():
-    cfg = load_run_config("dreamgaussian", ["train.steps=12", "guidance.sds.guidance_scale=[0,100,10,50]", "cameras.fov_y=[30,40]",
+    cfg = load_run_config("dreamgaussian", ["train.steps=12", "guidance.guidance_scale=[0,100,10,50]", "cameras.fov_y=[30,40]",
                                             "gaussians.max_gaussians=null", "prompt=a red cube"])
-    assert cfg.train.steps == 12 and cfg.guidance.sds.guidance_scale == [0, 100, 10, 50]
+    assert cfg.train.steps == 12 and cfg.guidance.guidance_scale == [0, 100, 10, 50]
     assert cfg.cameras.fov_y == (30.0, 40.0) and cfg.gaussians.max_gaussians is None and cfg.prompt == "a red cube"
 
 
 @pytest.mark.parametrize("override, words", [
     ("train.step=5", ["train.step", "train.steps"]),
     ("trian.steps=5", ["trian.steps", "train.steps"]),
-    ("guidance_scale=5", ["guidance_scale", "guidance.sds.guidance_scale"]),
+    ("guidance_scale=5", ["guidance_scale", "guidance.guidance_scale"]),
+    ("guidance.lora_rank=8", ["'guidance.lora_rank'", "selects guidance.method=sds", "set guidance.method=vsd"]),
     ("train.steps=many", ["train.steps", "many"]),
     ("train=5", ["train", "section"]),
     ("cameras.fov_y=[1,2,3]", ["cameras.fov_y", "2 values"]),
     ("representation=voxels", ["representation", "voxels"]),
-    ("guidance.method=magic", ["guidance.method", "magic"]),
+    ("guidance.method=magic", ["guidance.method", "magic", "sds, vsd, ism, csd"]),
     ("steps", ["key=value"]),
 ])
 def test_bad_overrides_name_the_key_and_the_fix(override, words):
@@ -80,7 +85,8 @@ def test_saved_config_reloads_to_the_same_config(tmp_path):
 
 def test_every_schema_key_is_reachable_by_override():
     keys = dotted_keys(RunConfig())
-    assert "guidance.vsd.lora_rank" in keys and "mesh.extract.target_faces" in keys and "nerf.levels" in keys
+    assert "guidance.guidance_scale" in keys and "mesh.extract.target_faces" in keys and "nerf.levels" in keys
+    assert "guidance.lora_rank" in dotted_keys(load_run_config("gaussian-vsd"))
     assert parse_overrides(["a.b.c=1", "a.d=[1, 2]", "e=text with spaces"]) == {"a": {"b": {"c": 1}, "d": [1, 2]}, "e": "text with spaces"}
 
 
@@ -91,9 +97,9 @@ def test_every_schema_key_is_reachable_by_override():
     ("train.resolution=-8", "train.resolution must stay at least 8 pixels"),
     ("train.resolution=[0,4,32,100]", "train.resolution must stay at least 8 pixels"),
     ("train.resolution=[0,16,32]", "train.resolution: a scheduled scalar must be"),
-    ("guidance.sds.guidance_scale=[1,2]", "guidance.sds.guidance_scale: a scheduled scalar must be"),
+    ("guidance.guidance_scale=[1,2]", "guidance.guidance_scale: a scheduled scalar must be"),
     ("train.steps.foo=5", "'train.steps' is a value, not a section"),
-    ("guidance.sds.grad_clip_norm=[1,2]", "guidance.sds.grad_clip_norm: a scheduled scalar must be"),  # Scheduled | None
+    ("guidance.grad_clip_norm=[1,2]", "guidance.grad_clip_norm: a scheduled scalar must be"),  # Scheduled | None
 ])
 def test_values_a_run_cannot_use_fail_at_load_naming_the_key(override, message):
     import re
@@ -129,6 +135,7 @@ def test_a_config_file_can_start_from_a_preset(tmp_path):
     mine.write_text("base: dreamfusion\ntrain: {steps: 123}\n")
     cfg, preset = load_run_config(str(mine)), load_run_config("dreamfusion")
     assert cfg.train.steps == 123 and cfg.representation == "nerf"
+    preset.guidance.timesteps.total_steps = 123  # it follows train.steps
     assert cfg.nerf == preset.nerf and cfg.guidance == preset.guidance  # the rest is the preset's
     (tmp_path / "more.yaml").write_text("base: mine.yaml\ntrain: {batch_size: 3}\n")  # a file beside it
     more = load_run_config(str(tmp_path / "more.yaml"))
@@ -139,3 +146,121 @@ def test_a_config_file_can_start_from_a_preset(tmp_path):
     mine.write_text("base: dreamfusoin\n")
     with pytest.raises(ConfigError, match="no config file or preset named 'dreamfusoin'"):
         load_run_config(str(mine))
+
+
+# ---- one guidance section (issue 17): guidance.method picks the rule; the old layout (a section per rule) loads
+
+BEFORE = json.loads((Path(__file__).parent / "data" / "guidance_before_issue17.json").read_text())
+
+
+def _effective(cfg) -> dict:
+    return to_plain(cfg.guidance) | {"train.steps": cfg.train.steps}
+
+
+def _same_as_before(now: dict, before: dict) -> None:
+    """The guidance settings a run used before issue 17, but for total_steps of a random schedule: it was the
+    old default 1000, which that schedule never reads, and now follows train.steps as everywhere."""
+    if before["timesteps"]["schedule"] == "random" and now["timesteps"]["total_steps"] == now["train.steps"]:
+        now = now | {"timesteps": now["timesteps"] | {"total_steps": before["timesteps"]["total_steps"]}}
+    assert now == before
+
+
+def _ablation_cells(path: str, overrides_from: str = "overrides"):
+    from dream3d.ablate import load_spec
+
+    spec = load_spec(path)
+    name = os.path.basename(path)[:-5]
+    for variant, overrides in spec.variants.items():
+        cfg = load_run_config(spec.base, spec.overrides + overrides + ["seed=0"], {"prompt": spec.prompts[0]}, overrides_from=overrides_from)
+        yield f"{name}/{variant}", cfg
+
+
+def test_presets_and_ablation_cells_keep_their_guidance_settings():
+    presets = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))}
+    assert presets == set(BEFORE["presets"])
+    for name in presets:
+        _same_as_before(_effective(load_run_config(name)), BEFORE["presets"][name])
+    cells = dict(c for p in sorted(glob.glob(os.path.join(CONFIG_DIR, "ablations", "*.yaml"))) for c in _ablation_cells(p))
+    assert set(cells) == set(BEFORE["ablations"])
+    for name, cfg in cells.items():
+        _same_as_before(_effective(cfg), BEFORE["ablations"][name])
+
+
+def test_old_layout_presets_specs_and_run_configs_load_translated_with_a_notice(tmp_path):
+    for repo_path, text in BEFORE["old_files"].items():
+        path = tmp_path / repo_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for name, before in BEFORE["presets"].items():
+        path = str(tmp_path / "configs" / f"{name}.yaml")
+        with pytest.warns(FutureWarning, match=re.escape(f"{path}: translated from the old guidance layout")):
+            cfg = load_run_config(path)
+        _same_as_before(_effective(cfg), before)
+    for spec in glob.glob(str(tmp_path / "configs" / "ablations" / "*.yaml")):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            cells = dict(_ablation_cells(spec, overrides_from=spec))
+        if "guidance." in open(spec).read():
+            assert any(str(w.message).startswith(f"{spec}: translated from the old guidance layout") for w in seen)
+        for name, cfg in cells.items():
+            _same_as_before(_effective(cfg), BEFORE["ablations"][name])
+    # a run's saved config.yaml holds all four sections: the selected one is taken, the others dropped
+    saved = tmp_path / "run" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text(BEFORE["old_run_config"])
+    with pytest.warns(FutureWarning, match=re.escape(f"{saved}: translated from the old guidance layout (a section per rule): "
+                                                     "guidance.vsd.* is now guidance.*; dropped guidance.sds, guidance.ism, "
+                                                     "guidance.csd (never read with guidance.method=vsd)")):
+        cfg = load_run_config(str(saved))
+    assert _effective(cfg) == BEFORE["presets"]["gaussian-vsd"]  # its total_steps (1000) was saved, so it stays
+    assert cfg.prompt == "a red cube" and cfg.follows_run_length == ()
+    saved.write_text(to_yaml(cfg))  # the new layout: no notice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_run_config(str(saved)) == cfg
+
+
+def test_a_key_of_an_unselected_rule_is_refused_naming_the_selected_one(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape("overrides: 'guidance.sds.guidance_scale' is a setting of guidance.method=sds, "
+                                                    "and this config selects guidance.method=vsd; to use it set guidance.method=sds")):
+        load_run_config("gaussian-vsd", ["guidance.sds.guidance_scale=50"])  # accepted and ignored before issue 17
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: dreamgaussian\nguidance: {lora_rank: 8}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{mine}: 'guidance.lora_rank' is a setting of guidance.method=vsd, and this "
+                                                    "config selects guidance.method=sds")):
+        load_run_config(str(mine))
+    mine.write_text("base: dreamgaussian\nguidance: {lora_rank: 8, method: vsd}\n")
+    assert load_run_config(str(mine)).guidance.lora_rank == 8
+    with pytest.raises(ConfigError, match="'guidance.delta_t' is a setting of guidance.method=ism"):
+        load_run_config(str(mine), ["guidance.delta_t=40"])
+
+
+def test_a_method_switch_starts_from_the_rules_defaults_in_any_order(tmp_path):
+    from dream3d.guidance import ISMConfig, PriorConfig, SDSConfig
+
+    vsd_to_sds = load_run_config("gaussian-vsd", ["guidance.method=sds"])
+    sds = to_plain(SDSConfig())
+    sds["timesteps"]["total_steps"] = 400  # the preset's train.steps
+    assert to_plain(vsd_to_sds.guidance) == {"method": "sds", "prior": to_plain(PriorConfig()), **sds}
+    assert vsd_to_sds.guidance.guidance_scale == 100.0 and vsd_to_sds.guidance.grad_clip_norm is None  # not VSD's 7.5, 10
+    assert vsd_to_sds.gaussians == load_run_config("gaussian-vsd").gaussians  # only the guidance section starts again
+    keys = ["guidance.guidance_scale=30", "guidance.method=ism", "guidance.prior.dtype=fp32"]
+    a, b = load_run_config("dreamgaussian", keys), load_run_config("dreamgaussian", keys[::-1])
+    assert a == b and a.guidance.guidance_scale == 30 and a.guidance.delta_t == ISMConfig.delta_t
+    assert not a.guidance.perpneg.enabled  # dreamgaussian's Perp-Neg was SDS's setting
+    # a file that switches from its base: its own keys apply; guidance.prior of earlier layers stays
+    (tmp_path / "base.yaml").write_text("base: gaussian-vsd\nguidance: {prior: {model: /models/sd15}, lora_rank: 8}\n")
+    (tmp_path / "mine.yaml").write_text("base: base.yaml\ntrain: {steps: 50}\nguidance: {method: sds, guidance_scale: 30}\n")
+    mine = load_run_config(str(tmp_path / "mine.yaml"))
+    assert (mine.guidance.method, mine.guidance.guidance_scale, mine.guidance.prior.model) == ("sds", 30, "/models/sd15")
+    assert mine.guidance.weighting == "sds" and mine.guidance.timesteps.schedule == "random" and mine.train.steps == 50
+    assert load_run_config(str(tmp_path / "mine.yaml"), ["guidance.method=vsd"]).guidance.lora_rank == 4  # VSD's default
+    assert load_run_config(str(tmp_path / "base.yaml"), ["guidance.method=vsd"]).guidance.lora_rank == 8  # no switch
+
+
+def test_the_timestep_schedule_follows_train_steps_unless_set():
+    cfg = load_run_config("dreamgaussian", ["train.steps=800"])
+    assert cfg.guidance.timesteps.total_steps == 800 and cfg.follows_run_length == ("guidance.timesteps.total_steps",)
+    assert "total_steps: 800" in to_yaml(cfg)  # the saved config.yaml holds the number
+    cfg = load_run_config("dreamgaussian", ["train.steps=800", "guidance.timesteps.total_steps=300"])
+    assert cfg.guidance.timesteps.total_steps == 300 and cfg.follows_run_length == ()

@@ -11,6 +11,10 @@ The backbone (:class:`DiffusionPrior`) is kept apart from the rules (:class:`SDS
 VSD trains its LoRA student inside each call (``lora_steps_per_call``) or via ``VSD.lora_step``. Every rule
 has ``state_dict``/``load_state_dict`` (random stream; VSD adds the student and its optimizer) for resume.
 Heavy libraries (diffusers, transformers, peft) are imported only when a model is loaded.
+
+``RULES`` maps each ``guidance.method`` name to its rule; the run config, the pipeline and the benchmarks read
+it. A new rule is one file (a :class:`Guidance` subclass and its config, a :class:`GuidanceConfig` subclass
+that sets its defaults and adds its own settings) plus one line in ``RULES``.
 """
 from .base import WEIGHTINGS, Guidance, GuidanceConfig, GuidanceOutput, distillation_loss, guided_eps, timestep_weight, view_angles
 from .csd import CSD, CSDConfig
@@ -21,9 +25,11 @@ from .schedules import TIMESTEP_SCHEDULES, TimestepConfig, sample_timesteps, sch
 from .sds import SDS, SDSConfig
 from .vsd import VSD, VSDConfig, camera_features
 
+RULES: dict[str, type[Guidance]] = {"sds": SDS, "vsd": VSD, "ism": ISM, "csd": CSD}
+
 __all__ = [
     "CSD", "CSDConfig", "DiffusionPrior", "Guidance", "GuidanceConfig", "GuidanceOutput", "ISM", "ISMConfig",
-    "PerpNegConfig", "PriorConfig", "PriorNotFoundError", "SDS", "SDSConfig", "TIMESTEP_SCHEDULES", "TextConditioning",
+    "PerpNegConfig", "PriorConfig", "PriorNotFoundError", "RULES", "SDS", "SDSConfig", "TIMESTEP_SCHEDULES", "TextConditioning",
     "TimestepConfig", "VSD", "VSDConfig", "ViewPromptConfig", "WEIGHTINGS", "camera_features", "distillation_loss",
     "guided_eps", "perpendicular", "perpneg_combine", "perpneg_conditioning", "sample_timesteps", "scheduled",
     "timestep_weight", "view_angles", "view_prompts",

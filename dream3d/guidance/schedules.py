@@ -64,7 +64,9 @@ class TimestepConfig:
     schedule: str = "random"  # one of TIMESTEP_SCHEDULES
     t_min: Scheduled = 0.02  # fraction of the training timesteps
     t_max: Scheduled = 0.98
-    total_steps: int = 1000  # run length over which the annealed kinds go from t_max to t_min
+    # run length over which the annealed kinds go from t_max to t_min; None: the run's train.steps (a run config
+    # fills it in when it is built, dream3d.config.resolve_run_length; a rule used alone needs a number)
+    total_steps: int | None = None
     dreamtime_m1: float = 800.0  # DreamTime's prior weight (in timesteps of a 1000-step model)
     dreamtime_m2: float = 500.0
     dreamtime_s1: float = 300.0
@@ -73,7 +75,7 @@ class TimestepConfig:
     def __post_init__(self):
         if self.schedule not in TIMESTEP_SCHEDULES:
             raise ValueError(f"unknown timestep schedule {self.schedule!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
-        if self.total_steps < 1:
+        if self.total_steps is not None and self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
 
 
@@ -98,8 +100,10 @@ def sample_timesteps(
 ) -> Tensor:
     """(batch,) long timesteps for optimisation step ``step``."""
     lo, hi = timestep_bounds(cfg, step, num_train_timesteps)
-    r = min(max(step / cfg.total_steps, 0.0), 1.0)  # run progress
     kind = cfg.schedule
+    if kind != "random" and cfg.total_steps is None:
+        raise ValueError(f"the {kind!r} timestep schedule needs total_steps (the run length); a run config sets it to train.steps")
+    r = min(max(step / cfg.total_steps, 0.0), 1.0) if kind != "random" else 0.0  # run progress
     if kind == "random":
         t = torch.randint(lo, hi + 1, (batch,), generator=generator)
     elif kind in ("linear", "sqrt"):
