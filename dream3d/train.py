@@ -24,7 +24,7 @@ from renderers.cameras import Cameras, CameraSampler, orbit_cameras
 from .devices import resolve_device
 from .guidance.schedules import Scheduled, scheduled
 from .io import atomic_save_torch
-from .prior.sample import save_png
+from .images import save_png
 from .optim import as_fused, skip_if_nonfinite
 from .profiling import PhaseTimer
 from .representations import REPRESENTATIONS

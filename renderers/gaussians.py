@@ -354,7 +354,7 @@ def _rasterize_torch(means, quats, scales, opacities, colors, cameras, backgroun
         mu, mv = (m2[gid] - centre[act, None]).unbind(-1)
         const = 0.5 * (a * mu * mu + c * mv * mv) + b * mu * mv - log_opa[gid]
         coef = torch.stack([0.5 * a, 0.5 * c, b, -(a * mu + b * mv), -(c * mv + b * mu), const], 1)  # (A, 6, k)
-        pad = torch.tensor([0, 0, 0, 0, 0, 1e4], dtype=coef.dtype, device=coef.device)[:, None]
+        pad = torch.tensor([0, 0, 0, 0, 0, 1e4], dtype=coef.dtype).to(coef.device, non_blocking=True)[:, None]
         coef = torch.where(in_range[:, None, :], coef, pad)  # padding slots: alpha = exp(-1e4) = 0
         a_acc, a_T, a_free = _CompositeChunk.apply(basis, coef, vals[gid], T[act], T_free[act])
         acc = acc.index_copy(0, act, acc[act] + a_acc)

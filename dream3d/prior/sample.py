@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from ..io import atomic_path
+from ..images import image_grid, save_png
 
 
 def load_pipeline(model: str | None = None, device: str = "cpu", allow_download: bool = False):
@@ -44,24 +44,6 @@ def sample(pipe, prompts: list[str], per_prompt: int = 4, steps: int = 50, guida
         res = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size, latents=latents.to(pipe.device), output_type="np")
         out.append(res.images)
     return np.concatenate(out)
-
-
-def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
-    """Tile (N, H, W, 3) images into one (rows*H, cols*W, 3) image with white padding."""
-    n, h, w, c = images.shape
-    rows = -(-n // cols)
-    grid = np.ones((rows * h, cols * w, c), images.dtype)
-    for k in range(n):
-        r, q = divmod(k, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[k]
-    return grid
-
-
-def save_png(path: str, image: np.ndarray) -> None:
-    import imageio.v3 as iio
-
-    with atomic_path(path, suffix=".png") as tmp:
-        iio.imwrite(tmp, (np.clip(image, 0, 1) * 255).round().astype(np.uint8))
 
 
 def save_samples(images: np.ndarray, prompts: list[str], per_prompt: int, out_dir: str) -> str:
