@@ -174,7 +174,7 @@ def write_results(rows: list[dict], out_dir: str) -> None:
     atomic_write_text(os.path.join(out_dir, "results.md"), markdown_table(rows))
     sheet = contact_sheet(rows, out_dir)
     if sheet is not None:
-        from .prior.sample import save_png
+        from .images import save_png
 
         save_png(os.path.join(out_dir, "contact_sheet.png"), sheet)
 

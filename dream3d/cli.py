@@ -42,7 +42,8 @@ def _prior_sample(args) -> None:
 
 def _prior_eval(args) -> None:
     from .prior.evaluate import evaluate_prior, vae_psnr
-    from .prior.sample import load_pipeline, save_png, image_grid
+    from .images import image_grid, save_png
+    from .prior.sample import load_pipeline
 
     pipe = load_pipeline(args.model, allow_download=args.allow_download)
     res = evaluate_prior(pipe, per_prompt=args.per_prompt, steps=args.steps, guidance_scale=args.cfg, seed=args.seed)

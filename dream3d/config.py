@@ -2,6 +2,7 @@
 dotted command-line overrides fill it (see :mod:`dream3d.configtools`)."""
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field, make_dataclass
@@ -14,8 +15,10 @@ from .configtools import ConfigError, build_config, load_yaml, parse_overrides, 
 from .guidance import RULES
 from .guidance.prior import PriorConfig
 from .mesh.stage import MeshConfig
+from .representations import REPRESENTATIONS
 from .representations.gaussians import GaussianConfig
 from .representations.nerf import NeRFConfig
+from .representations.voxels import VoxelConfig
 from .train import ReferenceViewConfig, TrainConfig
 
 # What `dream3d generate` uses without --config. Text: Gaussians + VSD, higher IoU than Gaussians + SDS on 12 of
@@ -55,9 +58,12 @@ class RunConfig:
     prompt: str = ""
     image: str | None = None  # image-to-3D: the reference image (front view)
     seed: int = 0
-    representation: str = "gaussians"  # "gaussians" (DreamGaussian) or "nerf" (DreamFusion / ProlificDreamer)
+    # one of dream3d.representations.REPRESENTATIONS: "gaussians" (DreamGaussian), "nerf" (DreamFusion /
+    # ProlificDreamer), "voxels" (a plain density + colour grid); its section below configures it
+    representation: str = "gaussians"
     gaussians: GaussianConfig = field(default_factory=GaussianConfig)
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
+    voxels: VoxelConfig = field(default_factory=VoxelConfig)
     guidance: GuidanceSection = selected_by("method", GUIDANCE_SECTIONS, GuidanceSection.method)
     cameras: CameraSampler = field(default_factory=CameraSampler)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -88,10 +94,46 @@ def load_run_config(preset: str | None = "dreamgaussian", overrides: list[str] |
         layers.append(("command line", extra))
     if overrides:
         layers.append((overrides_from, parse_overrides(overrides)))
-    layers = old_guidance_layout(layers, bool(overrides))
+    layers = old_guidance_layout([(source, move_old_keys(source, data)) for source, data in layers], bool(overrides))
     cfg = resolve_run_length(build_config(RunConfig, layers))
     validate(cfg)
     return cfg
+
+
+# Keys that moved, old -> new: files and saved run configs that use the old names keep loading, with a notice.
+MOVED_KEYS = {"train.lambda_opacity": "nerf.lambda_opacity", "train.lambda_entropy": "nerf.lambda_entropy",
+              "train.lambda_orientation": "nerf.lambda_orientation"}
+
+
+def move_old_keys(source: str, data: dict) -> dict:
+    """``data`` with every key of MOVED_KEYS under its new name (a copy; the old name wins over nothing)."""
+    moved = []
+    for old, new in MOVED_KEYS.items():
+        *path, leaf = old.split(".")
+        section = data
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or leaf not in section:
+            continue
+        if not moved:
+            data = copy.deepcopy(data)
+        value = _pop_dotted(data, old)
+        *new_path, new_leaf = new.split(".")
+        target = data
+        for part in new_path:
+            target = target.setdefault(part, {})
+        target.setdefault(new_leaf, value)
+        moved.append(f"{old} -> {new}")
+    if moved:
+        warnings.warn(f"{source}: renamed {', '.join(moved)} (the old names still load)", FutureWarning, stacklevel=3)
+    return data
+
+
+def _pop_dotted(data: dict, key: str):
+    *path, leaf = key.split(".")
+    for part in path:
+        data = data[part]
+    return data.pop(leaf)
 
 
 def _preset_layers(name: str, seen: list[str]) -> list[tuple[str, dict]]:
@@ -164,8 +206,8 @@ def resolve_run_length(cfg: RunConfig) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
-    if cfg.representation not in ("gaussians", "nerf"):
-        raise ConfigError(f"representation must be 'gaussians' or 'nerf', got {cfg.representation!r}")
+    if cfg.representation not in REPRESENTATIONS:
+        raise ConfigError(f"representation must be one of {', '.join(REPRESENTATIONS)}, got {cfg.representation!r}")
     for key, least in _MINIMUMS.items():
         value = schema_at(cfg, key)
         if value < least:

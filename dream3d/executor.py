@@ -126,7 +126,7 @@ def check_specs(specs: list[RunSpec], out_dir: str) -> None:
         saved = os.path.join(run_dir, "config.yaml")
         if not os.path.exists(saved):
             continue
-        done = os.path.exists(os.path.join(run_dir, "metrics.json"))
+        done = is_finished(run_dir)  # (a run whose mesh stage failed is resumable: mesh.* may change, as --resume allows)
         changed = config_changes(s.cfg, saved, () if done else RESUME_MAY_CHANGE)
         if changed:
             raise RunError(f"{run_dir} holds a{' finished' if done else 'n unfinished'} run with other settings than "

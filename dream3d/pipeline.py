@@ -20,6 +20,8 @@ from .config import RunConfig, load_run_config
 from .configtools import dotted_keys, schema_at, to_plain, to_yaml
 from .guidance import RULES
 from .io import atomic_write_text
+from .representations import REPRESENTATIONS
+from .train import Trainer
 
 
 class RunError(ValueError):
@@ -114,7 +116,8 @@ def _pad_centred(chw: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
 
 
 # What a run writes into its folder. --overwrite removes these and val/, nothing else.
-RUN_FILES = ("metrics.json", "checkpoint.pt", "config.yaml", "gaussians.ply", "nerf.safetensors", "mesh.glb", "mesh.obj",
+REPRESENTATION_FILES = tuple(f for rep in REPRESENTATIONS.values() for f in rep.files)  # gaussians.ply, nerf.safetensors, ...
+RUN_FILES = ("metrics.json", "checkpoint.pt", "config.yaml", *REPRESENTATION_FILES, "mesh.glb", "mesh.obj",
              "mesh.mtl", "mesh.png", "turntable.mp4", "turntable.gif")
 
 
@@ -189,7 +192,8 @@ def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> l
 
 # Settings a resumed run may change: they do not touch what each step does (schedules that follow train.steps
 # keep the values the run started with, keep_run_length, so a run can be resumed to train longer).
-RESUME_MAY_CHANGE = ("mesh.", "output.", "train.steps", "train.checkpoint_every", "train.val_every", "guidance.prior.allow_download")
+RESUME_MAY_CHANGE = ("mesh.", "output.", "train.steps", "train.checkpoint_every", "train.val_every", "train.log_every", "train.compile",
+                     "guidance.prior.allow_download", "guidance.prior.channels_last")  # (compile, channels_last: speed only)
 
 
 def check_resume_config(cfg: RunConfig, out_dir: str) -> None:
@@ -213,19 +217,6 @@ def keep_run_length(cfg: RunConfig, out_dir: str) -> None:
             setattr(schema_at(cfg, section), name, schema_at(started, key))
 
 
-def warn_outside_vocabulary(cfg: RunConfig, log) -> None:
-    """The embedded prior knows only the shape world's prompts: say so before a run that cannot work."""
-    from .world.shapes import parse_prompt
-
-    if cfg.guidance.prior.model is not None or not cfg.prompt.strip():
-        return
-    try:
-        parse_prompt(cfg.prompt)
-    except ValueError as e:
-        log(f"warning: {e}. The embedded prior was trained on those words only; for other prompts give a real "
-            "checkpoint with guidance.prior.model=...")
-
-
 def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool = False, log=print, stop_after: int | None = None) -> dict:
     """Run the whole pipeline into ``out_dir``; returns the metrics (also written to metrics.json).
     ``stop_after`` stops training early (as an interruption would), leaving a resumable checkpoint.
@@ -233,9 +224,7 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     Everything that can fail on the input (the folder, the settings of a resumed run, the device, the image,
     the model) is checked before the folder changes, so a failed start never costs an earlier run."""
     from . import __version__
-    from .guidance.prior import resolve_device
-    from .train import Trainer
-
+    from .devices import resolve_device
     if not cfg.prompt.strip() and not cfg.image:
         raise RunError('the prompt is empty: say what to make, e.g. dream3d generate "a red cube"')
     if stop_after is not None and stop_after < 1:
@@ -262,8 +251,9 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
         reference = load_reference_image(cfg.image, cfg.reference.resolution, object_fraction=cfg.reference.object_fraction)
         if not cfg.prompt.strip():
             log("no prompt with the image: the other views get unconditional SDS")
-    warn_outside_vocabulary(cfg, log)
     guidance = build_guidance(cfg)
+    if cfg.prompt and (why := guidance.prior.outside_vocabulary(cfg.prompt)):  # the embedded prior knows its world's words only
+        log(f"warning: {why}; for other prompts give a real checkpoint with guidance.prior.model=...")
     if overwrite:
         clear_run(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -331,10 +321,13 @@ def mesh_stage(trainer, cfg: RunConfig, run_dir: str, metrics: dict, log=print) 
         interrupted = isinstance(e, KeyboardInterrupt)
         lines = str(e).strip().splitlines()
         cause = "interrupted (Ctrl-C)" if interrupted else f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
-        metrics["mesh"] = {"error": cause}
+        if isinstance(metrics.get("mesh"), dict) and "error" not in metrics["mesh"]:
+            metrics["mesh_last_error"] = cause  # a finished run meshed again: its mesh files and figures stand
+        else:
+            metrics["mesh"] = {"error": cause}
         write_metrics(run_dir, metrics)
         retry = mesh_command(run_dir, _retry_hints(e, cfg))
-        saved = ", ".join(n for n in ("checkpoint.pt", "gaussians.ply", "nerf.safetensors", "config.yaml", "metrics.json")
+        saved = ", ".join(n for n in ("checkpoint.pt", *REPRESENTATION_FILES, "config.yaml", "metrics.json")
                           if os.path.exists(os.path.join(run_dir, n)))
         if interrupted:
             log(f"interrupted in the mesh stage; the trained run is kept in {run_dir} ({saved}): finish it with {retry}")
@@ -344,6 +337,7 @@ def mesh_stage(trainer, cfg: RunConfig, run_dir: str, metrics: dict, log=print) 
         raise MeshStageError(f"the mesh stage failed ({cause}); the trained run is kept in {run_dir} ({saved}). "
                              f"Finish it with: {retry}", run_dir, retry) from e
     metrics["mesh"] = to_plain(mesh_info)
+    metrics.pop("mesh_last_error", None)
     metrics["files"] = metrics.get("files", {}) | {k: os.path.basename(v) for k, v in files.items()}
     write_metrics(run_dir, metrics)
     return metrics
@@ -379,8 +373,6 @@ def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
 
 def finish_mesh(cfg: RunConfig, run_dir: str, log=print) -> dict:
     """The mesh stage of the trained run in ``run_dir`` with ``cfg``'s mesh and output settings, from its checkpoint."""
-    from .train import Trainer
-
     trainer = Trainer(cfg, cfg.prompt, run_dir, log=log)
     trainer.load_checkpoint()
     if trainer.step < cfg.train.steps:
@@ -398,40 +390,12 @@ def finish_mesh(cfg: RunConfig, run_dir: str, log=print) -> dict:
 
 
 def save_representation(trainer, out_dir: str) -> dict:
-    if trainer.cfg.representation == "gaussians":
-        path = os.path.join(out_dir, "gaussians.ply")
-        trainer.model.save_ply(path)
-        return {"ply": path}
-    from safetensors.torch import save_file
-
-    from .io import atomic_path
-
-    path = os.path.join(out_dir, "nerf.safetensors")
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items() if isinstance(v, torch.Tensor)}, tmp)
-    return {"nerf": path}
+    return trainer.model.save(out_dir)
 
 
 def extract_textured_mesh(trainer, cfg: RunConfig):
-    """The mesh stage on the trained representation (DreamGaussian's density query for Gaussians)."""
-    from .mesh.stage import gaussian_render_fn, mesh_from_density_fn, mesh_from_gaussians
-
-    model = trainer.model
-    if cfg.representation == "gaussians":
-        with torch.no_grad():
-            inp = model.render_inputs()
-            render_fn = gaussian_render_fn(inp["means"].detach(), inp["quats"].detach(), inp["scales"].detach(), inp["opacities"].detach(),
-                                           inp["colors"].detach(), inp["sh_degree"])
-            return mesh_from_gaussians(inp["means"].detach(), inp["quats"].detach(), inp["scales"].detach(), inp["opacities"].detach(),
-                                       render_fn, cfg.mesh)
-
-    def render_fn(cameras):
-        with torch.no_grad():
-            out = model.render(cameras, shading="albedo", background=torch.zeros(3, device=trainer.device), stratified=False)
-        return out.rgb, out.alpha
-
-    with torch.no_grad():
-        return mesh_from_density_fn(model.seen_density, render_fn, cfg.mesh, device=trainer.device)
+    """The mesh stage on the trained representation (each knows its own: a density grid, renders for colour)."""
+    return trainer.model.extract_mesh(cfg.mesh)
 
 
 @torch.no_grad()

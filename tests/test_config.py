@@ -120,7 +120,7 @@ def test_unreadable_config_files_are_config_errors(tmp_path):
 def test_a_device_this_machine_lacks_is_a_config_error():
     import torch
 
-    from dream3d.guidance.prior import resolve_device
+    from dream3d.devices import resolve_device
 
     with pytest.raises(ConfigError, match="is not a device"):
         resolve_device("gpu0", "train.device")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dream3d.config import load_run_config
-from dream3d.pipeline import load_reference_image, warn_outside_vocabulary
+from dream3d.pipeline import load_reference_image
 
 
 def _png(path, rgba):
@@ -35,14 +35,33 @@ def test_grey_with_alpha_is_read(tmp_path):
     assert torch.allclose(rgb[0, 8, 8], torch.full((3,), 128 / 255), atol=1e-3)
 
 
-def test_prompts_outside_the_embedded_priors_world_are_warned_about():
+def test_prompts_outside_the_embedded_priors_world_are_warned_about(tiny_prior, tmp_path):
+    """The embedded prior ships the prompts it knows (vocabulary.json beside its weights); a model folder without
+    that file (any real checkpoint) warns about nothing."""
+    from dream3d.guidance.prior import DiffusionPrior, PriorConfig
+    from dream3d.assets import EMBEDDED_PRIOR
+
+    embedded = DiffusionPrior.load(PriorConfig())
+    assert embedded.source == str(EMBEDDED_PRIOR) or os.path.samefile(embedded.source, EMBEDDED_PRIOR)
+    why = embedded.outside_vocabulary("a photo of a corgi")
+    assert why and "'a <colour> <shape>'" in why and "torus" in why
+    for known in ("a red cube", "A purple snowman, back view", "a orange torus."):
+        assert embedded.outside_vocabulary(known) is None, known
+    assert embedded.outside_vocabulary("a red dragon") and embedded.outside_vocabulary("a pink cube")
+    assert DiffusionPrior.load(PriorConfig(model=tiny_prior)).outside_vocabulary("a photo of a corgi") is None
+
+
+def test_generate_warns_before_training_on_a_prompt_the_prior_does_not_know(tmp_path, monkeypatch):
+    import dream3d.pipeline as pipeline
+
+    def no_training(*a, **k):
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(pipeline, "Trainer", no_training)
     said = []
-    warn_outside_vocabulary(load_run_config("dreamgaussian", ["prompt=a photo of a corgi"]), said.append)
-    assert len(said) == 1 and "outside the shape world's vocabulary" in said[0] and "guidance.prior.model" in said[0]
-    said.clear()
-    warn_outside_vocabulary(load_run_config("dreamgaussian", ["prompt=a red cube"]), said.append)
-    warn_outside_vocabulary(load_run_config("dreamgaussian", ["prompt=a photo of a corgi", "guidance.prior.model=/some/sd"]), said.append)
-    assert said == []
+    with pytest.raises(RuntimeError, match="stop before training"):
+        pipeline.generate(load_run_config("dreamgaussian", ["prompt=a photo of a corgi"]), str(tmp_path / "run"), log=said.append)
+    assert len(said) == 1 and "outside the prompts" in said[0] and "guidance.prior.model" in said[0], said
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_about(tiny_prior):

@@ -14,7 +14,9 @@ prompts (the unconditional branch of classifier-free guidance).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ from renderers.cameras import view_names
 from ..assets import EMBEDDED_PRIOR
 from ..devices import resolve_device
 
+# A model folder may list the prompts it was trained on (the embedded prior does): see outside_vocabulary.
+VOCABULARY_FILE = "vocabulary.json"
 _REQUIRED = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json", "scheduler": "scheduler_config.json", "tokenizer": None}
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -151,6 +155,8 @@ class DiffusionPrior:
                  source: str | None = None):
         self.device, self.dtype = torch.device(device), dtype
         self.source = source  # the folder or hub id it was loaded from (None: built from components)
+        vocab = os.path.join(source, VOCABULARY_FILE) if source and os.path.isdir(source) else None
+        self.vocabulary = json.load(open(vocab)) if vocab and os.path.exists(vocab) else None
         self.vae, self.unet, self.text_encoder, self.tokenizer, self.scheduler = vae, unet, text_encoder, tokenizer, scheduler
         for m in (vae, unet, text_encoder):
             if m.dtype != dtype:  # (diffusers warns on any dtype-carrying .to(); load() already cast them)
@@ -210,6 +216,17 @@ class DiffusionPrior:
         kw = {"backend": mode} if mode in ("eager", "aot_eager") else {"mode": mode}
         self.unet.compile(**kw)
         self.vae.encoder.compile(**kw)
+
+    def outside_vocabulary(self, prompt: str) -> str | None:
+        """Why ``prompt`` lies outside the prompts this model was trained on, where its folder lists them in
+        vocabulary.json (the embedded prior's does); None when it lies inside, or nothing is listed."""
+        v = self.vocabulary
+        if v is None or not prompt.strip():
+            return None
+        m = re.match(v["pattern"], prompt, re.IGNORECASE)
+        if m and all(m[group].lower() in words for group, words in v["words"].items()):
+            return None
+        return f"prompt {prompt!r} is outside the prompts the model in {self.source} was trained on: {v['description']}"
 
     # ---------------------------------------------------------------- images <-> latents
 

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..guidance.prior import VOCABULARY_FILE
 from ..io import atomic_save_torch, atomic_write_text
 from ..world.render import WorldDatasetConfig, make_dataset
+from ..world.vocabulary import prior_vocabulary
 from .model import PriorArchConfig, build_scheduler, build_text_encoder, build_unet, build_vae, train_tokenizer
 
 
@@ -242,6 +244,8 @@ class _Trainer:
         )
         tmp = self.cfg.out.rstrip("/") + ".tmp"
         pipe.save_pretrained(tmp, safe_serialization=True)
+        # the prompts it knows travel with its weights (DiffusionPrior.outside_vocabulary warns about others)
+        atomic_write_text(os.path.join(tmp, VOCABULARY_FILE), json.dumps(prior_vocabulary(), indent=1))
         atomic_write_text(os.path.join(tmp, "training.json"), json.dumps({
             "config": asdict(self.cfg), "train_seconds": round(self.elapsed, 1), "history": self.history,
             "threads": torch.get_num_threads(),
