@@ -6,6 +6,7 @@ import os
 import re
 import sys
 
+from .world.vocabulary import COLORS, SHAPES
 
 
 class UserError(Exception):
@@ -36,6 +37,8 @@ def _generate(args) -> None:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return
+    if not cfg.prompt.strip() and not cfg.image:  # what to make is asked for before where to put it
+        raise UserError('the prompt is empty: say what to make, e.g. dream3d generate "a red cube" -o out/red_cube')
     if not args.output:
         raise UserError("give an output folder with -o DIR")
     try:
@@ -117,9 +120,10 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("prompt", nargs="*", metavar="PROMPT_OR_KEY=VALUE",
-                   help="what to make, e.g. \"a red cube\" (the shape world's vocabulary for the embedded prior), and dotted "
+                   help=f"what to make, e.g. \"a red cube\" (the embedded prior knows the shape world's words: a COLOUR SHAPE "
+                        f"with COLOUR one of {', '.join(COLORS)} and SHAPE one of {', '.join(SHAPES)}), and dotted "
                         "config overrides such as train.steps=300 guidance.method=vsd")
-    g.add_argument("-o", "--output", help="run folder to write")
+    g.add_argument("-o", "--output", metavar="DIR", help="run folder to write (required, except with --print-config)")
     g.add_argument("--config", help="a preset in configs/ (gaussian-vsd, dreamgaussian, dreamfusion, prolificdreamer, gaussian-ism) "
                                     "or a YAML file (default: gaussian-vsd for a prompt, dreamgaussian with --image)")
     g.add_argument("--image", help="image-to-3D: an RGBA (or white-background) image of the object's front")
@@ -128,6 +132,8 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     again.add_argument("--overwrite", action="store_true", help="start again even if the output folder holds a run (deletes its files)")
     g.add_argument("--stop-after", type=int, help="stop after this many steps, leaving a checkpoint for --resume")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    # -o is required except with --print-config, which argparse cannot express: the usage line shows it required
+    g.usage = g.format_usage().removeprefix("usage: ").rstrip().replace("[-o DIR]", "-o DIR")
     g.set_defaults(func=_generate, words="prompt")
 
     m = sub.add_parser(

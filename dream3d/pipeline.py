@@ -61,6 +61,10 @@ def describe_prior(prior) -> dict:
             "dtype": str(prior.dtype).removeprefix("torch."), "device": str(prior.device)}
 
 
+# What load_reference_image reads (through imageio's Pillow plugin; tests/test_inputs.py reads each one).
+IMAGE_FORMATS = ("PNG", "JPEG", "WebP", "BMP", "TIFF")
+
+
 def load_reference_image(path: str, size: int, background_threshold: float = 0.95,
                          object_fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The input image as (1, size, size, 3) RGB on white and its (1, size, size, 1) foreground mask.
@@ -74,8 +78,9 @@ def load_reference_image(path: str, size: int, background_threshold: float = 0.9
         raise RunError(f"input image {path!r} does not exist")
     try:
         img = np.asarray(iio.imread(path))
-    except Exception as e:  # imageio raises many types for unreadable files
-        raise RunError(f"cannot read image {path!r} ({type(e).__name__}: {e}); give a PNG or JPEG file") from None
+    except Exception:  # imageio raises many types for unreadable files, with advice to install plugins we do not use
+        raise RunError(f"cannot read image {path!r}: it is not a still image in a format dream3d reads "
+                       f"({', '.join(IMAGE_FORMATS)})") from None
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, -1)
     elif img.ndim == 3 and img.shape[-1] == 2:  # grey + alpha
@@ -139,6 +144,19 @@ def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
         raise RunError(f"{out_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start again")
     if resume and not started:
         raise RunError(f"--resume: {out_dir} has no checkpoint.pt to resume from")
+    if os.path.isdir(out_dir) and not holds_run(out_dir):
+        # A folder of the user's own files is not a run folder: the run's files would mix with theirs (and replace
+        # any of the same name). Hidden files (.DS_Store) and logs (a wrapper's generate.log) do not count.
+        others = sorted(n for n in os.listdir(out_dir) if not n.startswith(".") and not n.endswith(".log"))
+        if others:
+            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise RunError(f"{out_dir} holds other files but no dream3d run ({listed}); give -o a new or empty folder, "
+                           f"e.g. {os.path.join(out_dir, 'run')}")
+
+
+def holds_run(folder: str) -> bool:
+    """Whether ``folder`` holds a run (finished or not): a run writes config.yaml before anything else."""
+    return any(os.path.exists(os.path.join(folder, n)) for n in ("config.yaml", "checkpoint.pt", "metrics.json"))
 
 
 def mesh_error(run_dir: str) -> str | None:
@@ -162,7 +180,7 @@ def clear_run(out_dir: str) -> None:
     folder that holds a run is cleared, and only of the names a run writes (val/step_*.png in val/)."""
     import glob
 
-    if not any(os.path.exists(os.path.join(out_dir, n)) for n in ("config.yaml", "checkpoint.pt", "metrics.json")):
+    if not holds_run(out_dir):
         return
     for path in [os.path.join(out_dir, n) for n in RUN_FILES] + glob.glob(os.path.join(out_dir, "val", "step_*.png")):
         if os.path.isfile(path):

@@ -284,3 +284,17 @@ def test_env_names_a_broken_library_and_why(tmp_path):
     got = _env_lines(r.stdout)
     assert "does not import here: ImportError: libcudart.so.13: cannot open shared object file" in got["gaussians"]
     assert "does not import" not in got["volume"] and "does not import" not in got["mesh"]
+
+
+def test_generate_asks_for_the_prompt_before_the_folder_and_shows_o_as_required():
+    r = run("generate")
+    assert r.returncode == 2 and "prompt is empty" in r.stderr and "output folder" not in r.stderr, r.stderr
+    usage = run("generate", "--help").stdout.split("\n\n")[0]
+    assert " -o DIR " in " ".join(usage.split()) and "[-o" not in usage, usage
+
+
+def test_generate_help_lists_the_shape_worlds_words():
+    from dream3d.world.shapes import COLORS, SHAPES
+
+    text = " ".join(run("generate", "--help").stdout.split())  # argparse wraps lines
+    assert ", ".join(COLORS) in text and ", ".join(SHAPES) in text, text

@@ -93,3 +93,46 @@ def test_recentring_puts_the_object_in_the_middle_at_the_asked_size(tmp_path):
     _, as_is = load_reference_image(path, 50)  # None: the image as it is
     ys, xs = torch.nonzero(as_is[0, ..., 0] > 0.5, as_tuple=True)
     assert abs(float(xs.float().mean()) - 37) < 1 and abs(float(ys.float().mean()) - 7) < 1
+
+
+def test_every_named_image_format_reads_and_an_unreadable_file_names_them(tmp_path):
+    from PIL import Image
+
+    from dream3d.pipeline import IMAGE_FORMATS, RunError
+
+    img = np.full((32, 32, 3), 255, np.uint8)
+    img[8:24, 8:24] = (200, 30, 30)  # a red square on white
+    for fmt in IMAGE_FORMATS:
+        path = tmp_path / f"square.{fmt.lower()}"
+        Image.fromarray(img).save(path, format=fmt)
+        with pytest.warns(UserWarning, match="no alpha channel"):
+            rgb, mask = load_reference_image(str(path), 32)
+        assert float(mask[0, 16, 16]) == 1 and float(mask[0, 1, 1]) == 0 and float(rgb[0, 16, 16, 0]) > 0.7, fmt
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(RunError) as e:
+        load_reference_image(str(bad), 32)
+    assert all(fmt in str(e.value) for fmt in IMAGE_FORMATS) and "pip install" not in str(e.value), str(e.value)
+
+
+def test_an_output_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
+    from dream3d.pipeline import RunError, check_output_dir, generate
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "mesh.glb").write_bytes(b"my own mesh")  # a name a run writes
+    # (without the check, the missing model would be the first error, before anything is written)
+    cfg = load_run_config("dreamgaussian", ["prompt=a red cube", f"guidance.prior.model={tmp_path / 'no_model'}"])
+    for overwrite in (False, True):  # --overwrite deletes a run, never files that are not one
+        with pytest.raises(RunError, match="holds other files but no dream3d run .*mesh.glb, notes.txt"):
+            generate(cfg, str(mine), overwrite=overwrite, log=lambda m: None)
+    assert sorted(p.name for p in mine.iterdir()) == ["mesh.glb", "notes.txt"] and (mine / "mesh.glb").read_bytes() == b"my own mesh"
+    # a new, an empty or a run's own folder is fine; so is one holding only hidden files or a wrapper's log
+    check_output_dir(str(tmp_path / "new"), resume=False, overwrite=False)
+    (tmp_path / "quiet").mkdir()
+    (tmp_path / "quiet" / ".DS_Store").write_bytes(b"")
+    (tmp_path / "quiet" / "generate.log").write_text("starting\n")
+    check_output_dir(str(tmp_path / "quiet"), resume=False, overwrite=False)
+    (mine / "config.yaml").write_text("prompt: a red cube\n")  # a run that stopped before its first checkpoint
+    check_output_dir(str(mine), resume=False, overwrite=False)

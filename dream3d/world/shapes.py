@@ -13,19 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-COLORS: dict[str, tuple[float, float, float]] = {
-    "red": (0.86, 0.12, 0.10),
-    "green": (0.16, 0.68, 0.20),
-    "blue": (0.14, 0.30, 0.86),
-    "yellow": (0.95, 0.84, 0.14),
-    "purple": (0.56, 0.20, 0.76),
-    "orange": (0.98, 0.52, 0.08),
-}
-DETAIL = (0.12, 0.09, 0.07)  # dark brown-black, used for front features
+from .vocabulary import COLORS, COMPOSITES, PRIMITIVES, SHAPES  # noqa: F401 (the world's words, re-exported)
 
-PRIMITIVES = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid")
-COMPOSITES = ("house", "mug", "chair", "snowman")
-SHAPES = PRIMITIVES + COMPOSITES
+DETAIL = (0.12, 0.09, 0.07)  # dark brown-black, used for front features
 
 
 @dataclass
