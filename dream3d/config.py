@@ -187,19 +187,20 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 # Settings that follow the run length: None (their default) means train.steps. resolve_run_length fills them
 # in when the run config is built, so --print-config and the run's config.yaml show the numbers the run uses.
-RUN_LENGTH_KEYS = ("guidance.timesteps.total_steps",)
+# Settings that follow the run's length when left at null: the fraction of train.steps each takes.
+RUN_LENGTH_KEYS = {"guidance.timesteps.total_steps": 1.0, "gaussians.position_lr_max_steps": 1.0, "gaussians.densify_until_step": 0.75}
 
 
 def resolve_run_length(cfg: RunConfig) -> RunConfig:
-    """Set each key of RUN_LENGTH_KEYS left at None to train.steps; called once, by load_run_config.
+    """Set each key of RUN_LENGTH_KEYS left at None to its fraction of train.steps; called once, by load_run_config.
     ``cfg.follows_run_length`` names the keys it set: a resumed run keeps the values it started with for
     them (pipeline.keep_run_length), so resuming with a larger train.steps trains longer with the schedules
     the run started with."""
     filled = []
-    for key in RUN_LENGTH_KEYS:
+    for key, fraction in RUN_LENGTH_KEYS.items():
         section, name = key.rsplit(".", 1)
         if getattr(schema_at(cfg, section), name) is None:
-            setattr(schema_at(cfg, section), name, cfg.train.steps)
+            setattr(schema_at(cfg, section), name, int(round(cfg.train.steps * fraction)))
             filled.append(key)
     cfg.follows_run_length = tuple(filled)
     return cfg

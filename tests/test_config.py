@@ -258,9 +258,16 @@ def test_a_method_switch_starts_from_the_rules_defaults_in_any_order(tmp_path):
     assert load_run_config(str(tmp_path / "base.yaml"), ["guidance.method=vsd"]).guidance.lora_rank == 8  # no switch
 
 
-def test_the_timestep_schedule_follows_train_steps_unless_set():
+def test_the_run_length_is_stated_once():
+    """The timestep schedule, the position learning rate's decay and the densification window follow train.steps
+    (the Gaussian presets: 400, 400 and 300 of 400 steps, as they stated them before), unless set."""
+    every = ("guidance.timesteps.total_steps", "gaussians.position_lr_max_steps", "gaussians.densify_until_step")
+    cfg = load_run_config("dreamgaussian")
+    assert (cfg.guidance.timesteps.total_steps, cfg.gaussians.position_lr_max_steps, cfg.gaussians.densify_until_step) == (400, 400, 300)
     cfg = load_run_config("dreamgaussian", ["train.steps=800"])
-    assert cfg.guidance.timesteps.total_steps == 800 and cfg.follows_run_length == ("guidance.timesteps.total_steps",)
-    assert "total_steps: 800" in to_yaml(cfg)  # the saved config.yaml holds the number
-    cfg = load_run_config("dreamgaussian", ["train.steps=800", "guidance.timesteps.total_steps=300"])
-    assert cfg.guidance.timesteps.total_steps == 300 and cfg.follows_run_length == ()
+    assert (cfg.guidance.timesteps.total_steps, cfg.gaussians.position_lr_max_steps, cfg.gaussians.densify_until_step) == (800, 800, 600)
+    assert cfg.follows_run_length == every
+    assert "total_steps: 800" in to_yaml(cfg) and "densify_until_step: 600" in to_yaml(cfg)  # the saved config.yaml holds numbers
+    cfg = load_run_config("dreamgaussian", ["train.steps=800", "guidance.timesteps.total_steps=300", "gaussians.densify_until_step=100"])
+    assert cfg.guidance.timesteps.total_steps == 300 and cfg.gaussians.densify_until_step == 100
+    assert cfg.follows_run_length == ("gaussians.position_lr_max_steps",)

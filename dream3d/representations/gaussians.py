@@ -49,7 +49,7 @@ class GaussianConfig:
     # learning rates (Adam); the position one decays exponentially from init to final over max_steps
     position_lr_init: float = 1e-3
     position_lr_final: float = 2e-5
-    position_lr_max_steps: int = 500
+    position_lr_max_steps: int | None = 500  # null in a run config: train.steps (config.resolve_run_length)
     color_lr: float = 1e-2  # SH DC (or sigmoid colour logits)
     sh_rest_lr: float = 5e-4  # higher SH bands (3DGS: color_lr / 20)
     opacity_lr: float = 5e-2
@@ -57,7 +57,7 @@ class GaussianConfig:
     rotation_lr: float = 5e-3
     # densification: when and how
     densify_from_step: int = 100
-    densify_until_step: int = 3000
+    densify_until_step: int | None = 3000  # null in a run config: 3/4 of train.steps (DreamGaussian: 300 of 400)
     densify_interval: int = 100
     opacity_reset_interval: int = 700  # 0: never
     densify_grad_threshold: float = 0.01  # mean view-space gradient norm (NDC units) that densifies
