@@ -44,6 +44,9 @@ SCORES = (("iou", "IoU", "{:.3f}"), ("color_accuracy", "colour acc", "{:.2f}"), 
           ("palette_color", "palette colour", "{}"), ("janus", "Janus", None))
 
 
+STATUS_WORDS = {"skipped": "done (an earlier batch)"}
+
+
 def cache_dir() -> str:
     return os.environ.get("DREAM3D_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dream3d")
 
@@ -183,7 +186,7 @@ def _card(row: dict, k: int, out_dir: str, viewer: bool) -> str:
             "time": row.get("total_seconds"), "sps": row.get("steps_per_second"), "iou": scores.get("iou"), "text": text}
     attrs = " ".join(f'data-{k}="{e("" if v is None else str(v))}"' for k, v in data.items())
     return (f'<article class="card {"failed" if failed else "ok"}" {attrs}>\n<div class="view">{model}{turntable}</div>\n'
-            f'<h2>{e(str(title))}</h2>\n<p class="name">{e(name)} · {e(status)}</p>\n<dl>{dl}</dl>\n{error}\n'
+            f'<h2>{e(str(title))}</h2>\n<p class="name">{e(name)} · {e(STATUS_WORDS.get(status, status))}</p>\n<dl>{dl}</dl>\n{error}\n'
             f'<p class="files">{links}</p>\n</article>')
 
 

@@ -100,7 +100,8 @@ def colour_batch(tiny_prior, tmp_path_factory):
         iio.imwrite(png, (torch.cat([rgb, alpha], -1)[0].numpy() * 255).round().astype(np.uint8))
         lines.append(f"- {{prompt: {prompt}, image: {png.name}}}")
     (root / "prompts.yaml").write_text("\n".join(lines) + "\n")
-    args = [str(root / "prompts.yaml"), "-o", str(root / "out"), "--workers", "2", *IMAGE_RUN, f"guidance.prior.model={tiny_prior}"]
+    args = [str(root / "prompts.yaml"), "-o", str(root / "out"), "--workers", "2", "--judge", *IMAGE_RUN,
+            f"guidance.prior.model={tiny_prior}"]
     return root / "out", args, batch(*args)
 
 
@@ -118,7 +119,8 @@ def test_batch_on_local_ray_writes_every_run_and_the_summary(colour_batch):
     s = summary(out)
     assert s["counts"] == {"done": 3, "skipped": 0, "failed": 0, "interrupted": 0} and s["mode"] == "ray (local)"
     assert "runs: 3/3 done, 0 failed, 0 running, 0 waiting" in r.stderr and "2 running" in r.stderr  # two at a time
-    assert (out / "index.html").exists()
+    assert all(0 <= float(x["iou"]) <= 1 and x["palette_color"] for x in rows)  # --judge: scored against the shape world
+    assert (out / "index.html").exists() and "<dt>IoU</dt>" in (out / "index.html").read_text()
 
 
 @needs_ray
@@ -253,3 +255,21 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(two_nodes, tin
     assert "attempt 2" in log and "resumed" in log
     resumed_at = int(log.split("resumed ")[1].split("at step ")[1].split()[0])
     assert resumed_at == killed_at >= 2  # from the checkpoint the killed worker left
+
+
+@needs_ray
+def test_ablation_through_ray_gives_the_results_it_gives_in_series(two_nodes, tiny_prior, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("base: dreamgaussian\n"
+                    f"overrides: {json.dumps(TINY_RUN + ['guidance.prior.model=' + tiny_prior, 'output.mesh=false'])}\n"
+                    "prompts: ['a red cube']\nvariants:\n  cfg10: [guidance.sds.guidance_scale=10]\n  cfg50: [guidance.sds.guidance_scale=50]\n")
+    results = {}
+    for how, extra in (("series", []), ("ray", ["--address", two_nodes.address])):
+        r = subprocess.run([sys.executable, "-m", "dream3d.cli", "ablate", str(spec), "-o", str(tmp_path / how), *extra],
+                           capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="1"), timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[how] = list(csv.DictReader(open(tmp_path / how / "results.csv")))
+    timing = ("total_seconds", "train_seconds", "steps_per_second")
+    same = [{k: v for k, v in row.items() if k not in timing} for row in results["series"]]
+    assert same == [{k: v for k, v in row.items() if k not in timing} for row in results["ray"]]
+    assert {x["node"] for x in summary(tmp_path / "ray")["runs"]} != {None}
