@@ -60,7 +60,7 @@ def test_overrides_fill_nested_fields_with_types():
     ("train.steps=many", ["train.steps", "many"]),
     ("train=5", ["train", "section"]),
     ("cameras.fov_y=[1,2,3]", ["cameras.fov_y", "2 values"]),
-    ("representation=voxels", ["representation", "voxels"]),
+    ("representation=meshes", ["representation", "meshes", "gaussians, nerf, voxels"]),
     ("guidance.method=magic", ["guidance.method", "magic", "sds, vsd, ism, csd"]),
     ("steps", ["key=value"]),
 ])
