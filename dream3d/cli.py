@@ -62,7 +62,6 @@ def _prior_eval(args) -> None:
 
 
 def _prior_train_classifier(args) -> None:
-    import numpy as np
 
     from .world.classifier import save_classifier, train_classifier
     from .world.render import WorldDatasetConfig, make_dataset

@@ -8,7 +8,6 @@ reaches the same parameters as an uninterrupted one.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from renderers.cameras import Cameras, CameraSampler, orbit_cameras
+from renderers.cameras import Cameras, orbit_cameras
 
 from .devices import resolve_device
 from .guidance.schedules import Scheduled, scheduled

@@ -16,7 +16,6 @@ in degrees.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -1,10 +1,8 @@
 """The representation interface: the Trainer and the run folder know no representation by name, and a third
 one (the voxel grid) trains, resumes, saves and meshes through it alone."""
-import os
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 
 from dream3d.config import load_run_config
