@@ -68,6 +68,15 @@ def test_prompt_files_text_and_yaml(tmp_path):
         check_specs(build_specs(read_prompts(str(txt)), None, []), str(tmp_path / "out"))
 
 
+def test_a_node_that_does_not_see_the_output_folder_fails_its_run_with_that_message(tmp_path):
+    from dream3d.config import load_run_config
+    from dream3d.executor import RunSpec, run_one
+
+    spec = RunSpec("a_red_cube", load_run_config("dreamgaussian", [], {"prompt": "a red cube"}), {"prompt": "a red cube"})
+    row = run_one(spec, str(tmp_path / "elsewhere"), batch_id="b1")  # the driver's marker is not there: another machine's folder
+    assert row["status"] == "failed" and "shared file system" in row["error"] and not (tmp_path / "elsewhere").exists()
+
+
 def test_batch_without_ray_says_how_to_install_it(tmp_path):
     fake = tmp_path / "no_ray" / "ray"
     fake.mkdir(parents=True)
