@@ -227,11 +227,13 @@ def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, 
     generate(_cfg(tiny_prior, "train.steps=2", "train.val_every=0", "output.mesh=false"), out, overwrite=True, **quiet)
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.yaml", "gaussians.ply", "metrics.json", "val"]
     assert os.listdir(os.path.join(out, "val")) == ["notes.txt"]
-    # a folder that holds no run loses nothing to --overwrite
+    # a folder of someone else's files is refused, even with --overwrite, and loses nothing
     other = tmp_path / "mine"
     (other / "val").mkdir(parents=True)
     (other / "val" / "step_00001.png").write_text("not a render of ours")
-    generate(_cfg(tiny_prior, "train.val_every=0"), str(other), overwrite=True, stop_after=1, **quiet)
+    with pytest.raises(RunError, match="holds other files but no dream3d run"):
+        generate(_cfg(tiny_prior, "train.val_every=0"), str(other), overwrite=True, stop_after=1, **quiet)
+    assert sorted(os.listdir(other)) == ["val"] and os.listdir(other / "val") == ["step_00001.png"]
     assert (other / "val" / "step_00001.png").read_text() == "not a render of ours"
 
 
