@@ -19,12 +19,13 @@ import time
 import numpy as np
 import torch
 
+import dream3d.mesh.texture as tm
 from dream3d.mesh.density import gaussian_bounds, gaussian_density_grid, make_grid
 from dream3d.mesh.export import render_turntable, write_glb, write_obj, write_video
 from dream3d.mesh.extract import ExtractConfig, extract_mesh
 from dream3d.mesh.stage import gaussian_render_fn
 from dream3d.mesh.texture import TextureConfig, texture_mesh
-from renderers.mesh import sample_texture
+from renderers.mesh import face_normals, sample_texture
 
 BODY, HEAD = (torch.tensor([0.0, -0.3, 0.0]), 0.45), (torch.tensor([0.0, 0.3, 0.0]), 0.3)
 HAT_LO, HAT_HI = torch.tensor([-0.2, 0.5, -0.2]), torch.tensor([0.2, 0.8, 0.2])
@@ -85,7 +86,6 @@ def main(argv=None) -> dict:
     v, f, level = timed("marching cubes + cleanup", extract_mesh)(dens, grid, ExtractConfig(target_faces=args.target_faces))
     cfg = TextureConfig(texture_size=args.texture_size, view_resolution=args.view_resolution, n_azimuth=args.n_azimuth)
     render_fn = timed("  Gaussian renders (render_fn)", gaussian_render_fn(means, quats, scales, opac, cols))
-    import dream3d.mesh.texture as tm
 
     real = tm.unwrap_uv, tm._texel_surface, tm.rasterize_mesh, tm.fill_texture
     tm.unwrap_uv, tm._texel_surface = timed("UV unwrap (xatlas)", real[0]), timed("  texel surface points (UV raster)", real[1])
@@ -116,7 +116,6 @@ def main(argv=None) -> dict:
     inside_gt = (region(sub) >= 0).numpy()
     iou = float((inside_mesh & inside_gt).sum() / (inside_mesh | inside_gt).sum())
     fc = mesh.vertices[mesh.faces].mean(1)
-    from renderers.mesh import face_normals
 
     reg = region(fc - 0.02 * face_normals(mesh.vertices, mesh.faces))  # classify a point just inside each face
     ok = reg >= 0

@@ -33,18 +33,27 @@ import numpy as np
 import torch
 import trimesh
 
-from dream3d.config import TEXT_PRESET, load_run_config
-from dream3d.configtools import ConfigError
-from dream3d import executor
+from dream3d import commands, executor
 from dream3d.ablate import score_fields
 from dream3d.commands import UserError
-from dream3d.evaluate import (EvalConfig, default_classifier, evaluate_mesh, evaluate_run, load_mesh, render_views, summarize,
-                              surface_from_colored, surface_from_trimesh)
+from dream3d.config import TEXT_PRESET, load_run_config
+from dream3d.configtools import ConfigError
+from dream3d.evaluate import (
+    EvalConfig,
+    default_classifier,
+    evaluate_mesh,
+    evaluate_run,
+    load_mesh,
+    render_views,
+    summarize,
+    surface_from_colored,
+    surface_from_trimesh,
+)
 from dream3d.gallery import write_gallery
 from dream3d.io import atomic_write_bytes, atomic_write_text
+from dream3d.world.classifier import load_classifier
 from dream3d.world.shapes import COLORS, COMPOSITES, SHAPES, parse_prompt, scene_for_prompt
 from renderers.cameras import orbit_cameras
-
 
 BASELINE = "baseline: grey ball"
 
@@ -132,10 +141,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-baseline", action="store_true", help="leave out the reference row of a plain grey ball")
     ap.add_argument("--compare-series", action="store_true", help="make every run twice, in series into OUT/series and through "
                     "Ray (--workers / --address) into OUT/ray, and compare the generation times (OUT/speed.json)")
-    executor.add_options(ap, ray_by_default=False)
+    commands.add_run_options(ap, ray_by_default=False)
     args = ap.parse_args(argv)
     try:
-        resources = executor.resources_from(args)
+        resources = commands.resources_from(args)
     except UserError as e:
         ap.error(str(e))
 
@@ -156,8 +165,6 @@ def main(argv=None) -> dict:
             ap.error(str(e))
 
     if args.classifier:
-        from dream3d.world.classifier import load_classifier
-
         classifier = load_classifier(args.classifier)
     else:
         classifier = default_classifier()

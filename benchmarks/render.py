@@ -33,8 +33,10 @@ import time
 
 import torch
 
+from dream3d.representations.nerf import NeRFConfig, NeRFModel, sample_light_positions
 from renderers.cameras import orbit_cameras
 from renderers.gaussians import rasterize_gaussians, rasterize_gaussians_dense
+from renderers.volume import make_occupancy_grid, nerfacc_available, update_occupancy_grid
 
 
 def _sync(dev: torch.device):
@@ -114,8 +116,6 @@ def bench_gaussians(counts, sizes, batch: int, repeats: int, device, dense_max_p
 
 def bench_volume(sizes, samples: int, shadings, batch: int, repeats: int, device) -> list[dict]:
     """Rows of {renderer, backend, n (samples per ray), size, batch, forward_s, backward_s, total_s, vs_torch}."""
-    from dream3d.representations.nerf import NeRFConfig, NeRFModel, sample_light_positions
-    from renderers.volume import make_occupancy_grid, nerfacc_available, update_occupancy_grid
 
     torch.manual_seed(0)
     model = NeRFModel(NeRFConfig()).to(device)

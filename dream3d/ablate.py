@@ -27,7 +27,12 @@ import numpy as np
 
 from .config import load_run_config
 from .configtools import ConfigError, build_config, load_yaml
+from .evaluate import evaluate_run
+from .executor import Resources, RunSpec, check_failures, check_specs, run_specs, write_summary
+from .gallery import write_gallery
+from .images import save_png
 from .io import atomic_write_text
+from .world.shapes import parse_prompt
 
 
 @dataclass
@@ -86,8 +91,6 @@ def cell_row(cell: dict, metrics: dict, quality: dict | None) -> dict:
 def cell_specs(spec: AblationSpec, spec_path: str, out_dir: str) -> list:
     """One RunSpec per cell, in ``variant/prompt/seed<k>``; a typo fails here naming its cell, and so do two
     cells that would share a folder and a cell whose folder holds a run with other settings (executor.check_specs)."""
-    from .executor import RunSpec, check_specs
-
     specs = []
     for c in cells(spec):
         name = f"variant {c['variant']!r}, prompt {c['prompt']!r}, seed {c['seed']}"
@@ -109,8 +112,6 @@ def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True,
     not stop the others; it is left out of the results and named in the summary, and RunsFailed names it at the end."""
     import time
 
-    from .executor import Resources, check_failures, run_specs, write_summary
-    from .gallery import write_gallery
 
     spec = load_spec(spec_path)
     specs = cell_specs(spec, spec_path, out_dir)
@@ -145,12 +146,6 @@ def score_fields(quality: dict | None) -> dict | None:
 
 def judge_run(cell_dir: str) -> dict | None:
     """World-ground-truth quality, when the prompt is in the shape world's vocabulary."""
-    from .world.shapes import parse_prompt
-
-    try:
-        from .evaluate import evaluate_run
-    except ImportError:
-        return None
     import yaml
 
     with open(os.path.join(cell_dir, "config.yaml")) as f:
@@ -174,8 +169,6 @@ def write_results(rows: list[dict], out_dir: str) -> None:
     atomic_write_text(os.path.join(out_dir, "results.md"), markdown_table(rows))
     sheet = contact_sheet(rows, out_dir)
     if sheet is not None:
-        from .images import save_png
-
         save_png(os.path.join(out_dir, "contact_sheet.png"), sheet)
 
 

@@ -21,8 +21,11 @@ import os
 import re
 import sys
 
+from .ablate import judge_run, score_fields
+from .config import IMAGE_PRESET, TEXT_PRESET, load_run_config
 from .configtools import ConfigError
 from .executor import Resources, RunSpec, check_failures, run_specs, write_summary
+from .gallery import write_gallery
 
 ENTRY_KEYS = ("prompt", "image", "seed", "overrides", "config", "name")
 
@@ -78,8 +81,6 @@ def read_prompts(path: str) -> list[dict]:
 def build_specs(entries: list[dict], config: str | None, overrides: list[str]) -> list[RunSpec]:
     """One RunSpec per entry: its config (the entry's, else ``config``, else the preset ``dream3d generate``
     would take), the prompt and image, then ``overrides``, then the entry's own overrides and seed."""
-    from .config import IMAGE_PRESET, TEXT_PRESET, load_run_config
-
     specs = []
     for e in entries:
         prompt = str(e.get("prompt") or "").strip()
@@ -117,15 +118,11 @@ def run_batch(prompts_path: str, out_dir: str, config: str | None = None, overri
             "mode": "series" if resources.local else f"ray ({resources.address or 'local'})"}
     rows = run_specs(specs, out_dir, resources, stream)
     if judge:
-        from .ablate import judge_run, score_fields
-
         for r in rows:
             if r["status"] in ("done", "skipped"):
                 r["scores"] = score_fields(judge_run(os.path.join(out_dir, r["name"])))
     write_summary(out_dir, rows, info | {"wall_seconds": round(time.time() - t0, 2)})
     if gallery:
-        from .gallery import write_gallery
-
         write_gallery(out_dir, log=lambda m: print(m, file=stream or sys.stderr))
     check_failures(rows, out_dir)
     return rows

@@ -12,7 +12,7 @@ from .configtools import ConfigError, build_config, parse_overrides, to_yaml
 
 
 def _prior_train(args) -> None:
-    from .prior.train import PriorTrainConfig, train_prior
+    from .embedded_prior.train import PriorTrainConfig, train_prior
 
     layers = [("command line", parse_overrides(args.overrides))]
     if args.out:
@@ -27,7 +27,7 @@ def _prior_train(args) -> None:
 
 
 def _prior_sample(args) -> None:
-    from .prior.sample import load_pipeline, sample, save_samples
+    from .embedded_prior.sample import load_pipeline, sample, save_samples
 
     prompts = [p for p in args.prompts if p.strip()]
     if not prompts:
@@ -41,9 +41,9 @@ def _prior_sample(args) -> None:
 
 
 def _prior_eval(args) -> None:
-    from .prior.evaluate import evaluate_prior, vae_psnr
+    from .embedded_prior.evaluate import evaluate_prior, vae_psnr
     from .images import image_grid, save_png
-    from .prior.sample import load_pipeline
+    from .embedded_prior.sample import load_pipeline
 
     pipe = load_pipeline(args.model, allow_download=args.allow_download)
     res = evaluate_prior(pipe, per_prompt=args.per_prompt, steps=args.steps, guidance_scale=args.cfg, seed=args.seed)

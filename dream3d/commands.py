@@ -1,21 +1,22 @@
-"""``dream3d generate``, ``mesh``, ``ablate``, ``batch`` and ``gallery``: argument parsing, then library calls."""
+"""``dream3d generate``, ``mesh``, ``ablate``, ``batch`` and ``gallery``: argument parsing, then library calls.
+
+The command-line layer (this module and cli.py) is the one place that imports the project's own modules inside
+functions: each command imports what it runs when it runs, so that ``dream3d --help`` and a mistyped option answer
+in a fifth of a second instead of the seconds that importing torch and diffusers takes.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
+from .errors import UserError
 from .world.vocabulary import COLORS, SHAPES
 
-
-class UserError(Exception):
-    """An error caused by the input; printed without a traceback, exit code 2 (or ``exit_code``)."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
-
+if TYPE_CHECKING:
+    from .executor import Resources
 
 # A word that starts with a key and "=" is an override, even a misspelt key (train.batch-size=2 must fail as
 # an unknown key, not slip into the prompt); the value may hold spaces ("guidance.negative_prompt=blurry, ugly").
@@ -52,7 +53,7 @@ def _generate(args) -> None:
 
 def _ablate(args) -> None:
     from .ablate import run_ablation
-    from .executor import RunsFailed, resources_from
+    from .executor import RunsFailed
     from .pipeline import RunError
 
     try:
@@ -65,7 +66,7 @@ def _ablate(args) -> None:
 
 def _batch(args) -> None:
     from .batch import run_batch
-    from .executor import RunsFailed, resources_from
+    from .executor import RunsFailed
     from .pipeline import RunError
 
     bad = [w for w in args.overrides if not _OVERRIDE.match(w)]
@@ -155,15 +156,11 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("spec", help="ablation YAML (e.g. configs/ablations/sds_vs_vsd.yaml)")
     a.add_argument("-o", "--output", required=True, help="folder for the cells and the results")
-    from .executor import add_options
-
-    add_options(a, ray_by_default=False)
+    add_run_options(a, ray_by_default=False)
     a.set_defaults(func=_ablate)
 
 
 def add_batch_and_gallery(sub: argparse._SubParsersAction) -> None:
-    from .executor import add_options
-
     b = sub.add_parser(
         "batch", help="many prompts, one run each, on Ray (this machine or a cluster); a summary and a gallery",
         description="Runs every prompt of PROMPTS as dream3d generate would, each in OUT/<name> with its own generate.log: as "
@@ -185,7 +182,7 @@ def add_batch_and_gallery(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--config", help="a preset or YAML file for every entry without its own (default: as dream3d generate)")
     b.add_argument("--judge", action="store_true", help="score world prompts against the shape world's ground truth (IoU, "
                                                         "colour, Janus) for the summary and the gallery")
-    add_options(b, ray_by_default=True)
+    add_run_options(b, ray_by_default=True)
     b.set_defaults(func=_batch, words="overrides")
 
     v = sub.add_parser(
@@ -199,3 +196,35 @@ def add_batch_and_gallery(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--serve", action="store_true", help="then serve DIR on http://127.0.0.1:PORT until Ctrl-C")
     v.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000; 0: any free one)")
     v.set_defaults(func=_gallery)
+
+
+def add_run_options(p, ray_by_default: bool) -> None:
+    """The command-line options that say where runs go (``dream3d batch`` and ``ablate``, benchmarks/quality.py)."""
+    g = p.add_argument_group("where the runs go")
+    if ray_by_default:
+        g.add_argument("--local", action="store_true", help="run one after another in this process, without Ray")
+    else:
+        g.add_argument("--ray", action="store_true", help="run as Ray tasks (pip install 'dream3d[batch]'); implied by "
+                                                            "--workers and --address (default: one after another in this process)")
+    g.add_argument("--workers", type=int, help="Ray started on this machine: runs at a time (default: one per GPU, else one per "
+                                               "CPU core), the cores divided between them")
+    g.add_argument("--address", help="join a running Ray cluster: auto, or HOST:PORT of its head (ray start --head)")
+    g.add_argument("--cpus-per-run", type=float, help="CPUs each run asks Ray for, also its torch threads (default: the cores "
+                                                      "divided between the runs; 1 on a cluster)")
+    g.add_argument("--gpus-per-run", type=float, help="GPUs each run asks Ray for (default 1 where there are GPUs, else 0)")
+    g.add_argument("--retries", type=int, default=2, help="times a run whose Ray worker died is tried again, from its "
+                                                          "checkpoint (default 2)")
+
+
+def resources_from(args) -> Resources:
+    """Resources from the options of :func:`add_run_options`."""
+    from .executor import Resources
+
+    ray_asked = args.address or args.workers or args.cpus_per_run or args.gpus_per_run is not None
+    local = getattr(args, "local", False) or not (getattr(args, "ray", True) or ray_asked)
+    if getattr(args, "local", False) and ray_asked:
+        raise UserError("--local runs in this process; --workers, --address, --cpus-per-run and --gpus-per-run are for Ray")
+    if args.retries < 0:
+        raise UserError(f"--retries must be 0 or more, got {args.retries}")
+    return Resources(local=local, address=args.address, workers=args.workers, cpus_per_run=args.cpus_per_run,
+                     gpus_per_run=args.gpus_per_run, retries=args.retries)

@@ -14,6 +14,7 @@ from .assets import CONFIG_DIR
 from .configtools import ConfigError, build_config, load_yaml, parse_overrides, schema_at, selected_by
 from .guidance import RULES
 from .guidance.prior import PriorConfig
+from .guidance.schedules import Scheduled, scheduled
 from .mesh.stage import MeshConfig
 from .representations import REPRESENTATIONS
 from .representations.gaussians import GaussianConfig
@@ -238,7 +239,6 @@ def _check_schedules(section, prefix: str) -> None:
     import dataclasses
     import typing
 
-    from .guidance.schedules import Scheduled, scheduled
 
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):

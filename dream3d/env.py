@@ -21,6 +21,10 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 
 from renderers import backends
+from renderers.cameras import orbit_cameras
+from renderers.gaussians import rasterize_gaussians
+from renderers.mesh import rasterize_mesh
+from renderers.volume import make_occupancy_grid, render_rays
 
 from . import __version__
 from .devices import resolve_device
@@ -54,8 +58,6 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def gsplat_parity(device: torch.device | str = "cuda") -> Parity:
     """gsplat against the torch tile compositor: max |difference| of colour and opacity."""
-    from renderers.cameras import orbit_cameras
-    from renderers.gaussians import rasterize_gaussians
 
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
@@ -92,8 +94,6 @@ def nerfacc_parity(device: torch.device | str = "cuda") -> Parity:
     the dense bins (multiples of 1/64 are exact in float32); a fresh grid is all occupied; no early stop and
     no alpha threshold. Only float rounding separates the two.
     """
-    from renderers.cameras import orbit_cameras
-    from renderers.volume import make_occupancy_grid, render_rays
 
     device = torch.device(device)
     cams = orbit_cameras(15.0, torch.tensor([0.0, 90.0]), 3.0, 45.0, 24, 24).to(device=device)
@@ -114,8 +114,6 @@ def nvdiffrast_parity(device: torch.device | str = "cuda") -> Parity:
     apart), and the max |difference| of depth and barycentrics where they agree is the error."""
     import trimesh
 
-    from renderers.cameras import orbit_cameras
-    from renderers.mesh import rasterize_mesh
 
     device = torch.device(device)
     m = trimesh.creation.icosphere(2)

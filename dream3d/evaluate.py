@@ -34,6 +34,7 @@ import trimesh
 from renderers.cameras import Cameras, orbit_cameras
 from renderers.mesh import face_normals, interpolate, rasterize_mesh, sample_texture, shade_lambert
 
+from .world.classifier import VIEWS, load_classifier, predict
 from .world.render import AMBIENT, LIGHT_DIR
 from .world.shapes import COLORS, COMPOSITES, DETAIL, ColoredMesh, parse_prompt, scene_for_prompt
 
@@ -260,8 +261,6 @@ def colour_error(gen: dict[str, torch.Tensor], gt: dict[str, torch.Tensor]) -> d
 
 @functools.lru_cache(maxsize=1)
 def _load_default_classifier():
-    from .world.classifier import load_classifier
-
     return load_classifier()
 
 
@@ -277,8 +276,6 @@ def judge(classifier, shaded: torch.Tensor, cfg: EvalConfig, color: str, shape: 
     """Classifier verdicts on the judged views (``shaded`` from :func:`judge_cameras` order).
 
     ``janus_classifier`` (front-distinct shapes only; None otherwise): some back-half view is judged "front"."""
-    from .world.classifier import VIEWS, predict
-
     pred = predict(classifier, shaded.clamp(0, 1))
     el = [cfg.elevation] * len(cfg.azimuths) + [cfg.overhead_elevation]
     az = list(cfg.azimuths) + [0.0]

@@ -28,7 +28,10 @@ import uuid
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 
+from .configtools import ConfigError
+from .errors import UserError
 from .io import atomic_write_text
+from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes, generate, mesh_error
 
 LOG_NAME = "generate.log"
 MARKER = ".dream3d-batch"  # written by the driver into the output folder; tasks check they can see it
@@ -71,50 +74,14 @@ class Resources:
     retries: int = 2
 
 
-def add_options(p, ray_by_default: bool) -> None:
-    """The command-line options that say where runs go (``dream3d batch`` and ``ablate``, benchmarks/quality.py)."""
-    g = p.add_argument_group("where the runs go")
-    if ray_by_default:
-        g.add_argument("--local", action="store_true", help="run one after another in this process, without Ray")
-    else:
-        g.add_argument("--ray", action="store_true", help="run as Ray tasks (pip install 'dream3d[batch]'); implied by "
-                                                            "--workers and --address (default: one after another in this process)")
-    g.add_argument("--workers", type=int, help="Ray started on this machine: runs at a time (default: one per GPU, else one per "
-                                               "CPU core), the cores divided between them")
-    g.add_argument("--address", help="join a running Ray cluster: auto, or HOST:PORT of its head (ray start --head)")
-    g.add_argument("--cpus-per-run", type=float, help="CPUs each run asks Ray for, also its torch threads (default: the cores "
-                                                      "divided between the runs; 1 on a cluster)")
-    g.add_argument("--gpus-per-run", type=float, help="GPUs each run asks Ray for (default 1 where there are GPUs, else 0)")
-    g.add_argument("--retries", type=int, default=2, help="times a run whose Ray worker died is tried again, from its "
-                                                          "checkpoint (default 2)")
-
-
-def resources_from(args) -> Resources:
-    """Resources from the options of :func:`add_options`."""
-    from .commands import UserError
-
-    ray_asked = args.address or args.workers or args.cpus_per_run or args.gpus_per_run is not None
-    local = getattr(args, "local", False) or not (getattr(args, "ray", True) or ray_asked)
-    if getattr(args, "local", False) and ray_asked:
-        raise UserError("--local runs in this process; --workers, --address, --cpus-per-run and --gpus-per-run are for Ray")
-    if args.retries < 0:
-        raise UserError(f"--retries must be 0 or more, got {args.retries}")
-    return Resources(local=local, address=args.address, workers=args.workers, cpus_per_run=args.cpus_per_run,
-                     gpus_per_run=args.gpus_per_run, retries=args.retries)
-
-
 def is_finished(run_dir: str) -> bool:
     """A run is finished when its metrics.json exists and its mesh stage did not fail."""
-    from .pipeline import mesh_error
-
     return os.path.exists(os.path.join(run_dir, "metrics.json")) and mesh_error(run_dir) is None
 
 
 def check_specs(specs: list[RunSpec], out_dir: str) -> None:
     """Refuse, before anything runs, two runs that would share a folder and a folder that holds a run
     with other settings than its spec now gives (the list was edited after that run)."""
-    from .configtools import ConfigError
-    from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes
 
     seen: dict[str, str] = {}
     for s in specs:
@@ -164,8 +131,6 @@ def run_one(spec: RunSpec, out_dir: str, threads: int | None = None, batch_id: s
     """One run, the body of a Ray task and of a series step: ``generate`` into ``out_dir/spec.name`` with
     its output in that folder's generate.log. Resumes an unfinished run; returns the summary row, with
     the error of a failed run. KeyboardInterrupt (after the run has checkpointed) goes on up."""
-    from .pipeline import generate
-
     t0 = time.time()
     run_dir = os.path.join(out_dir, spec.name)
     host = socket.gethostname()
@@ -320,8 +285,6 @@ def import_ray(local: bool):
     try:
         import ray
     except ImportError:
-        from .commands import UserError
-
         raise UserError(INSTALL_RAY) from None
     return ray
 
@@ -337,8 +300,6 @@ def _start_ray(ray, resources: Resources) -> tuple[bool, float, float]:
     """Connect to (or start) Ray; returns (started here, CPUs per task, GPUs per task). Locally: one run
     per GPU where there are GPUs, otherwise one per core, the cores divided between the runs."""
     import logging
-
-    from .commands import UserError
 
     if resources.workers is not None and resources.workers < 1:
         raise UserError(f"--workers must be at least 1, got {resources.workers}")

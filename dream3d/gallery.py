@@ -33,7 +33,9 @@ import tarfile
 import tempfile
 from urllib.parse import quote
 
+from .executor import _metrics_fields
 from .io import atomic_write_bytes, atomic_write_text
+from .pipeline import mesh_error
 
 MODEL_VIEWER_VERSION = "4.4.0"
 VIEWER_JS = "model-viewer-umd.min.js"
@@ -93,8 +95,6 @@ def _rows(out_dir: str) -> list[dict]:
             return json.load(fh)["runs"]
     import yaml
 
-    from .executor import _metrics_fields
-    from .pipeline import mesh_error
 
     rows = []
     for root, dirs, files in sorted(os.walk(out_dir)):

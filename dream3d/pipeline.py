@@ -16,10 +16,14 @@ import warnings
 import numpy as np
 import torch
 
+from . import __version__
 from .config import RunConfig, load_run_config
 from .configtools import dotted_keys, schema_at, to_plain, to_yaml
+from .devices import resolve_device
 from .guidance import RULES
+from .guidance.prior import DiffusionPrior
 from .io import atomic_write_text
+from .mesh.export import export_mesh
 from .representations import REPRESENTATIONS
 from .train import Trainer
 
@@ -42,8 +46,6 @@ MESH_NOT_FINISHED = "the mesh stage did not finish (the process ended during it)
 
 
 def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
-    from .guidance.prior import DiffusionPrior
-
     prior = DiffusionPrior.load(cfg.guidance.prior)
     rule = RULES[cfg.guidance.method]  # cfg.guidance is the rule's config (with method and prior beside it)
     seed = cfg.seed + 2 if generator_seed is None else generator_seed
@@ -241,8 +243,6 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
 
     Everything that can fail on the input (the folder, the settings of a resumed run, the device, the image,
     the model) is checked before the folder changes, so a failed start never costs an earlier run."""
-    from . import __version__
-    from .devices import resolve_device
     if not cfg.prompt.strip() and not cfg.image:
         raise RunError('the prompt is empty: say what to make, e.g. dream3d generate "a red cube"')
     if stop_after is not None and stop_after < 1:
@@ -364,8 +364,6 @@ def mesh_stage(trainer, cfg: RunConfig, run_dir: str, metrics: dict, log=print) 
 def mesh_and_export(trainer, cfg: RunConfig, out_dir: str, files: dict) -> dict:
     """The mesh stage on the trained representation, then mesh.glb, mesh.obj (+mtl, png) and turntable.mp4;
     adds the written files to ``files`` and returns the stage's figures."""
-    from .mesh.export import export_mesh
-
     t0 = time.time()
     mesh, mesh_info = extract_textured_mesh(trainer, cfg)
     files.update({k: str(v) for k, v in export_mesh(mesh, out_dir, turntable=True, turntable_frames=cfg.output.turntable_frames,

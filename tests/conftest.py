@@ -22,7 +22,7 @@ def tiny_prior(tmp_path_factory) -> str:
     """A random-weight SD-format folder with the embedded prior's layout at a tiny size (fast plumbing)."""
     from diffusers import StableDiffusionPipeline
 
-    from dream3d.prior.model import PriorArchConfig, build_scheduler, build_text_encoder, build_unet, build_vae, train_tokenizer
+    from dream3d.embedded_prior.model import PriorArchConfig, build_scheduler, build_text_encoder, build_unet, build_vae, train_tokenizer
     from dream3d.world.shapes import all_prompts
 
     root = tmp_path_factory.mktemp("tiny_prior")

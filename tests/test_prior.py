@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dream3d.assets import EMBEDDED_PRIOR
-from dream3d.prior.model import PriorArchConfig, _split_words, train_tokenizer
-from dream3d.prior.train import PriorTrainConfig, train_prior
+from dream3d.embedded_prior.model import PriorArchConfig, _split_words, train_tokenizer
+from dream3d.embedded_prior.train import PriorTrainConfig, train_prior
 from dream3d.world.render import WorldDatasetConfig
 from dream3d.world.shapes import all_prompts
 
@@ -26,7 +26,7 @@ def test_embedded_prior_loads_offline_and_is_small():
 
 
 def test_embedded_prior_samples_have_the_prompted_colour():
-    from dream3d.prior.sample import load_pipeline, sample
+    from dream3d.embedded_prior.sample import load_pipeline, sample
     from dream3d.world.classifier import load_classifier, predict
 
     pipe = load_pipeline()

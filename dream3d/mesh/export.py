@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from renderers.cameras import orbit_cameras
+from renderers.mesh import interpolate, rasterize_mesh, sample_texture, shade_lambert, vertex_normals
+
 from ..io import atomic_write_bytes as _atomic_write_bytes
 from .texture import TexturedMesh
 
@@ -172,8 +175,6 @@ def render_turntable(mesh: TexturedMesh, n_frames: int = 60, resolution: int = 2
                      ambient: float = 0.35, background=(1.0, 1.0, 1.0), batch: int = 4) -> np.ndarray:
     """(n_frames, H, W, 3) uint8 frames of the textured mesh on a full turn, Lambert + ambient shading with a
     light above and behind each camera, so the visible side is always lit."""
-    from renderers.cameras import orbit_cameras
-    from renderers.mesh import interpolate, rasterize_mesh, sample_texture, shade_lambert, vertex_normals
 
     v, f = mesh.vertices, mesh.faces
     lo, hi = v.amin(0), v.amax(0)

@@ -14,10 +14,11 @@ import torch
 from torch import Tensor
 
 from renderers.cameras import Cameras
+from renderers.gaussians import rasterize_gaussians
 
 from .density import Grid, function_density_grid, gaussian_bounds, gaussian_density_grid, make_grid
 from .extract import ExtractConfig, extract_mesh
-from .texture import LossFn, RefineConfig, RenderFn, TexturedMesh, TextureConfig, bake_cameras, refine_texture, target_loss, texture_mesh
+from .texture import LossFn, RefineConfig, RenderFn, TextureConfig, TexturedMesh, bake_cameras, refine_texture, target_loss, texture_mesh
 
 
 @dataclass
@@ -34,8 +35,6 @@ class MeshConfig:
 
 def gaussian_render_fn(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, sh_degree: int | None = None) -> RenderFn:
     """A premultiplied ``render_fn`` for Gaussians (rendered over black by ``renderers.gaussians``)."""
-    from renderers.gaussians import rasterize_gaussians
-
     def render_fn(cameras: Cameras) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             out = rasterize_gaussians(means, quats, scales, opacities.reshape(-1), colors, cameras,

@@ -30,6 +30,8 @@ from torch import Tensor
 from renderers.cameras import Cameras, orbit_cameras, project_points
 from renderers.mesh import face_normals, interpolate, rasterize_mesh, rasterize_uv, sample_texture
 
+from .extract import decimate
+
 RenderFn = Callable[[Cameras], tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Cameras], Tensor]
 
@@ -239,8 +241,6 @@ def fill_texture(tex: Tensor, seen: Tensor, covered: Tensor, pos: Tensor) -> Ten
 
 def texture_mesh(vertices: Tensor, faces: Tensor, render_fn: RenderFn, cfg: TextureConfig | None = None, cameras: Cameras | None = None) -> TexturedMesh:
     """Unwrap (after decimating to ``cfg.max_faces`` if needed) and bake the source's colours into a texture."""
-    from .extract import decimate
-
     cfg = cfg or TextureConfig()
     if faces.shape[0] > cfg.max_faces:
         warnings.warn(f"decimating the mesh from {faces.shape[0]} to {cfg.max_faces} faces before the UV unwrap", stacklevel=2)

@@ -18,6 +18,7 @@ from .shapes import COLORS, COMPOSITES, SHAPES
 
 VIEWS = ("front", "side", "back", "overhead")
 from ..assets import WORLD_CLASSIFIER as DEFAULT_PATH
+from ..io import atomic_path, atomic_write_text
 
 
 class WorldClassifier(nn.Module):
@@ -122,7 +123,6 @@ def train_classifier(data: dict, steps: int = 1500, batch: int = 64, seed: int =
 def save_classifier(model: WorldClassifier, acc: dict, path: str = DEFAULT_PATH) -> None:
     from safetensors.torch import save_file
 
-    from ..io import atomic_path, atomic_write_text
 
     os.makedirs(path, exist_ok=True)
     with atomic_path(os.path.join(path, "model.safetensors")) as tmp:

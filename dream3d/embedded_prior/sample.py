@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from ..guidance.prior import PriorConfig, PriorNotFoundError, resolve_model
 from ..images import image_grid, save_png
 
 
@@ -13,7 +14,6 @@ def load_pipeline(model: str | None = None, device: str = "cpu", allow_download:
     """A StableDiffusionPipeline with a DDIM scheduler; ``model`` is a folder or hub id (default: embedded)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from ..guidance.prior import PriorConfig, PriorNotFoundError, resolve_model
 
     path, is_local = resolve_model(PriorConfig(model=model, allow_download=allow_download))  # clear errors for a bad path
     try:
