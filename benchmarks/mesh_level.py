@@ -14,6 +14,7 @@ fill_hidden setting, for every ratio. Two numbers per ratio:
 
 Prints a table per run and the means; the best mean silhouette IoU names the ratio to put in the preset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def silhouette_iou(occupied: torch.Tensor, pix: torch.Tensor, target: torch.Tens
     """occupied: (T,) bool samples; pix: (V, T) pixel index of each sample per view (SIZE^2 = off screen);
     target: (V, SIZE^2) bool."""
     idx = torch.where(occupied, pix, SIZE * SIZE)
-    hits = torch.zeros(pix.shape[0], SIZE * SIZE + 1, dtype=torch.int32).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.int32))
+    hits = torch.zeros(pix.shape[0], SIZE * SIZE + 1, dtype=torch.int32).scatter_add_(
+        1, idx, torch.ones_like(idx, dtype=torch.int32)
+    )
     sil = hits[:, :-1] > 0
     return float((sil & target).sum() / (sil | target).sum().clamp_min(1))
 
@@ -76,7 +79,11 @@ def measure_run(run_dir: str, ratios: list[float]) -> dict:
     rows = []
     for r in ratios:
         level = r * median
-        field = fill_hidden(dens, grid, level, mc.extract.fill_views, mc.extract.fill_max_visible) if mc.extract.fill_hidden else dens
+        field = (
+            fill_hidden(dens, grid, level, mc.extract.fill_views, mc.extract.fill_max_visible)
+            if mc.extract.fill_hidden
+            else dens
+        )
         row = {"ratio": r, "silhouette_iou": silhouette_iou((field > level).reshape(-1).cpu(), pix, target)}
         if gt is not None:  # the stage's extraction at this level, on the field already filled
             vtx, faces, _ = extract_mesh(field, grid, dataclasses.replace(mc.extract, fill_hidden=False), level=level)
@@ -97,7 +104,9 @@ def main() -> None:
     for run in args.runs:
         res = measure_run(run, ratios)
         results.append(res)
-        print(f"{res['prompt'][:16]:16s} sil " + " ".join(f"{x['silhouette_iou']:.3f}" for x in res["rows"]), flush=True)
+        print(
+            f"{res['prompt'][:16]:16s} sil " + " ".join(f"{x['silhouette_iou']:.3f}" for x in res["rows"]), flush=True
+        )
         if "gt_iou" in res["rows"][0]:
             print(f"{'':16s} gt  " + " ".join(f"{x['gt_iou']:.3f}" for x in res["rows"]), flush=True)
     sil = np.mean([[x["silhouette_iou"] for x in r["rows"]] for r in results], 0)

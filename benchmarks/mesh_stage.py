@@ -7,6 +7,7 @@ The object is a small snowman (two spheres and a box hat, three colours) filled 
 the texture is baked from renders of those Gaussians (renderers.gaussians). Prints seconds per stage, the
 mesh sizes, how well the mesh matches the analytic shape (IoU) and the texture the analytic colours.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,17 +79,23 @@ def main(argv=None) -> dict:
             pw, pc = t.get(name, (0.0, 0.0))
             t[name] = (pw + time.perf_counter() - w, pc + time.process_time() - c)
             return out
+
         return inner
 
     means, quats, scales, opac, cols = snowman_gaussians(args.gaussians)
     grid = make_grid(gaussian_bounds(means, quats, scales), args.resolution)
     dens = timed("density grid", gaussian_density_grid)(means, quats, scales, opac, grid)
-    v, f, level = timed("marching cubes + cleanup", extract_mesh)(dens, grid, ExtractConfig(target_faces=args.target_faces))
+    v, f, level = timed("marching cubes + cleanup", extract_mesh)(
+        dens, grid, ExtractConfig(target_faces=args.target_faces)
+    )
     cfg = TextureConfig(texture_size=args.texture_size, view_resolution=args.view_resolution, n_azimuth=args.n_azimuth)
     render_fn = timed("  Gaussian renders (render_fn)", gaussian_render_fn(means, quats, scales, opac, cols))
 
     real = tm.unwrap_uv, tm._texel_surface, tm.rasterize_mesh, tm.fill_texture
-    tm.unwrap_uv, tm._texel_surface = timed("UV unwrap (xatlas)", real[0]), timed("  texel surface points (UV raster)", real[1])
+    tm.unwrap_uv, tm._texel_surface = (
+        timed("UV unwrap (xatlas)", real[0]),
+        timed("  texel surface points (UV raster)", real[1]),
+    )
     tm.rasterize_mesh, tm.fill_texture = timed("  mesh depth buffers", real[2]), timed("  hole fill", real[3])
     try:
         mesh = timed("texture total (unwrap + bake + fill)", texture_mesh)(v, f, render_fn, cfg)
@@ -102,7 +109,10 @@ def main(argv=None) -> dict:
 
     timed("export .glb + .obj", export)()
     if args.turntable_frames > 0:
-        timed("turntable video", lambda: write_video(os.path.join(out, "turntable.mp4"), render_turntable(mesh, args.turntable_frames, 256)))()
+        timed(
+            "turntable video",
+            lambda: write_video(os.path.join(out, "turntable.mp4"), render_turntable(mesh, args.turntable_frames, 256)),
+        )()
     stages = ("density grid", "marching cubes + cleanup", "texture total (unwrap + bake + fill)")
     end_to_end = tuple(sum(t[k][i] for k in stages) for i in (0, 1))
 
@@ -122,19 +132,35 @@ def main(argv=None) -> dict:
     c = sample_texture(mesh.texture, mesh.uv[mesh.faces].mean(1)[None])[0]
     err = (c[ok] - COLOURS[reg[ok]]).abs().amax(-1)
 
-    print(f"mesh stage: {args.gaussians} Gaussians, {args.resolution}^3 grid, {args.texture_size}^2 texture, "
-          f"{args.view_resolution}px bake views, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"mesh stage: {args.gaussians} Gaussians, {args.resolution}^3 grid, {args.texture_size}^2 texture, "
+        f"{args.view_resolution}px bake views, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"  {'stage':<40s} {'wall s':>8s} {'CPU s':>8s}")
     for k, (w, c) in t.items():
         print(f"  {k:<40s} {w:8.2f} {c:8.2f}")
     print(f"  {'end to end (density -> textured mesh)':<40s} {end_to_end[0]:8.2f} {end_to_end[1]:8.2f}")
-    print(f"threshold {level:.3f} (density max {float(dens.max()):.2f}); mesh {mesh.vertices.shape[0]} vertices, {mesh.faces.shape[0]} faces")
-    print(f"IoU vs analytic shape {iou:.3f}; texture colour error at face centroids: median {float(err.median()):.3f}, "
-          f"p90 {float(err.quantile(0.9)):.3f}")
+    print(
+        f"threshold {level:.3f} (density max {float(dens.max()):.2f}); mesh {mesh.vertices.shape[0]} vertices, {mesh.faces.shape[0]} faces"
+    )
+    print(
+        f"IoU vs analytic shape {iou:.3f}; texture colour error at face centroids: median {float(err.median()):.3f}, "
+        f"p90 {float(err.quantile(0.9)):.3f}"
+    )
     print(f"files in {out}")
-    result = {"args": vars(args), "seconds_wall_cpu": t, "end_to_end_wall_cpu_s": end_to_end, "loadavg": os.getloadavg()[0], "threshold": level, "faces": int(mesh.faces.shape[0]),
-              "vertices": int(mesh.vertices.shape[0]), "iou": iou, "colour_err_median": float(err.median()),
-              "colour_err_p90": float(err.quantile(0.9)), "threads": torch.get_num_threads()}
+    result = {
+        "args": vars(args),
+        "seconds_wall_cpu": t,
+        "end_to_end_wall_cpu_s": end_to_end,
+        "loadavg": os.getloadavg()[0],
+        "threshold": level,
+        "faces": int(mesh.faces.shape[0]),
+        "vertices": int(mesh.vertices.shape[0]),
+        "iou": iou,
+        "colour_err_median": float(err.median()),
+        "colour_err_p90": float(err.quantile(0.9)),
+        "threads": torch.get_num_threads(),
+    }
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

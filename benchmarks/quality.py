@@ -19,6 +19,7 @@ accuracy over 9 views, and Janus for front-distinct objects. A reference row sco
 Prints a table; writes OUT/quality.json, OUT/quality.md, OUT/summary.csv / summary.json and the gallery
 (OUT/index.html).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,9 +74,16 @@ def slug(prompt: str) -> str:
 
 def run_specs(prompts: list[str], presets: list[str], overrides: list[str]) -> list[executor.RunSpec]:
     """One run per (preset, prompt), in PRESET/PROMPT."""
-    return [executor.RunSpec(name=os.path.join(preset, slug(prompt)), cfg=load_run_config(preset, overrides, {"prompt": prompt}),
-                             labels={"prompt": prompt, "preset": preset}, title=f"[{preset}] {prompt}")
-            for preset in presets for prompt in prompts]
+    return [
+        executor.RunSpec(
+            name=os.path.join(preset, slug(prompt)),
+            cfg=load_run_config(preset, overrides, {"prompt": prompt}),
+            labels={"prompt": prompt, "preset": preset},
+            title=f"[{preset}] {prompt}",
+        )
+        for preset in presets
+        for prompt in prompts
+    ]
 
 
 # the executor's status -> this benchmark's words in quality.json
@@ -91,19 +99,28 @@ def summary_table(summaries: dict[str, dict]) -> str:
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for preset, s in summaries.items():
         janus = "n/a" if s["janus_rate"] is None else f"{s['janus_rate']:.2f} ({s['janus_objects']})"
-        rows.append(f"| {preset} | {s['objects']} | {fmt(s['iou'])} | {fmt(s['color_accuracy'], '.2f')} | {fmt(s['shape_accuracy'], '.2f')} | "
-                    f"{janus} | {fmt(s.get('janus_rate_classifier'), '.2f')} | {fmt(s['palette_color_accuracy'], '.2f')} | {fmt(s['color_distance'])} | {fmt(s['seconds'], '.0f')} | "
-                    f"{fmt(s['steps_per_second'], '.2f')} |")
+        rows.append(
+            f"| {preset} | {s['objects']} | {fmt(s['iou'])} | {fmt(s['color_accuracy'], '.2f')} | {fmt(s['shape_accuracy'], '.2f')} | "
+            f"{janus} | {fmt(s.get('janus_rate_classifier'), '.2f')} | {fmt(s['palette_color_accuracy'], '.2f')} | {fmt(s['color_distance'])} | {fmt(s['seconds'], '.0f')} | "
+            f"{fmt(s['steps_per_second'], '.2f')} |"
+        )
     return "\n".join(rows)
 
 
 def object_table(preset: str, results: list[dict]) -> str:
-    rows = [f"### {preset}", "", "| prompt | IoU | colour acc | shape acc | palette colour | Janus | colour dist | steps | s |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        f"### {preset}",
+        "",
+        "| prompt | IoU | colour acc | shape acc | palette colour | Janus | colour dist | steps | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         janus = "-" if r.get("janus") is None else ("yes" if r["janus"] else "no")
         secs, steps = (r.get("run") or {}).get("total_seconds"), (r.get("run") or {}).get("steps")
-        rows.append(f"| {r['prompt']} | {fmt(r['iou'])} | {fmt(r['color_accuracy'], '.2f')} | {fmt(r['shape_accuracy'], '.2f')} | "
-                    f"{r['palette_color'] or 'n/a'} | {janus} | {fmt(r['color_distance'])} | {steps if steps is not None else 'n/a'} | {fmt(secs, '.0f')} |")
+        rows.append(
+            f"| {r['prompt']} | {fmt(r['iou'])} | {fmt(r['color_accuracy'], '.2f')} | {fmt(r['shape_accuracy'], '.2f')} | "
+            f"{r['palette_color'] or 'n/a'} | {janus} | {fmt(r['color_distance'])} | {steps if steps is not None else 'n/a'} | {fmt(secs, '.0f')} |"
+        )
     return "\n".join(rows)
 
 
@@ -112,7 +129,9 @@ def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.n
     (lit like the world, on white), then the label."""
     from PIL import Image, ImageDraw
 
-    cams = orbit_cameras(torch.tensor([cfg.elevation] * 2), torch.tensor([0.0, 180.0]), cfg.radius, cfg.fov_y, size, size)
+    cams = orbit_cameras(
+        torch.tensor([cfg.elevation] * 2), torch.tensor([0.0, 180.0]), cfg.radius, cfg.fov_y, size, size
+    )
     rows = []
     for r in results:
         gt = render_views(surface_from_colored(scene_for_prompt(r["prompt"])), cams, 2)["shaded"]
@@ -120,8 +139,12 @@ def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.n
         tiles = [gt[0], gen[0], gt[1], gen[1]]
         label = Image.new("RGB", (190, size), "white")
         janus = "-" if r.get("janus") is None else ("yes" if r["janus"] else "no")
-        ImageDraw.Draw(label).multiline_text((6, 6), f"{r['prompt']}\nIoU {r['iou']:.2f}\ncolour {r['palette_color']}\nJanus {janus}", fill="black")
-        rows.append(np.concatenate([(t.clamp(0, 1).numpy() * 255).astype(np.uint8) for t in tiles] + [np.asarray(label)], 1))
+        ImageDraw.Draw(label).multiline_text(
+            (6, 6), f"{r['prompt']}\nIoU {r['iou']:.2f}\ncolour {r['palette_color']}\nJanus {janus}", fill="black"
+        )
+        rows.append(
+            np.concatenate([(t.clamp(0, 1).numpy() * 255).astype(np.uint8) for t in tiles] + [np.asarray(label)], 1)
+        )
     head = Image.new("RGB", (rows[0].shape[1], 18), "white")
     ImageDraw.Draw(head).text((6, 3), "truth front | generated front | truth back | generated back", fill="black")
     return np.concatenate([np.asarray(head)] + rows, 0)
@@ -129,18 +152,34 @@ def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.n
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("overrides", nargs="*", help="dotted config overrides passed to every run, e.g. guidance.prior.model=/path train.device=cuda")
-    ap.add_argument("--presets", default=TEXT_PRESET, help=f"comma-separated presets of configs/ (default {TEXT_PRESET}, what dream3d generate uses)")
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted config overrides passed to every run, e.g. guidance.prior.model=/path train.device=cuda",
+    )
+    ap.add_argument(
+        "--presets",
+        default=TEXT_PRESET,
+        help=f"comma-separated presets of configs/ (default {TEXT_PRESET}, what dream3d generate uses)",
+    )
     ap.add_argument("--prompts", help="';'-separated world prompts (default: every shape once, colours cycling)")
     ap.add_argument("--limit", type=int, help="use only the first N prompts")
-    ap.add_argument("--steps", type=int, help="override train.steps of every preset (the settings of dream3d.config.RUN_LENGTH_KEYS "
-                    "follow it; any other run-length setting keeps the preset's value unless overridden too)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        help="override train.steps of every preset (the settings of dream3d.config.RUN_LENGTH_KEYS "
+        "follow it; any other run-length setting keeps the preset's value unless overridden too)",
+    )
     ap.add_argument("--out", default="runs/quality", help="folder for the runs and the results (default runs/quality)")
     ap.add_argument("--classifier", help="world classifier folder (default: assets/world_classifier)")
     ap.add_argument("--no-generate", action="store_true", help="only evaluate runs that are already finished")
     ap.add_argument("--no-baseline", action="store_true", help="leave out the reference row of a plain grey ball")
-    ap.add_argument("--compare-series", action="store_true", help="make every run twice, in series into OUT/series and through "
-                    "Ray (--workers / --address) into OUT/ray, and compare the generation times (OUT/speed.json)")
+    ap.add_argument(
+        "--compare-series",
+        action="store_true",
+        help="make every run twice, in series into OUT/series and through "
+        "Ray (--workers / --address) into OUT/ray, and compare the generation times (OUT/speed.json)",
+    )
     commands.add_run_options(ap, ray_by_default=False)
     args = ap.parse_args(argv)
     try:
@@ -169,7 +208,10 @@ def main(argv=None) -> dict:
     else:
         classifier = default_classifier()
     if classifier is None:
-        print("note: no world classifier (assets/world_classifier); colour/shape accuracy and Janus are n/a", file=sys.stderr)
+        print(
+            "note: no world classifier (assets/world_classifier); colour/shape accuracy and Janus are n/a",
+            file=sys.stderr,
+        )
 
     cfg = EvalConfig()
     if args.compare_series:
@@ -178,35 +220,63 @@ def main(argv=None) -> dict:
         reports = {}
         for mode, res in (("series", executor.Resources(local=True)), ("ray", resources)):
             out = os.path.join(args.out, mode)
-            if any(os.path.exists(os.path.join(out, s.name, "metrics.json")) for s in run_specs(prompts, presets, overrides)):
+            if any(
+                os.path.exists(os.path.join(out, s.name, "metrics.json"))
+                for s in run_specs(prompts, presets, overrides)
+            ):
                 ap.error(f"{out} already holds finished runs: a speed comparison needs fresh folders (another --out)")
             reports[mode] = bench(args, prompts, presets, overrides, classifier, cfg, out, res)
         secs = {m: r["generation_seconds"] for m, r in reports.items()}
         iou = {m: {x["prompt"]: x.get("iou") for x in r["results"][p]} for m, r in reports.items() for p in presets}
-        speed = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(), "prompts": prompts, "presets": presets,
-                 "overrides": overrides, "workers": args.workers, "address": args.address, "generation_seconds": secs,
-                 "ratio_series_over_ray": round(secs["series"] / secs["ray"], 3), "iou": iou}
+        speed = {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "cores": os.cpu_count(),
+            "prompts": prompts,
+            "presets": presets,
+            "overrides": overrides,
+            "workers": args.workers,
+            "address": args.address,
+            "generation_seconds": secs,
+            "ratio_series_over_ray": round(secs["series"] / secs["ray"], 3),
+            "iou": iou,
+        }
         atomic_write_text(os.path.join(args.out, "speed.json"), json.dumps(speed, indent=1))
-        print(f"generating {len(prompts) * len(presets)} runs (wall clock): in series {secs['series']:.0f} s, through Ray "
-              f"({args.workers or 'default'} workers) {secs['ray']:.0f} s; series / Ray = {speed['ratio_series_over_ray']:.2f}")
+        print(
+            f"generating {len(prompts) * len(presets)} runs (wall clock): in series {secs['series']:.0f} s, through Ray "
+            f"({args.workers or 'default'} workers) {secs['ray']:.0f} s; series / Ray = {speed['ratio_series_over_ray']:.2f}"
+        )
         return reports["ray"] | {"speed": speed}
     return bench(args, prompts, presets, overrides, classifier, cfg, args.out, resources)
 
 
 def bench(args, prompts, presets, overrides, classifier, cfg, out_dir, resources) -> dict:
     """Generate (unless --no-generate) and judge every run into ``out_dir``; print the table and write the results."""
+
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
     specs = run_specs(prompts, presets, overrides)
     t0 = time.time()
     if args.no_generate:
-        runs = [executor.summary_row(s, "skipped" if executor.is_finished(os.path.join(out_dir, s.name)) else "not generated",
-                                     os.path.join(out_dir, s.name)) for s in specs]
+        runs = [
+            executor.summary_row(
+                s,
+                "skipped" if executor.is_finished(os.path.join(out_dir, s.name)) else "not generated",
+                os.path.join(out_dir, s.name),
+            )
+            for s in specs
+        ]
     else:
         runs = executor.run_specs(specs, out_dir, resources)
-    report = {"prompts": prompts, "presets": presets, "overrides": overrides, "classifier": classifier is not None, "results": {}, "summary": {},
-              "generation_seconds": round(time.time() - t0, 1)}
+    report = {
+        "prompts": prompts,
+        "presets": presets,
+        "overrides": overrides,
+        "classifier": classifier is not None,
+        "results": {},
+        "summary": {},
+        "generation_seconds": round(time.time() - t0, 1),
+    }
     by_name = {r["name"]: r for r in runs}
     for preset in presets:
         results = []
@@ -214,15 +284,18 @@ def bench(args, prompts, presets, overrides, classifier, cfg, out_dir, resources
             run = by_name[os.path.join(preset, slug(prompt))]
             run_dir = os.path.join(out_dir, run["name"])
             status = {"status": GENERATION[run["status"]], "wall_seconds": run.get("wall_seconds")} | (
-                {"error": run["error"]} if run.get("error") else {})
+                {"error": run["error"]} if run.get("error") else {}
+            )
             if not executor.is_finished(run_dir):  # no mesh to judge
                 results.append({"prompt": prompt, "run_dir": run_dir, "error": status})
                 continue
             r = evaluate_run(run_dir, classifier=classifier, cfg=cfg)
             r["generation"] = status
             run["scores"] = score_fields(r)
-            log(f"[{preset}] {prompt}: IoU {r['iou']:.3f}, palette colour {r['palette_color']}, colour acc {fmt(r['color_accuracy'], '.2f')}, "
-                f"shape acc {fmt(r['shape_accuracy'], '.2f')}, Janus {r['janus']}")
+            log(
+                f"[{preset}] {prompt}: IoU {r['iou']:.3f}, palette colour {r['palette_color']}, colour acc {fmt(r['color_accuracy'], '.2f')}, "
+                f"shape acc {fmt(r['shape_accuracy'], '.2f')}, Janus {r['janus']}"
+            )
             results.append(r)
         done = [r for r in results if "error" not in r]
         report["results"][preset] = results
@@ -239,15 +312,21 @@ def bench(args, prompts, presets, overrides, classifier, cfg, out_dir, resources
     print(table)
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "quality.json"), json.dumps(report, indent=1, default=float))
-    md = ["# Text-to-3D quality against the shape world", "",
-          f"Prompts: {', '.join(prompts)}. Overrides of this invocation: {' '.join(overrides) or 'none'} (runs finished "
-          "earlier keep the settings in their own config.yaml; the steps column is what each run trained).",
-          "IoU: volumetric, 64^3 over [-1, 1]^3. Colour / shape accuracy: the world classifier over 8 azimuths at 15 deg and "
-          "one overhead view. Janus rate: front-distinct objects whose renders are closer to the ground truth's two-faced twin "
-          "than to the ground truth where the two differ (count in brackets; dream3d.evaluate.janus_check); beside it the "
-          "classifier's verdict (a back-half view judged 'front'), which misses a snowman's second face. "
-          "Palette colour: the world colour most of the surface is nearest to. Colour dist: RGB distance of the mean albedo "
-          "to the ground truth's. s / object and steps/s from each run's metrics.json.", "", table, ""]
+    md = [
+        "# Text-to-3D quality against the shape world",
+        "",
+        f"Prompts: {', '.join(prompts)}. Overrides of this invocation: {' '.join(overrides) or 'none'} (runs finished "
+        "earlier keep the settings in their own config.yaml; the steps column is what each run trained).",
+        "IoU: volumetric, 64^3 over [-1, 1]^3. Colour / shape accuracy: the world classifier over 8 azimuths at 15 deg and "
+        "one overhead view. Janus rate: front-distinct objects whose renders are closer to the ground truth's two-faced twin "
+        "than to the ground truth where the two differ (count in brackets; dream3d.evaluate.janus_check); beside it the "
+        "classifier's verdict (a back-half view judged 'front'), which misses a snowman's second face. "
+        "Palette colour: the world colour most of the surface is nearest to. Colour dist: RGB distance of the mean albedo "
+        "to the ground truth's. s / object and steps/s from each run's metrics.json.",
+        "",
+        table,
+        "",
+    ]
     for preset in report["results"]:
         md += [object_table(preset, [r for r in report["results"][preset] if "error" not in r]), ""]
     for preset in presets:

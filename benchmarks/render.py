@@ -21,6 +21,7 @@ finite-difference normals (6 more density queries per sample) that lambertian/te
 Backends: "torch" (dense sampling) and, on CUDA with nerfacc, "nerfacc" (an occupancy grid warmed on the
 initial density, which skips the empty space around the blob).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,7 +85,9 @@ def gaussian_scene(n: int, device, seed: int = 0):
     return [t.to(device).requires_grad_(True) for t in (means, quats, scales, opac, colors)]
 
 
-def bench_gaussians(counts, sizes, batch: int, repeats: int, device, dense_max_pairs: float, tile_sizes=(8,)) -> list[dict]:
+def bench_gaussians(
+    counts, sizes, batch: int, repeats: int, device, dense_max_pairs: float, tile_sizes=(8,)
+) -> list[dict]:
     """Rows of {renderer, backend, n, size, batch, forward_s, backward_s, total_s, vs_torch}; the torch
     compositor once per tile size ("torch/t16", ...), and vs_torch relative to the first of them."""
     backends = [f"torch/t{ts}" for ts in tile_sizes]
@@ -99,18 +102,41 @@ def bench_gaussians(counts, sizes, batch: int, repeats: int, device, dense_max_p
     for n in counts:
         params = gaussian_scene(n, device)
         for size in sizes:
-            cams = orbit_cameras(torch.linspace(0, 30, batch), torch.linspace(0, 270, batch), 2.5, 49.0, size, size).to(device)
+            cams = orbit_cameras(torch.linspace(0, 30, batch), torch.linspace(0, 270, batch), 2.5, 49.0, size, size).to(
+                device
+            )
             bg = torch.ones(3, device=device)
             times = {}
             for backend in backends:
                 name, _, ts = backend.partition("/t")
-                times[backend] = time_fwd_bwd(lambda *p, b=name, t=int(ts or 0) or None: rasterize_gaussians(*p, cams, bg, backend=b, tile_size=t), params, repeats)
+                times[backend] = time_fwd_bwd(
+                    lambda *p, b=name, t=int(ts or 0) or None: rasterize_gaussians(
+                        *p, cams, bg, backend=b, tile_size=t
+                    ),
+                    params,
+                    repeats,
+                )
             if batch * size * size * n <= dense_max_pairs:
                 times["dense"] = time_fwd_bwd(lambda *p: rasterize_gaussians_dense(*p, cams, bg), params, repeats)
             ref = sum(times[backends[0]])
             for backend, (f, b) in times.items():
-                rows.append(dict(renderer="gaussians", backend=backend, n=n, size=size, batch=batch, forward_s=f, backward_s=b, total_s=f + b, vs_torch=(f + b) / ref))
-                print(f"  gaussians {backend:9} n={n:<6d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)", flush=True)
+                rows.append(
+                    dict(
+                        renderer="gaussians",
+                        backend=backend,
+                        n=n,
+                        size=size,
+                        batch=batch,
+                        forward_s=f,
+                        backward_s=b,
+                        total_s=f + b,
+                        vs_torch=(f + b) / ref,
+                    )
+                )
+                print(
+                    f"  gaussians {backend:9} n={n:<6d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)",
+                    flush=True,
+                )
     return rows
 
 
@@ -129,27 +155,58 @@ def bench_volume(sizes, samples: int, shadings, batch: int, repeats: int, device
     rows = []
     for shading in shadings:
         for size in sizes:
-            cams = orbit_cameras(torch.linspace(15, 30, batch), torch.linspace(0, 270, batch), 3.0, 45.0, size, size).to(device)
+            cams = orbit_cameras(
+                torch.linspace(15, 30, batch), torch.linspace(0, 270, batch), 3.0, 45.0, size, size
+            ).to(device)
             lights = sample_light_positions(cams, model.cfg, torch.Generator().manual_seed(0))
             times = {}
             for backend, est in backends.items():
-                fn = lambda *p, b=backend, e=est: model.render(cams, shading, lights, num_samples=samples, backend=b, estimator=e)  # noqa: E731
+                fn = lambda *p, b=backend, e=est: model.render(
+                    cams, shading, lights, num_samples=samples, backend=b, estimator=e
+                )  # noqa: E731
                 times[backend] = time_fwd_bwd(fn, params, repeats)
             ref = sum(times["torch"])
             for backend, (f, b) in times.items():
-                rows.append(dict(renderer=f"vol/{shading[:4]}", backend=backend, n=samples, size=size, batch=batch, forward_s=f, backward_s=b, total_s=f + b, vs_torch=(f + b) / ref))
-                print(f"  volume {shading:11} {backend:9} S={samples:<4d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)", flush=True)
+                rows.append(
+                    dict(
+                        renderer=f"vol/{shading[:4]}",
+                        backend=backend,
+                        n=samples,
+                        size=size,
+                        batch=batch,
+                        forward_s=f,
+                        backward_s=b,
+                        total_s=f + b,
+                        vs_torch=(f + b) / ref,
+                    )
+                )
+                print(
+                    f"  volume {shading:11} {backend:9} S={samples:<4d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)",
+                    flush=True,
+                )
     return rows
 
 
 def print_table(rows: list[dict]):
-    print(f"\n{'renderer':10} {'backend':8} {'n':>7} {'px':>5} {'B':>3} {'forward s':>10} {'backward s':>11} {'total s':>9} {'x torch':>8}")
+    print(
+        f"\n{'renderer':10} {'backend':8} {'n':>7} {'px':>5} {'B':>3} {'forward s':>10} {'backward s':>11} {'total s':>9} {'x torch':>8}"
+    )
     for r in rows:
-        print(f"{r['renderer']:10} {r['backend']:8} {r.get('n', ''):>7} {r['size']:5d} {r['batch']:3d} {r['forward_s']:10.3f} {r['backward_s']:11.3f} {r['total_s']:9.3f} {r['vs_torch']:8.2f}")
+        print(
+            f"{r['renderer']:10} {r['backend']:8} {r.get('n', ''):>7} {r['size']:5d} {r['batch']:3d} {r['forward_s']:10.3f} {r['backward_s']:11.3f} {r['total_s']:9.3f} {r['vs_torch']:8.2f}"
+        )
 
 
 def write_json(path: str, rows: list[dict], args) -> None:
-    meta = dict(device=str(args.device), torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(), processor=platform.processor(), repeats=args.repeats, clock="cpu" if getattr(args, "cpu_time", False) else "wall")
+    meta = dict(
+        device=str(args.device),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
+        processor=platform.processor(),
+        repeats=args.repeats,
+        clock="cpu" if getattr(args, "cpu_time", False) else "wall",
+    )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as fh:
         json.dump(dict(meta=meta, rows=rows), fh, indent=2)
@@ -158,29 +215,57 @@ def write_json(path: str, rows: list[dict], args) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="+", default=["gaussians", "volume"], choices=["gaussians", "volume"], help="which renderers to time")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=["gaussians", "volume"],
+        choices=["gaussians", "volume"],
+        help="which renderers to time",
+    )
     ap.add_argument("--gaussians", type=int, nargs="+", default=[5000, 20000, 50000], help="Gaussian counts")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="square image sizes in pixels")
-    ap.add_argument("--tile-sizes", type=int, nargs="+", default=[8], help="tile edges for the torch compositor (one row each)")
+    ap.add_argument(
+        "--tile-sizes", type=int, nargs="+", default=[8], help="tile edges for the torch compositor (one row each)"
+    )
     ap.add_argument("--batch", type=int, default=1, help="cameras rendered per call")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per row (after one warm-up); the median is kept")
-    ap.add_argument("--dense-max-pairs", type=float, default=3e7, help="run the dense reference only up to B*H*W*N pairs")
-    ap.add_argument("--volume-sizes", type=int, nargs="+", default=[64, 128], help="square image sizes for the volume renderer")
+    ap.add_argument(
+        "--dense-max-pairs", type=float, default=3e7, help="run the dense reference only up to B*H*W*N pairs"
+    )
+    ap.add_argument(
+        "--volume-sizes", type=int, nargs="+", default=[64, 128], help="square image sizes for the volume renderer"
+    )
     ap.add_argument("--samples", type=int, default=64, help="volume samples per ray")
-    ap.add_argument("--volume-shadings", nargs="+", default=["albedo"], choices=["albedo", "lambertian"], help="lambertian adds normals")
+    ap.add_argument(
+        "--volume-shadings",
+        nargs="+",
+        default=["albedo"],
+        choices=["albedo", "lambertian"],
+        help="lambertian adds normals",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--cpu-time", action="store_true", help="time with this process's CPU time instead of wall time (shared machines; use one thread)")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with this process's CPU time instead of wall time (shared machines; use one thread)",
+    )
     ap.add_argument("--json", default="benchmarks/results/render.json", help="where to write all rows")
     args = ap.parse_args(argv)
     args.device = torch.device(args.device)
     global _clock
     _clock = time.process_time if args.cpu_time else time.perf_counter
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} clock={'cpu' if args.cpu_time else 'wall'}")
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} clock={'cpu' if args.cpu_time else 'wall'}"
+    )
     rows = []
     if "gaussians" in args.only:
-        rows += bench_gaussians(args.gaussians, args.sizes, args.batch, args.repeats, args.device, args.dense_max_pairs, args.tile_sizes)
+        rows += bench_gaussians(
+            args.gaussians, args.sizes, args.batch, args.repeats, args.device, args.dense_max_pairs, args.tile_sizes
+        )
     if "volume" in args.only:
-        rows += bench_volume(args.volume_sizes, args.samples, args.volume_shadings, args.batch, args.repeats, args.device)
+        rows += bench_volume(
+            args.volume_sizes, args.samples, args.volume_shadings, args.batch, args.repeats, args.device
+        )
     print_table(rows)
     if args.json:
         write_json(args.json, rows, args)

@@ -10,6 +10,7 @@ The image is parameterised either by its latents (``--param latent``, decoded fo
 logits through the VAE encoder (``--param rgb``, the path a 3D renderer's output takes). ``optimize_2d`` is
 importable for scripted checks (it returns the final (B, H, W, 3) images).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dream3d.guidance import RULES, DiffusionPrior, PriorConfig, TimestepConfig  # noqa: E402
 
 
-def optimize_2d(prior: DiffusionPrior, rule, prompt: str, steps: int, lr: float = 0.03, param: str = "latent", batch: int = 1,
-                size: int | None = None, seed: int = 0, log_every: int = 0) -> torch.Tensor:
+def optimize_2d(
+    prior: DiffusionPrior,
+    rule,
+    prompt: str,
+    steps: int,
+    lr: float = 0.03,
+    param: str = "latent",
+    batch: int = 1,
+    size: int | None = None,
+    seed: int = 0,
+    log_every: int = 0,
+) -> torch.Tensor:
     """Optimise ``batch`` images from noise with ``rule``; returns (B, H, W, 3) in [0, 1]."""
     g = torch.Generator().manual_seed(seed)
     if param == "latent":
@@ -42,7 +53,9 @@ def optimize_2d(prior: DiffusionPrior, rule, prompt: str, steps: int, lr: float 
         raise ValueError(f"param must be 'latent' or 'rgb', got {param!r}")
     opt = torch.optim.Adam([x], lr=lr)
     for step in range(steps):
-        out = rule.latent_loss(x, None, prompt, step) if param == "latent" else rule(torch.sigmoid(x), None, prompt, step)
+        out = (
+            rule.latent_loss(x, None, prompt, step) if param == "latent" else rule(torch.sigmoid(x), None, prompt, step)
+        )
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -87,18 +100,41 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="runs/sds_2d.png")
     a = ap.parse_args(argv)
 
-    prior = DiffusionPrior.load(PriorConfig(model=a.model, allow_download=a.allow_download, device=a.device, dtype=a.dtype))
+    prior = DiffusionPrior.load(
+        PriorConfig(model=a.model, allow_download=a.allow_download, device=a.device, dtype=a.dtype)
+    )
     cls = RULES[a.method]
-    cfg = cls.config_class(negative_prompt=a.negative_prompt, seed=a.seed,
-                  timesteps=TimestepConfig(schedule=a.t_schedule, t_min=a.t_min, t_max=a.t_max, total_steps=max(a.steps, 1)))
+    cfg = cls.config_class(
+        negative_prompt=a.negative_prompt,
+        seed=a.seed,
+        timesteps=TimestepConfig(schedule=a.t_schedule, t_min=a.t_min, t_max=a.t_max, total_steps=max(a.steps, 1)),
+    )
     if a.guidance_scale is not None:
         cfg.guidance_scale = a.guidance_scale
     t0 = time.perf_counter()
-    images = optimize_2d(prior, cls(prior, cfg), a.prompt, a.steps, a.lr, a.param, a.batch, a.size, a.seed, log_every=max(a.steps // 10, 1))
+    images = optimize_2d(
+        prior,
+        cls(prior, cfg),
+        a.prompt,
+        a.steps,
+        a.lr,
+        a.param,
+        a.batch,
+        a.size,
+        a.seed,
+        log_every=max(a.steps // 10, 1),
+    )
     secs = time.perf_counter() - t0
     save_png(images, Path(a.out))
-    summary = {"method": a.method, "param": a.param, "steps": a.steps, "seconds": round(secs, 2),
-               "seconds_per_step": round(secs / max(a.steps, 1), 4), "device": str(prior.device), "out": a.out}
+    summary = {
+        "method": a.method,
+        "param": a.param,
+        "steps": a.steps,
+        "seconds": round(secs, 2),
+        "seconds_per_step": round(secs / max(a.steps, 1), 4),
+        "device": str(prior.device),
+        "out": a.out,
+    }
     print(json.dumps(summary))
     return summary
 

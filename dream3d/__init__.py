@@ -1,4 +1,5 @@
 """dream3d: text (or one image) to a textured 3D mesh by score distillation."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

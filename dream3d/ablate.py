@@ -15,6 +15,7 @@ A cell's overrides are the shared ones, then its variant's, as one layer over th
 to it too. Each cell runs in ``OUT/<variant>/<prompt>/seed<k>``; a cell with a metrics.json is skipped and an
 interrupted one resumes. Then ``results.csv``, ``results.md`` and ``contact_sheet.png`` are written.
 """
+
 from __future__ import annotations
 
 import csv
@@ -64,8 +65,12 @@ def _slug(text: str) -> str:
 
 
 def cells(spec: AblationSpec) -> list[dict]:
-    return [{"variant": v, "prompt": p, "seed": s, "overrides": spec.overrides + ov + [f"seed={s}"]}
-            for v, ov in spec.variants.items() for p in spec.prompts for s in spec.seeds]
+    return [
+        {"variant": v, "prompt": p, "seed": s, "overrides": spec.overrides + ov + [f"seed={s}"]}
+        for v, ov in spec.variants.items()
+        for p in spec.prompts
+        for s in spec.seeds
+    ]
 
 
 def _flatten(prefix: str, d, out: dict) -> None:
@@ -77,10 +82,17 @@ def _flatten(prefix: str, d, out: dict) -> None:
 
 
 def cell_row(cell: dict, metrics: dict, quality: dict | None) -> dict:
-    row = {"variant": cell["variant"], "prompt": cell["prompt"], "seed": cell["seed"],
-           "total_seconds": metrics.get("total_seconds"), "train_seconds": metrics["train"]["train_seconds"],
-           "steps_per_second": metrics["train"]["steps_per_second"], "final_loss": metrics["train"]["final_loss"],
-           "final_grad_norm": metrics["train"]["final_grad_norm"], "faces": metrics.get("mesh", {}).get("faces")}
+    row = {
+        "variant": cell["variant"],
+        "prompt": cell["prompt"],
+        "seed": cell["seed"],
+        "total_seconds": metrics.get("total_seconds"),
+        "train_seconds": metrics["train"]["train_seconds"],
+        "steps_per_second": metrics["train"]["steps_per_second"],
+        "final_loss": metrics["train"]["final_loss"],
+        "final_grad_norm": metrics["train"]["final_grad_norm"],
+        "faces": metrics.get("mesh", {}).get("faces"),
+    }
     if quality:
         flat: dict = {}
         _flatten("", quality, flat)
@@ -99,19 +111,24 @@ def cell_specs(spec: AblationSpec, spec_path: str, out_dir: str) -> list:
         except ConfigError as e:
             raise ConfigError(f"{spec_path}: {name}: {str(e).removeprefix(spec_path + ': ')}") from None
         folder = os.path.join(_slug(c["variant"]), _slug(c["prompt"]), f"seed{c['seed']}")
-        labels = {"variant": c["variant"], "prompt": c["prompt"], "seed": c["seed"],
-                  "preset": os.path.splitext(os.path.basename(spec.base))[0]}
+        labels = {
+            "variant": c["variant"],
+            "prompt": c["prompt"],
+            "seed": c["seed"],
+            "preset": os.path.splitext(os.path.basename(spec.base))[0],
+        }
         specs.append(RunSpec(name=folder, cfg=cfg, labels=labels, title=f"{spec_path}: {name}"))
     check_specs(specs, out_dir)
     return specs
 
 
-def run_ablation(spec_path: str, out_dir: str, log=print, evaluate: bool = True, resources=None, stream=None) -> list[dict]:
+def run_ablation(
+    spec_path: str, out_dir: str, log=print, evaluate: bool = True, resources=None, stream=None
+) -> list[dict]:
     """Every cell through the executor (in series in this process unless ``resources`` says Ray), then
     results.csv, results.md, contact_sheet.png, summary.csv / summary.json and the gallery. A failed cell does
     not stop the others; it is left out of the results and named in the summary, and RunsFailed names it at the end."""
     import time
-
 
     spec = load_spec(spec_path)
     specs = cell_specs(spec, spec_path, out_dir)
@@ -175,9 +192,15 @@ def write_results(rows: list[dict], out_dir: str) -> None:
 def markdown_table(rows: list[dict]) -> str:
     """Per-variant means of the numeric columns."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    numeric = [k for k in dict.fromkeys(k for r in rows for k in r)
-               if k not in ("seed",) and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows if r.get(k) is not None)
-               and any(r.get(k) is not None for r in rows)]
+    numeric = [
+        k
+        for k in dict.fromkeys(k for r in rows for k in r)
+        if k not in ("seed",)
+        and all(
+            isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows if r.get(k) is not None
+        )
+        and any(r.get(k) is not None for r in rows)
+    ]
     lines = ["| variant | cells | " + " | ".join(numeric) + " |", "|---|---|" + "---|" * len(numeric)]
     for v in variants:
         rs = [r for r in rows if r["variant"] == v]

@@ -5,6 +5,7 @@ An installed wheel carries both folders inside the package, as ``dream3d/_data/c
 ``dream3d/_data/assets`` (setup.py maps the top-level folders there at build time); a source checkout or an
 editable install reads the top-level folders. ``DREAM3D_ASSETS`` overrides the assets folder (one that holds
 ``prior/`` and ``world_classifier/``)."""
+
 import os
 from importlib.resources import files
 from pathlib import Path

@@ -15,6 +15,7 @@ PROMPTS is a text file, one prompt a line (blank lines and ``#`` comments are sk
 Each entry runs in ``OUT/<name>``; a folder name comes from the prompt (``a_red_cube``), with ``_seed<k>`` when the
 entry gives a seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,17 +49,23 @@ def read_prompts(path: str) -> list[dict]:
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(raw, list):
-            raise ConfigError(f"{path}: a YAML prompts file is a list of prompts or of mappings with the keys {', '.join(ENTRY_KEYS)}")
+            raise ConfigError(
+                f"{path}: a YAML prompts file is a list of prompts or of mappings with the keys {', '.join(ENTRY_KEYS)}"
+            )
         entries = []
         for k, item in enumerate(raw, 1):
             where = f"{path}, item {k}"
             if isinstance(item, str):
                 item = {"prompt": item}
             if not isinstance(item, dict):
-                raise ConfigError(f"{where}: give a prompt or a mapping with the keys {', '.join(ENTRY_KEYS)}, got {item!r}")
+                raise ConfigError(
+                    f"{where}: give a prompt or a mapping with the keys {', '.join(ENTRY_KEYS)}, got {item!r}"
+                )
             unknown = sorted(set(item) - set(ENTRY_KEYS))
             if unknown:
-                raise ConfigError(f"{where}: unknown key {', '.join(map(repr, unknown))}; an entry may have {', '.join(ENTRY_KEYS)}")
+                raise ConfigError(
+                    f"{where}: unknown key {', '.join(map(repr, unknown))}; an entry may have {', '.join(ENTRY_KEYS)}"
+                )
             entry = {"where": where, **item}
             if entry.get("seed") is not None and not isinstance(entry["seed"], int):
                 raise ConfigError(f"{where}: seed must be a whole number, got {entry['seed']!r}")
@@ -71,8 +78,11 @@ def read_prompts(path: str) -> list[dict]:
             entries.append(entry)
     else:
         with open(path, encoding="utf-8") as fh:
-            entries = [{"where": f"{path}, line {n}", "prompt": line.strip()}
-                       for n, line in enumerate(fh, 1) if line.strip() and not line.strip().startswith("#")]
+            entries = [
+                {"where": f"{path}, line {n}", "prompt": line.strip()}
+                for n, line in enumerate(fh, 1)
+                if line.strip() and not line.strip().startswith("#")
+            ]
     if not entries:
         raise ConfigError(f"{path} holds no prompts")
     return entries
@@ -94,17 +104,32 @@ def build_specs(entries: list[dict], config: str | None, overrides: list[str]) -
         if e.get("name") is not None:
             name = str(e["name"])
             if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-                raise ConfigError(f"{e['where']}: name {name!r} must be a folder name of letters, digits, '_', '-' and '.'")
+                raise ConfigError(
+                    f"{e['where']}: name {name!r} must be a folder name of letters, digits, '_', '-' and '.'"
+                )
         else:
             name = slug(prompt) or slug(os.path.splitext(os.path.basename(str(e["image"])))[0]) or "run"
             name += f"_seed{e['seed']}" if e.get("seed") is not None else ""
-        labels = {"prompt": prompt, "image": cfg.image, "preset": os.path.splitext(os.path.basename(preset))[0], "seed": cfg.seed}
+        labels = {
+            "prompt": prompt,
+            "image": cfg.image,
+            "preset": os.path.splitext(os.path.basename(preset))[0],
+            "seed": cfg.seed,
+        }
         specs.append(RunSpec(name=name, cfg=cfg, labels=labels, title=f"{e['where']} ({prompt or e.get('image')})"))
     return specs
 
 
-def run_batch(prompts_path: str, out_dir: str, config: str | None = None, overrides: list[str] | None = None,
-              resources: Resources | None = None, judge: bool = False, gallery: bool = True, stream=None) -> list[dict]:
+def run_batch(
+    prompts_path: str,
+    out_dir: str,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    resources: Resources | None = None,
+    judge: bool = False,
+    gallery: bool = True,
+    stream=None,
+) -> list[dict]:
     """Read PROMPTS, run every entry into ``out_dir``, write summary.csv, summary.json and the gallery (with
     ``judge``, world prompts are scored against the shape world's ground truth). Returns the summary rows;
     raises executor.RunsFailed after writing them when a run failed."""
@@ -114,8 +139,12 @@ def run_batch(prompts_path: str, out_dir: str, config: str | None = None, overri
     resources = resources or Resources()
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    info = {"prompts": os.path.abspath(prompts_path), "out": os.path.abspath(out_dir), "started": started,
-            "mode": "series" if resources.local else f"ray ({resources.address or 'local'})"}
+    info = {
+        "prompts": os.path.abspath(prompts_path),
+        "out": os.path.abspath(out_dir),
+        "started": started,
+        "mode": "series" if resources.local else f"ray ({resources.address or 'local'})",
+    }
     rows = run_specs(specs, out_dir, resources, stream)
     if judge:
         for r in rows:

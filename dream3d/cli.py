@@ -1,4 +1,5 @@
 """The ``dream3d`` command: parse arguments, then call library functions."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,13 @@ def _prior_sample(args) -> None:
 
     prompts = [p for p in args.prompts if p.strip()]
     if not prompts:
-        raise UserError("give at least one non-empty prompt, e.g. dream3d prior sample \"a red cube, front view\" -o samples/")
+        raise UserError(
+            'give at least one non-empty prompt, e.g. dream3d prior sample "a red cube, front view" -o samples/'
+        )
     if args.n < 1 or not 1 <= args.steps <= 1000:
-        raise UserError(f"--n must be at least 1 and --steps between 1 and 1000 (the training timesteps); got {args.n} and {args.steps}")
+        raise UserError(
+            f"--n must be at least 1 and --steps between 1 and 1000 (the training timesteps); got {args.n} and {args.steps}"
+        )
     pipe = load_pipeline(args.model, allow_download=args.allow_download)
     images = sample(pipe, prompts, per_prompt=args.n, steps=args.steps, guidance_scale=args.cfg, seed=args.seed)
     grid = save_samples(images, prompts, args.n, args.output)
@@ -56,7 +61,9 @@ def _prior_eval(args) -> None:
 
         os.makedirs(args.output, exist_ok=True)
         atomic_write_text(os.path.join(args.output, "prior_eval.json"), json.dumps(res, indent=1))
-        save_png(os.path.join(args.output, "samples.png"), image_grid(images[: 60 * args.per_prompt: args.per_prompt], 6))
+        save_png(
+            os.path.join(args.output, "samples.png"), image_grid(images[: 60 * args.per_prompt : args.per_prompt], 6)
+        )
         print(f"wrote {args.output}/prior_eval.json and samples.png")
     print(json.dumps(res, indent=1))
 
@@ -79,7 +86,9 @@ def _env(args) -> None:
     print(json.dumps(info, indent=1) if args.json else format_report(info))
     failed = [row["library"] for row in info.get("build", []) if row["status"] == "fail"]
     if failed:
-        raise UserError(f"{', '.join(failed)} failed to build, load or match its torch reference (see above)", exit_code=1)
+        raise UserError(
+            f"{', '.join(failed)} failed to build, load or match its torch reference (see above)", exit_code=1
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,22 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dream3d {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    prior = sub.add_parser("prior", help="train, sample and evaluate the embedded diffusion prior",
-                           description="The embedded prior: a tiny Stable-Diffusion-format model trained on the shape world.")
+    prior = sub.add_parser(
+        "prior",
+        help="train, sample and evaluate the embedded diffusion prior",
+        description="The embedded prior: a tiny Stable-Diffusion-format model trained on the shape world.",
+    )
     psub = prior.add_subparsers(dest="prior_command", required=True)
 
-    t = psub.add_parser("train", help="train the prior on shape-world renders (resumable)",
-                        description="Render the shape world, train the VAE, then the U-Net and text encoder. "
-                                    "Checkpoints atomically to --work-dir and resumes from there when run again.")
-    t.add_argument("overrides", nargs="*", help="dotted overrides of PriorTrainConfig, e.g. unet_steps=3000 arch.unet_channels=[64,128,128]")
+    t = psub.add_parser(
+        "train",
+        help="train the prior on shape-world renders (resumable)",
+        description="Render the shape world, train the VAE, then the U-Net and text encoder. "
+        "Checkpoints atomically to --work-dir and resumes from there when run again.",
+    )
+    t.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides of PriorTrainConfig, e.g. unet_steps=3000 arch.unet_channels=[64,128,128]",
+    )
     t.add_argument("--out", help="diffusers folder to write (default assets/prior)")
     t.add_argument("--work-dir", help="dataset cache and checkpoint folder (default runs/prior)")
     t.add_argument("--stop-after", type=int, help="stop after this many steps (the checkpoint lets a later run resume)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.set_defaults(func=_prior_train, words="overrides")
 
-    s = psub.add_parser("sample", help="DDIM samples with CFG as PNGs and a grid",
-                        description="Sample prompts with DDIM and classifier-free guidance; writes one PNG per sample and grid.png.")
+    s = psub.add_parser(
+        "sample",
+        help="DDIM samples with CFG as PNGs and a grid",
+        description="Sample prompts with DDIM and classifier-free guidance; writes one PNG per sample and grid.png.",
+    )
     s.add_argument("prompts", nargs="+", help='prompts, e.g. "a red cube, front view"')
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
@@ -113,9 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-download", action="store_true", help="let a hub id download (off: local files only)")
     s.set_defaults(func=_prior_sample, words="prompts")
 
-    e = psub.add_parser("eval", help="judge samples of every world prompt with the world classifier; VAE PSNR",
-                        description="Samples every colour x shape prompt and view prompts of the front-distinct objects, "
-                                    "reports colour / shape / view accuracy and the VAE's held-out PSNR.")
+    e = psub.add_parser(
+        "eval",
+        help="judge samples of every world prompt with the world classifier; VAE PSNR",
+        description="Samples every colour x shape prompt and view prompts of the front-distinct objects, "
+        "reports colour / shape / view accuracy and the VAE's held-out PSNR.",
+    )
     e.add_argument("-o", "--output", help="folder for prior_eval.json and samples.png")
     e.add_argument("--per-prompt", type=int, default=4)
     e.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
@@ -125,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-download", action="store_true")
     e.set_defaults(func=_prior_eval)
 
-    c = psub.add_parser("train-classifier", help="train the world classifier that judges generated images",
-                        description="Train the small CNN that names colour, shape and view of world images (assets/world_classifier).")
+    c = psub.add_parser(
+        "train-classifier",
+        help="train the world classifier that judges generated images",
+        description="Train the small CNN that names colour, shape and view of world images (assets/world_classifier).",
+    )
     c.add_argument("--steps", type=int, default=1500)
     c.add_argument("--per-prompt", type=int, default=400)
     c.add_argument("--seed", type=int, default=0)
@@ -135,13 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_and_ablate(sub)
     add_batch_and_gallery(sub)
 
-    v = sub.add_parser("env", help="versions, the device, and the backend each renderer uses; --build checks the CUDA libraries",
-                       description="Print dream3d's environment for a bug report: versions of Python, torch, CUDA and the libraries "
-                                   "dream3d uses, the device and its memory, and which backend each renderer (gaussians, volume, "
-                                   "mesh) takes on it and why. --build also builds and loads gsplat, nerfacc and nvdiffrast and "
-                                   "checks each against its torch reference; it exits 1 when one fails.")
-    v.add_argument("--build", action="store_true", help="build and load each CUDA library and check it against torch (minutes the first time)")
-    v.add_argument("--device", default="auto", help="the device to report on, as train.device: auto (default), cpu, cuda or cuda:N")
+    v = sub.add_parser(
+        "env",
+        help="versions, the device, and the backend each renderer uses; --build checks the CUDA libraries",
+        description="Print dream3d's environment for a bug report: versions of Python, torch, CUDA and the libraries "
+        "dream3d uses, the device and its memory, and which backend each renderer (gaussians, volume, "
+        "mesh) takes on it and why. --build also builds and loads gsplat, nerfacc and nvdiffrast and "
+        "checks each against its torch reference; it exits 1 when one fails.",
+    )
+    v.add_argument(
+        "--build",
+        action="store_true",
+        help="build and load each CUDA library and check it against torch (minutes the first time)",
+    )
+    v.add_argument(
+        "--device", default="auto", help="the device to report on, as train.device: auto (default), cpu, cuda or cuda:N"
+    )
     v.add_argument("--json", action="store_true", help="print JSON instead of text")
     v.set_defaults(func=_env)
     return p

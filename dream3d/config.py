@@ -1,5 +1,6 @@
 """The run's config schema: one dataclass per component, composed here. YAML presets in ``configs/`` and
 dotted command-line overrides fill it (see :mod:`dream3d.configtools`)."""
+
 from __future__ import annotations
 
 import copy
@@ -41,9 +42,15 @@ class GuidanceSection:
     prior: PriorConfig = field(default_factory=PriorConfig)
 
 
-GUIDANCE_SECTIONS = {name: make_dataclass(f"{rule.__name__}Section", [("method", str, field(default=name))],
-                                          bases=(rule.config_class, GuidanceSection), namespace={"__module__": __name__})
-                     for name, rule in RULES.items()}
+GUIDANCE_SECTIONS = {
+    name: make_dataclass(
+        f"{rule.__name__}Section",
+        [("method", str, field(default=name))],
+        bases=(rule.config_class, GuidanceSection),
+        namespace={"__module__": __name__},
+    )
+    for name, rule in RULES.items()
+}
 globals().update((cls.__name__, cls) for cls in GUIDANCE_SECTIONS.values())  # importable by name: a config pickles
 
 
@@ -86,8 +93,12 @@ def preset_path(name: str) -> str:
     return path
 
 
-def load_run_config(preset: str | None = "dreamgaussian", overrides: list[str] | None = None, extra: dict | None = None,
-                    overrides_from: str = "overrides") -> RunConfig:
+def load_run_config(
+    preset: str | None = "dreamgaussian",
+    overrides: list[str] | None = None,
+    extra: dict | None = None,
+    overrides_from: str = "overrides",
+) -> RunConfig:
     """Preset, then ``extra`` (values the CLI sets, like the prompt), then dotted overrides (``overrides_from``
     names them in messages: the ablation spec they come from)."""
     layers = _preset_layers(preset, []) if preset else []
@@ -102,8 +113,11 @@ def load_run_config(preset: str | None = "dreamgaussian", overrides: list[str] |
 
 
 # Keys that moved, old -> new: files and saved run configs that use the old names keep loading, with a notice.
-MOVED_KEYS = {"train.lambda_opacity": "nerf.lambda_opacity", "train.lambda_entropy": "nerf.lambda_entropy",
-              "train.lambda_orientation": "nerf.lambda_orientation"}
+MOVED_KEYS = {
+    "train.lambda_opacity": "nerf.lambda_opacity",
+    "train.lambda_entropy": "nerf.lambda_entropy",
+    "train.lambda_orientation": "nerf.lambda_orientation",
+}
 
 
 def move_old_keys(source: str, data: dict) -> dict:
@@ -171,9 +185,18 @@ def old_guidance_layout(layers: list[tuple[str, dict]], last_is_overrides: bool 
                 rest = {k: v for k, v in g.items() if k != method and k not in drop}
                 data = {**data, "guidance": _deep_merge(g.get(method) or {}, rest)}
                 # issued here (stacklevel 1), so a file loaded again (resume compares it twice) gives the line once
-                warnings.warn(f"{where}: translated from the old guidance layout (a section per rule): guidance.{method}.* is now "
-                              f"guidance.*" + (f"; dropped {', '.join('guidance.' + n for n in drop)} (never read with "
-                                               f"guidance.method={method})" if drop else ""), FutureWarning, stacklevel=1)
+                warnings.warn(
+                    f"{where}: translated from the old guidance layout (a section per rule): guidance.{method}.* is now "
+                    f"guidance.*"
+                    + (
+                        f"; dropped {', '.join('guidance.' + n for n in drop)} (never read with "
+                        f"guidance.method={method})"
+                        if drop
+                        else ""
+                    ),
+                    FutureWarning,
+                    stacklevel=1,
+                )
         out.append((where, data))
     return out
 
@@ -189,7 +212,11 @@ def _deep_merge(a: dict, b: dict) -> dict:
 # Settings that follow the run length: None (their default) means train.steps. resolve_run_length fills them
 # in when the run config is built, so --print-config and the run's config.yaml show the numbers the run uses.
 # Settings that follow the run's length when left at null: the fraction of train.steps each takes.
-RUN_LENGTH_KEYS = {"guidance.timesteps.total_steps": 1.0, "gaussians.position_lr_max_steps": 1.0, "gaussians.densify_until_step": 0.75}
+RUN_LENGTH_KEYS = {
+    "guidance.timesteps.total_steps": 1.0,
+    "gaussians.position_lr_max_steps": 1.0,
+    "gaussians.densify_until_step": 0.75,
+}
 
 
 def resolve_run_length(cfg: RunConfig) -> RunConfig:
@@ -217,7 +244,9 @@ def validate(cfg: RunConfig) -> None:
     _check_schedules(cfg, "")
     f = cfg.reference.object_fraction
     if f is not None and not 0.05 <= f <= 1.0:
-        raise ConfigError(f"reference.object_fraction must lie in [0.05, 1] (or be null for the image as it is), got {f}")
+        raise ConfigError(
+            f"reference.object_fraction must lie in [0.05, 1] (or be null for the image as it is), got {f}"
+        )
     for key in _SCHEDULED_SIZES:
         value = schema_at(cfg, key)
         ends = [value] if isinstance(value, (int, float)) else [value[1], value[2]]
@@ -227,9 +256,16 @@ def validate(cfg: RunConfig) -> None:
 
 # Counts and sizes below which a run cannot work (a 1-sample grid has no surface, 0 frames no video).
 _MINIMUMS = {
-    "train.steps": 1, "train.batch_size": 1, "gaussians.num_points": 1, "nerf.num_samples": 2,
-    "mesh.resolution": 8, "mesh.texture.texture_size": 8, "mesh.texture.view_resolution": 8,
-    "output.turntable_frames": 1, "output.turntable_resolution": 8, "reference.resolution": 8,
+    "train.steps": 1,
+    "train.batch_size": 1,
+    "gaussians.num_points": 1,
+    "nerf.num_samples": 2,
+    "mesh.resolution": 8,
+    "mesh.texture.texture_size": 8,
+    "mesh.texture.view_resolution": 8,
+    "output.turntable_frames": 1,
+    "output.turntable_resolution": 8,
+    "reference.resolution": 8,
 }
 _SCHEDULED_SIZES = ("train.resolution",)
 
@@ -238,7 +274,6 @@ def _check_schedules(section, prefix: str) -> None:
     """Every Scheduled field is a number or [start_step, start_value, end_value, end_step]."""
     import dataclasses
     import typing
-
 
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):

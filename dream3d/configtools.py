@@ -5,6 +5,7 @@ annotation, so a typo or a wrong type fails before the first step, with the near
 (OmegaConf's structured configs were the first choice; they reject the union annotations that scheduled
 values need, ``float | [start_step, start, end, end_step]``, so the filling is done here.)
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -40,8 +41,11 @@ def dotted_keys(schema: Any, prefix: str = "") -> list[str]:
     """Every leaf key of a dataclass (instance or type) as a dotted path."""
     out = []
     for f in dataclasses.fields(schema):
-        value = getattr(schema, f.name) if not isinstance(schema, type) else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        value = (
+            getattr(schema, f.name)
+            if not isinstance(schema, type)
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        )
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
             out += dotted_keys(value, key + ".")
@@ -68,14 +72,20 @@ def _check_keys(schema: Any, mapping: dict, where: str, prefix: str = "") -> Non
             _check_keys(schema, v, where, key + ".")
         elif isinstance(v, dict) and key in leaves:
             below = key + "." + ".".join(_first_path(v))
-            raise ConfigError(f"{where}: '{key}' is a value, not a section, so '{below}' does not exist; set '{key}=...'")
+            raise ConfigError(
+                f"{where}: '{key}' is a value, not a section, so '{below}' does not exist; set '{key}=...'"
+            )
         elif key not in leaves:
             if key in sections:
-                raise ConfigError(f"{where}: '{key}' is a section; set one of its keys, e.g. '{key}.{dotted_keys(schema_at(schema, key))[0]}'")
+                raise ConfigError(
+                    f"{where}: '{key}' is a section; set one of its keys, e.g. '{key}.{dotted_keys(schema_at(schema, key))[0]}'"
+                )
             while isinstance(v, dict) and v:  # name the full dotted key that was meant
                 k2, v = next(iter(v.items()))
                 key = f"{key}.{k2}"
-            raise ConfigError(f"{where}: {_other_choice(schema, key) or 'unknown config key ' + repr(key) + _suggest(key, leaves, sections)}")
+            raise ConfigError(
+                f"{where}: {_other_choice(schema, key) or 'unknown config key ' + repr(key) + _suggest(key, leaves, sections)}"
+            )
 
 
 def _selected(schema: Any, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
@@ -97,13 +107,15 @@ def _other_choice(schema: Any, key: str) -> str | None:
         if not key.startswith(path + "."):
             continue
         name, schemas = f.metadata[SELECTED_BY]
-        rest, now = key[len(path) + 1:], getattr(schema_at(schema, path), name)
+        rest, now = key[len(path) + 1 :], getattr(schema_at(schema, path), name)
         for choice, tp in schemas.items():
             inner = rest.removeprefix(choice + ".")
             if choice != now and inner in dotted_keys(tp):
-                return (f"'{key}' is a setting of {path}.{name}={choice}, and this config selects {path}.{name}={now}; "
-                        f"to use it set {path}.{name}={choice} beside it (the switch starts {path} from that "
-                        f"{name}'s defaults{'; the key is then ' + repr(path + '.' + inner) if inner != rest else ''})")
+                return (
+                    f"'{key}' is a setting of {path}.{name}={choice}, and this config selects {path}.{name}={now}; "
+                    f"to use it set {path}.{name}={choice} beside it (the switch starts {path} from that "
+                    f"{name}'s defaults{'; the key is then ' + repr(path + '.' + inner) if inner != rest else ''})"
+                )
     return None
 
 
@@ -115,7 +127,10 @@ def _first_path(d: dict) -> list[str]:
 def _suggest(key: str, leaves: set, sections: set) -> str:
     """Leaves with the same last name first (a right name under a wrong section), then close spellings."""
     tail = key.rsplit(".", 1)[-1]
-    near = sorted((x for x in leaves if x.rsplit(".", 1)[-1] == tail), key=lambda x: -difflib.SequenceMatcher(None, key, x).ratio())
+    near = sorted(
+        (x for x in leaves if x.rsplit(".", 1)[-1] == tail),
+        key=lambda x: -difflib.SequenceMatcher(None, key, x).ratio(),
+    )
     near += [x for x in difflib.get_close_matches(key, sorted(leaves | sections), n=4, cutoff=0.5) if x not in near]
     if not near:
         return "; --print-config lists every key"
@@ -158,7 +173,9 @@ def load_yaml(path: str) -> dict:
     import yaml
 
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} " + ("is a folder, not a YAML file" if os.path.isdir(path) else "does not exist"))
+        raise ConfigError(
+            f"config file {path!r} " + ("is a folder, not a YAML file" if os.path.isdir(path) else "does not exist")
+        )
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -192,7 +209,9 @@ def _switch(default: Any, merged: dict, mapping: dict, where: str, prefix: str =
             name, schemas = f.metadata[SELECTED_BY]
             choice = sub[name]
             if not isinstance(choice, str) or choice not in schemas:
-                raise ConfigError(f"{where}: bad value for '{prefix}{f.name}.{name}': {choice!r} is not one of {', '.join(schemas)}")
+                raise ConfigError(
+                    f"{where}: bad value for '{prefix}{f.name}.{name}': {choice!r} is not one of {', '.join(schemas)}"
+                )
             if choice != getattr(value, name):
                 value = schemas[choice]()
                 setattr(default, f.name, value)
@@ -223,7 +242,9 @@ def _fill(cls: type, values: dict, prefix: str):
             continue
         key = prefix + f.name
         item = values[f.name]
-        if SELECTED_BY in f.metadata:  # the choice in effect: the last layer's (build_config checked it) or the default's
+        if (
+            SELECTED_BY in f.metadata
+        ):  # the choice in effect: the last layer's (build_config checked it) or the default's
             name, schemas = f.metadata[SELECTED_BY]
             choice = item[name][0] if name in item else getattr(f.default_factory(), name)
             kwargs[f.name] = _fill(schemas[choice], item, key + ".")
@@ -250,6 +271,7 @@ def _dataclass_in(tp):
 
 def _coerce(value, tp, key: str, where: str):
     """``value`` as type ``tp`` or a ConfigError naming the key."""
+
     def bad():
         return ConfigError(f"{where}: bad value for '{key}': {value!r} is not of type {_type_name(tp)}")
 

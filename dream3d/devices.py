@@ -1,4 +1,5 @@
 """Which device a run uses: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, checked against this machine."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,10 @@ def resolve_device(device: str, key: str = "guidance.prior.device") -> torch.dev
     except (RuntimeError, TypeError):
         raise ConfigError(f"{key}={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key}={device} but torch sees no CUDA device here (torch.cuda.is_available() is False); "
-                          f"use {key}=auto or cpu")
+        raise ConfigError(
+            f"{key}={device} but torch sees no CUDA device here (torch.cuda.is_available() is False); "
+            f"use {key}=auto or cpu"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"{key}={device} but this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 ...")
     if dev.type not in ("cpu", "cuda"):

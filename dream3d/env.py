@@ -8,6 +8,7 @@ tests call them too.
 Nothing here imports diffusers or the CUDA libraries unless asked: ``env`` must work on the broken
 installs it is meant to diagnose.
 """
+
 from __future__ import annotations
 
 import os
@@ -106,14 +107,15 @@ def nerfacc_parity(device: torch.device | str = "cuda") -> Parity:
     out = render_rays(_blob, o, d, near, far, S, backend="nerfacc", estimator=grid, alpha_thre=0.0, **kw)
     hit = ref.alpha[:, 0] > 0.5
     err = max(_max_abs(out.rgb, ref.rgb), _max_abs(out.alpha, ref.alpha), _max_abs(out.depth[hit], ref.depth[hit]))
-    return Parity("nerfacc", err <= 1e-3, err, 1e-3, time.perf_counter() - start, f"{o.shape[0]} rays x {S} matched samples")
+    return Parity(
+        "nerfacc", err <= 1e-3, err, 1e-3, time.perf_counter() - start, f"{o.shape[0]} rays x {S} matched samples"
+    )
 
 
 def nvdiffrast_parity(device: torch.device | str = "cuda") -> Parity:
     """nvdiffrast against the torch rasterizer: face ids must agree on 99 % of pixels (edges may break ties
     apart), and the max |difference| of depth and barycentrics where they agree is the error."""
     import trimesh
-
 
     device = torch.device(device)
     m = trimesh.creation.icosphere(2)
@@ -127,8 +129,14 @@ def nvdiffrast_parity(device: torch.device | str = "cuda") -> Parity:
     both = same & ref.mask
     err = max(_max_abs(out.depth[both], ref.depth[both]), _max_abs(out.bary[both], ref.bary[both]))
     agree = float(same.float().mean())
-    return Parity("nvdiffrast", agree >= 0.99 and err <= 1e-3, err, 1e-3, time.perf_counter() - start,
-                  f"icosphere of {len(m.faces)} faces, 3 views of 64x64; face ids agree on {100 * agree:.1f} % of pixels")
+    return Parity(
+        "nvdiffrast",
+        agree >= 0.99 and err <= 1e-3,
+        err,
+        1e-3,
+        time.perf_counter() - start,
+        f"icosphere of {len(m.faces)} faces, 3 views of 64x64; face ids agree on {100 * agree:.1f} % of pixels",
+    )
 
 
 PARITY = {"gsplat": gsplat_parity, "nerfacc": nerfacc_parity, "nvdiffrast": nvdiffrast_parity}
@@ -147,16 +155,24 @@ def package_version(name: str) -> str | None:
 
 def toolchain() -> dict:
     """What a CUDA extension build uses: nvcc and its version, CUDA_HOME, the architectures, the build folder."""
-    nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None)
+    nvcc = shutil.which("nvcc") or (
+        os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None
+    )
     release = None
     if nvcc and os.path.exists(nvcc):
         try:
             out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
-            release = next((line.split("release", 1)[1].strip() for line in out.splitlines() if "release" in line), None)
+            release = next(
+                (line.split("release", 1)[1].strip() for line in out.splitlines() if "release" in line), None
+            )
         except (OSError, subprocess.SubprocessError):
             pass
-    return {"nvcc": f"{nvcc} ({release})" if release else nvcc, "CUDA_HOME": os.environ.get("CUDA_HOME"),
-            "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST"), "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")}
+    return {
+        "nvcc": f"{nvcc} ({release})" if release else nvcc,
+        "CUDA_HOME": os.environ.get("CUDA_HOME"),
+        "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST"),
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR"),
+    }
 
 
 def build_and_check(device: torch.device, log=None) -> list[dict]:
@@ -177,9 +193,15 @@ def build_and_check(device: torch.device, log=None) -> list[dict]:
             try:
                 p = check(device)
             except Exception as e:  # a kernel built for another GPU fails here ("no kernel image is available")
-                row.update(status="fail", why=f"its parity check raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                row.update(
+                    status="fail",
+                    why=f"its parity check raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                )
             else:
-                row.update(status="pass" if p.passed else "fail", **{k: v for k, v in asdict(p).items() if k not in ("library", "passed")})
+                row.update(
+                    status="pass" if p.passed else "fail",
+                    **{k: v for k, v in asdict(p).items() if k not in ("library", "passed")},
+                )
         rows.append(row)
     return rows
 
@@ -199,8 +221,12 @@ def collect(device: str = "auto", build: bool = False, log=None) -> dict:
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         free, total = torch.cuda.mem_get_info(dev)
-        info["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                       "memory_gib": round(total / 2**30, 1), "free_gib": round(free / 2**30, 1)}
+        info["gpu"] = {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(total / 2**30, 1),
+            "free_gib": round(free / 2**30, 1),
+        }
     info["packages"] = {name: package_version(name) for name in PACKAGES}
     info["toolchain"] = toolchain()
     if build:
@@ -227,9 +253,13 @@ def format_report(info: dict) -> str:
     ]
     if "gpu" in info:
         g = info["gpu"]
-        lines.append(f"- GPU: {g['name']} (compute capability {g['capability']}), {g['memory_gib']} GiB, {g['free_gib']} GiB free")
+        lines.append(
+            f"- GPU: {g['name']} (compute capability {g['capability']}), {g['memory_gib']} GiB, {g['free_gib']} GiB free"
+        )
     lines += [f"- {name}: {v or 'not installed'}" for name, v in info["packages"].items()]
-    lines += [f"- {name}: {v or ('not found' if name == 'nvcc' else 'not set')}" for name, v in info["toolchain"].items()]
+    lines += [
+        f"- {name}: {v or ('not found' if name == 'nvcc' else 'not set')}" for name, v in info["toolchain"].items()
+    ]
     lines.append(f"- renderer backends on {info['device']}:")
     lines += [f"  - {r}: {c['backend']} ({c['why']})" for r, c in info["renderers"].items()]
     if "build" in info:
@@ -237,8 +267,10 @@ def format_report(info: dict) -> str:
         for row in info["build"]:
             text = f"  - {row['library']}: {row['status']}"
             if "max_error" in row:
-                text += (f", max |difference| {row['max_error']:.2e} (tolerance {row['tolerance']:.0e}) on {row['scene']}; "
-                         f"build + load {row['load_seconds']:.1f} s, check {row['seconds']:.2f} s")
+                text += (
+                    f", max |difference| {row['max_error']:.2e} (tolerance {row['tolerance']:.0e}) on {row['scene']}; "
+                    f"build + load {row['load_seconds']:.1f} s, check {row['seconds']:.2f} s"
+                )
             else:
                 text += f" ({row['why']})"
                 if "fix" in row:

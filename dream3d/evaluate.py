@@ -18,6 +18,7 @@ are cast through the voxel centres and the crossings counted (parity), per conne
 the world's composites are unions of closed parts that overlap and parity alone would carve the overlaps
 out. The three axes vote, so a small hole in a generated surface flips at most one of them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -125,7 +126,7 @@ def occupancy_grid(mesh: trimesh.Trimesh, resolution: int = 64, bound: float = 1
             continue  # entirely outside the grid
         box = tuple(int(x) for x in hi - lo + 1)
         votes = sum(_parity_along(tri - lo, axis, box).astype(np.int8) for axis in range(3))
-        occ[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] |= votes >= 2
+        occ[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] |= votes >= 2
     return occ
 
 
@@ -184,9 +185,13 @@ def surface_from_trimesh(mesh: trimesh.Trimesh) -> Surface:
         return Surface(v, f, vertex_colors=torch.tensor(factor, dtype=torch.float32).expand(len(v), 3).contiguous())
     if isinstance(vis, trimesh.visual.color.ColorVisuals) and vis.kind == "face":
         fc = torch.as_tensor(np.asarray(vis.face_colors)[:, :3] / 255.0, dtype=torch.float32)
-        return Surface(v[f].reshape(-1, 3), torch.arange(3 * len(f)).reshape(-1, 3), vertex_colors=fc.repeat_interleave(3, 0))
+        return Surface(
+            v[f].reshape(-1, 3), torch.arange(3 * len(f)).reshape(-1, 3), vertex_colors=fc.repeat_interleave(3, 0)
+        )
     if isinstance(vis, trimesh.visual.color.ColorVisuals) and vis.kind == "vertex":
-        return Surface(v, f, vertex_colors=torch.as_tensor(np.asarray(vis.vertex_colors)[:, :3] / 255.0, dtype=torch.float32))
+        return Surface(
+            v, f, vertex_colors=torch.as_tensor(np.asarray(vis.vertex_colors)[:, :3] / 255.0, dtype=torch.float32)
+        )
     raise ValueError("the mesh carries no colour (no texture, vertex or face colours); export it with its texture")
 
 
@@ -231,13 +236,16 @@ def colour_error(gen: dict[str, torch.Tensor], gt: dict[str, torch.Tensor]) -> d
     ``color_pixel_error``: mean RGB distance per pixel where both cover (None where they never overlap).
     ``palette_color``: the world colour most foreground pixels of ``gen`` are nearest to (pixels nearest
     the dark detail colour do not vote), a judge that needs no classifier."""
+
     def mean_colour(r):
         cover = r["alpha"].sum()
         return (r["albedo"].sum((0, 1, 2)) / cover) if cover > 0 else None
 
     mg, mt = mean_colour(gen), mean_colour(gt)
-    out = {"color_distance": None if mg is None or mt is None else float((mg - mt).norm()),
-           "mean_albedo": None if mg is None else [round(float(x), 4) for x in mg]}
+    out = {
+        "color_distance": None if mg is None or mt is None else float((mg - mt).norm()),
+        "mean_albedo": None if mg is None else [round(float(x), 4) for x in mg],
+    }
     both = (gen["alpha"][..., 0] > 0.99) & (gt["alpha"][..., 0] > 0.99)
     if both.any():
         d = (gen["albedo"] / gen["alpha"].clamp_min(1e-6) - gt["albedo"] / gt["alpha"].clamp_min(1e-6)).norm(dim=-1)
@@ -280,8 +288,10 @@ def judge(classifier, shaded: torch.Tensor, cfg: EvalConfig, color: str, shape: 
     el = [cfg.elevation] * len(cfg.azimuths) + [cfg.overhead_elevation]
     az = list(cfg.azimuths) + [0.0]
     front = VIEWS.index("front")
-    views = [{"elevation": e, "azimuth": a, "color": c, "shape": s, "view": v, "p_front": round(float(p[front]), 4)}
-             for e, a, c, s, v, p in zip(el, az, pred.color, pred.shape, pred.view, pred.probs["view"])]
+    views = [
+        {"elevation": e, "azimuth": a, "color": c, "shape": s, "view": v, "p_front": round(float(p[front]), 4)}
+        for e, a, c, s, v, p in zip(el, az, pred.color, pred.shape, pred.view, pred.probs["view"])
+    ]
     out = {
         "color_accuracy": float(np.mean([c == color for c in pred.color])),
         "shape_accuracy": float(np.mean([s == shape for s in pred.shape])),
@@ -290,10 +300,17 @@ def judge(classifier, shaded: torch.Tensor, cfg: EvalConfig, color: str, shape: 
         "views": views,
     }
     if shape in COMPOSITES:
-        back = [v for v in views if v["elevation"] == cfg.elevation and any(abs((v["azimuth"] - b + 180) % 360 - 180) < 1e-6 for b in cfg.back_azimuths)]
+        back = [
+            v
+            for v in views
+            if v["elevation"] == cfg.elevation
+            and any(abs((v["azimuth"] - b + 180) % 360 - 180) < 1e-6 for b in cfg.back_azimuths)
+        ]
         out["janus_classifier"] = any(v["view"] == "front" for v in back)
         out["janus_classifier_views"] = [v["azimuth"] for v in back if v["view"] == "front"]
-        out["front_seen"] = any(v["view"] == "front" for v in views if v["elevation"] == cfg.elevation and v["azimuth"] % 360 == 0)
+        out["front_seen"] = any(
+            v["view"] == "front" for v in views if v["elevation"] == cfg.elevation and v["azimuth"] % 360 == 0
+        )
     return out
 
 
@@ -304,8 +321,11 @@ def janus_twin(mesh: ColoredMesh) -> ColoredMesh:
     """The object together with a copy of itself turned 180 degrees about +Y: its front feature (door, face,
     handle, backrest) on both sides. What a two-faced (Janus) result looks like."""
     turned = mesh.vertices * np.array([-1, 1, -1], np.float32)  # a rotation: the winding stays outward
-    return ColoredMesh(np.concatenate([mesh.vertices, turned]), np.concatenate([mesh.faces, mesh.faces + len(mesh.vertices)]),
-                       np.concatenate([mesh.face_colors, mesh.face_colors]))
+    return ColoredMesh(
+        np.concatenate([mesh.vertices, turned]),
+        np.concatenate([mesh.faces, mesh.faces + len(mesh.vertices)]),
+        np.concatenate([mesh.face_colors, mesh.face_colors]),
+    )
 
 
 def janus_check(surface: Surface | None, gt: ColoredMesh, color: str, cfg: EvalConfig) -> dict:
@@ -334,8 +354,14 @@ def janus_check(surface: Surface | None, gt: ColoredMesh, color: str, cfg: EvalC
         ag, mg = render(surface)
         body = torch.tensor(COLORS[color], dtype=ag.dtype)
         on_body = ((a1 / m1.clamp_min(1e-6) - body).abs().amax(-1) < 0.05) & (m1[..., 0] > 0.99) & (mg[..., 0] > 0.99)
-        gain = torch.stack([body / (ag[b] / mg[b].clamp_min(1e-6))[on_body[b]].median(0).values.clamp_min(1e-3)
-                            if on_body[b].sum() > 10 else torch.ones(3) for b in range(len(cams))])
+        gain = torch.stack(
+            [
+                body / (ag[b] / mg[b].clamp_min(1e-6))[on_body[b]].median(0).values.clamp_min(1e-3)
+                if on_body[b].sum() > 10
+                else torch.ones(3)
+                for b in range(len(cams))
+            ]
+        )
         gen = (ag * gain.clamp(0.25, 4.0)[:, None, None]).clamp(0, 1) + (1 - mg)
     else:
         gen = torch.ones_like(one)
@@ -372,8 +398,14 @@ def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None =
     color, shape, _ = parse_prompt(prompt)
     mesh = _as_trimesh(mesh)
     gt = scene_for_prompt(prompt)
-    out = {"prompt": prompt, "color": color, "shape": shape, "vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
-           "iou": volumetric_iou(mesh, gt.to_trimesh(), cfg.iou_resolution, cfg.bound)}
+    out = {
+        "prompt": prompt,
+        "color": color,
+        "shape": shape,
+        "vertices": int(len(mesh.vertices)),
+        "faces": int(len(mesh.faces)),
+        "iou": volumetric_iou(mesh, gt.to_trimesh(), cfg.iou_resolution, cfg.bound),
+    }
     cams = judge_cameras(cfg)
     gt_views = render_views(surface_from_colored(gt), cams, cfg.supersample)
     surface = surface_from_trimesh(mesh) if len(mesh.faces) else None
@@ -390,7 +422,15 @@ def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None =
     if classifier is not None:
         out.update(judge(classifier, gen_views["shaded"], cfg, color, shape))
     else:
-        out.update({"color_accuracy": None, "shape_accuracy": None, "front_distinct": shape in COMPOSITES, "janus_classifier": None, "views": None})
+        out.update(
+            {
+                "color_accuracy": None,
+                "shape_accuracy": None,
+                "front_distinct": shape in COMPOSITES,
+                "janus_classifier": None,
+                "views": None,
+            }
+        )
     out.update(janus_check(surface, gt, color, cfg) if shape in COMPOSITES else {"janus": None})
     out["eval_seconds"] = round(time.time() - t0, 2)
     return out
@@ -426,14 +466,19 @@ def evaluate_run(run_dir: str, classifier="auto", cfg: EvalConfig | None = None)
         with open(mpath) as fh:
             m = json.load(fh)
         train = m.get("train", {})
-        out["run"] = {"total_seconds": m.get("total_seconds"), "train_seconds": train.get("train_seconds"),
-                      "steps": train.get("steps"), "steps_per_second": train.get("steps_per_second")}
+        out["run"] = {
+            "total_seconds": m.get("total_seconds"),
+            "train_seconds": train.get("train_seconds"),
+            "steps": train.get("steps"),
+            "steps_per_second": train.get("steps_per_second"),
+        }
     return out
 
 
 def summarize(results: list[dict]) -> dict:
     """Means over objects. The Janus rate is over front-distinct objects (:func:`janus_check`); the classifier's
     Janus rate (a back-half view judged "front") is reported beside it."""
+
     def mean(key, rows=results):
         vals = [r[key] for r in rows if r.get(key) is not None]
         return float(np.mean(vals)) if vals else None

@@ -14,6 +14,7 @@ that message rather than writing where nobody looks.
 
 Ray is optional (``pip install 'dream3d[batch]'``) and imported only when a batch runs on it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,10 @@ from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes, generate, mes
 
 LOG_NAME = "generate.log"
 MARKER = ".dream3d-batch"  # written by the driver into the output folder; tasks check they can see it
-INSTALL_RAY = ("this needs Ray, an optional dependency: pip install 'dream3d[batch]' (or pip install ray); "
-               "or pass --local to run the prompts one after another in this process")
+INSTALL_RAY = (
+    "this needs Ray, an optional dependency: pip install 'dream3d[batch]' (or pip install ray); "
+    "or pass --local to run the prompts one after another in this process"
+)
 
 
 class RunsFailed(RuntimeError):
@@ -48,15 +51,19 @@ def check_failures(rows: list[dict], out_dir: str, noun: str = "runs") -> None:
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         named = "; ".join(f"{r['name']}: {r['error']}" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
-        raise RunsFailed(f"{len(failed)} of {len(rows)} {noun} failed ({named}); see {os.path.join(out_dir, 'summary.csv')} and "
-                         f"each one's {LOG_NAME}. Run the same command again to retry them")
+        raise RunsFailed(
+            f"{len(failed)} of {len(rows)} {noun} failed ({named}); see {os.path.join(out_dir, 'summary.csv')} and "
+            f"each one's {LOG_NAME}. Run the same command again to retry them"
+        )
 
 
 @dataclass
 class RunSpec:
     name: str  # the run folder, relative to the output folder
     cfg: object  # the RunConfig
-    labels: dict = field(default_factory=dict)  # what the summary and the gallery show: prompt, preset, seed, image, ...
+    labels: dict = field(
+        default_factory=dict
+    )  # what the summary and the gallery show: prompt, preset, seed, image, ...
     title: str = ""  # how messages name this run (e.g. "line 3 of prompts.txt")
 
 
@@ -86,19 +93,25 @@ def check_specs(specs: list[RunSpec], out_dir: str) -> None:
     seen: dict[str, str] = {}
     for s in specs:
         if s.name in seen:
-            raise ConfigError(f"{seen[s.name]} and {s.title or s.name} would share the folder {os.path.join(out_dir, s.name)}; "
-                              "rename one (folder names keep only letters and digits)")
+            raise ConfigError(
+                f"{seen[s.name]} and {s.title or s.name} would share the folder {os.path.join(out_dir, s.name)}; "
+                "rename one (folder names keep only letters and digits)"
+            )
         seen[s.name] = s.title or s.name
         run_dir = os.path.join(out_dir, s.name)
         saved = os.path.join(run_dir, "config.yaml")
         if not os.path.exists(saved):
             continue
-        done = is_finished(run_dir)  # (a run whose mesh stage failed is resumable: mesh.* may change, as --resume allows)
+        done = is_finished(
+            run_dir
+        )  # (a run whose mesh stage failed is resumable: mesh.* may change, as --resume allows)
         changed = config_changes(s.cfg, saved, () if done else RESUME_MAY_CHANGE)
         if changed:
-            raise RunError(f"{run_dir} holds a{' finished' if done else 'n unfinished'} run with other settings than "
-                           f"{s.title or s.name} now gives ({'; '.join(changed[:6])}); delete that folder to run it again, "
-                           "or use another -o")
+            raise RunError(
+                f"{run_dir} holds a{' finished' if done else 'n unfinished'} run with other settings than "
+                f"{s.title or s.name} now gives ({'; '.join(changed[:6])}); delete that folder to run it again, "
+                "or use another -o"
+            )
 
 
 def _metrics_fields(run_dir: str) -> dict:
@@ -108,13 +121,24 @@ def _metrics_fields(run_dir: str) -> dict:
     except (OSError, ValueError):
         return {}
     train = m.get("train", {})
-    return {"total_seconds": m.get("total_seconds"), "steps": train.get("steps"), "steps_per_second": train.get("steps_per_second"),
-            "files": m.get("files", {})}
+    return {
+        "total_seconds": m.get("total_seconds"),
+        "steps": train.get("steps"),
+        "steps_per_second": train.get("steps_per_second"),
+        "files": m.get("files", {}),
+    }
 
 
 def summary_row(spec: RunSpec, status: str, run_dir: str, **extra) -> dict:
-    return {"name": spec.name, "status": status, **spec.labels, "error": None, **_metrics_fields(run_dir),
-            "log": os.path.join(spec.name, LOG_NAME), **extra}
+    return {
+        "name": spec.name,
+        "status": status,
+        **spec.labels,
+        "error": None,
+        **_metrics_fields(run_dir),
+        "log": os.path.join(spec.name, LOG_NAME),
+        **extra,
+    }
 
 
 def _node() -> str:
@@ -135,9 +159,17 @@ def run_one(spec: RunSpec, out_dir: str, threads: int | None = None, batch_id: s
     run_dir = os.path.join(out_dir, spec.name)
     host = socket.gethostname()
     if batch_id and not os.path.exists(os.path.join(out_dir, MARKER)):
-        return summary_row(spec, "failed", run_dir, error=f"the output folder {out_dir} is not on host {host}'s file system: a batch on a "
-                    "cluster writes into a folder that every node mounts at the same path (a shared file system)",
-                    host=host, node=_node(), attempts=1, wall_seconds=0.0)
+        return summary_row(
+            spec,
+            "failed",
+            run_dir,
+            error=f"the output folder {out_dir} is not on host {host}'s file system: a batch on a "
+            "cluster writes into a folder that every node mounts at the same path (a shared file system)",
+            host=host,
+            node=_node(),
+            attempts=1,
+            wall_seconds=0.0,
+        )
     if is_finished(run_dir):
         return summary_row(spec, "skipped", run_dir, host=host, node=_node(), attempts=0, wall_seconds=0.0)
     os.makedirs(run_dir, exist_ok=True)
@@ -153,15 +185,28 @@ def run_one(spec: RunSpec, out_dir: str, threads: int | None = None, batch_id: s
 
         torch.set_num_threads(threads)
     with open(log_path, "a", buffering=1) as fh, redirect_stdout(fh), redirect_stderr(fh):
-        print(f"{tag} attempt {attempts} on {host} (pid {os.getpid()}), {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+        print(
+            f"{tag} attempt {attempts} on {host} (pid {os.getpid()}), {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True
+        )
         resume = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
         try:
             generate(spec.cfg, run_dir, resume=resume, log=lambda m: print(m, flush=True))
-            status, error = ("done", None) if is_finished(run_dir) else ("failed", "the run stopped before its last step")
+            status, error = (
+                ("done", None) if is_finished(run_dir) else ("failed", "the run stopped before its last step")
+            )
         except Exception as e:  # any failure is this run's, recorded; the batch goes on
             traceback.print_exc()
             status, error = "failed", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-    return summary_row(spec, status, run_dir, error=error, host=host, node=_node(), attempts=attempts, wall_seconds=round(time.time() - t0, 2))
+    return summary_row(
+        spec,
+        status,
+        run_dir,
+        error=error,
+        host=host,
+        node=_node(),
+        attempts=attempts,
+        wall_seconds=round(time.time() - t0, 2),
+    )
 
 
 class Progress:
@@ -186,7 +231,9 @@ class Progress:
         mean, now = sum(self.durations) / len(self.durations), time.time()
         work = sum(max(mean - (now - t), 0.0) for t in self.started.values()) + (left - len(self.started)) * mean
         secs = int(work / max(self.slots, 1))
-        return f"{secs // 3600}:{secs // 60 % 60:02d}:{secs % 60:02d}" if secs >= 3600 else f"{secs // 60}:{secs % 60:02d}"
+        return (
+            f"{secs // 3600}:{secs // 60 % 60:02d}:{secs % 60:02d}" if secs >= 3600 else f"{secs // 60}:{secs % 60:02d}"
+        )
 
     def text(self, with_eta: bool = True) -> str:
         waiting = self.total - self.done - self.failed - self.running
@@ -306,8 +353,10 @@ def _start_ray(ray, resources: Resources) -> tuple[bool, float, float]:
     started = False
     if resources.address:
         if resources.workers:
-            raise UserError("--workers sizes a Ray started on this machine; on a cluster, --cpus-per-run and --gpus-per-run "
-                            "say what each run takes")
+            raise UserError(
+                "--workers sizes a Ray started on this machine; on a cluster, --cpus-per-run and --gpus-per-run "
+                "say what each run takes"
+            )
         if not ray.is_initialized():
             ray.init(address=resources.address, log_to_driver=False, logging_level=logging.WARNING)
             started = True
@@ -322,8 +371,13 @@ def _start_ray(ray, resources: Resources) -> tuple[bool, float, float]:
     workers = resources.workers or (max(int(n_gpus / gpus_per_run), 1) if gpus_per_run else cores)
     cpus_per_run = resources.cpus_per_run or float(max(cores // workers, 1))
     if not ray.is_initialized():
-        ray.init(num_cpus=max(int(workers * cpus_per_run), cores), num_gpus=n_gpus, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(
+            num_cpus=max(int(workers * cpus_per_run), cores),
+            num_gpus=n_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
         started = True
     return started, cpus_per_run, gpus_per_run
 
@@ -336,8 +390,13 @@ def _run_ray(specs, todo, out_dir, resources: Resources, rows, progress, say) ->
     atomic_write_text(os.path.join(out_dir, MARKER), batch_id + "\n")
     started, cpus, gpus = _start_ray(ray, resources)
     try:
-        task = ray.remote(run_one).options(num_cpus=cpus, num_gpus=gpus, max_retries=resources.retries, retry_exceptions=False,
-                                           scheduling_strategy="SPREAD")
+        task = ray.remote(run_one).options(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            max_retries=resources.retries,
+            retry_exceptions=False,
+            scheduling_strategy="SPREAD",
+        )
         threads = max(int(cpus), 1)
         t0 = time.time()
         refs = {task.remote(specs[i], out_dir, threads, batch_id): i for i in todo}
@@ -350,15 +409,24 @@ def _run_ray(specs, todo, out_dir, resources: Resources, rows, progress, say) ->
                         rows[i] = ray.get(ref)
                     except ray.exceptions.RayError as e:  # the worker died more often than the retries allow
                         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                        rows[i] = summary_row(specs[i], "failed", os.path.join(out_dir, specs[i].name), attempts=resources.retries + 1,
-                                       error=f"{type(e).__name__} after {resources.retries + 1} attempts: {first}")
+                        rows[i] = summary_row(
+                            specs[i],
+                            "failed",
+                            os.path.join(out_dir, specs[i].name),
+                            attempts=resources.retries + 1,
+                            error=f"{type(e).__name__} after {resources.retries + 1} attempts: {first}",
+                        )
                     progress.started.pop(specs[i].name, None)
                     _count(rows[i], progress)
                     say(_describe(rows[i], i + 1, len(specs)))
                 # a run is running once its task has written to its log in this batch
                 for i in refs.values():
                     log_path = os.path.join(out_dir, specs[i].name, LOG_NAME)
-                    if specs[i].name not in progress.started and os.path.exists(log_path) and os.path.getmtime(log_path) >= t0 - 1:
+                    if (
+                        specs[i].name not in progress.started
+                        and os.path.exists(log_path)
+                        and os.path.getmtime(log_path) >= t0 - 1
+                    ):
                         progress.started[specs[i].name] = time.time()
                 progress.running = len(progress.started)
                 progress.slots = max(progress.slots, progress.running)
@@ -375,8 +443,24 @@ def _run_ray(specs, todo, out_dir, resources: Resources, rows, progress, say) ->
             ray.shutdown()
 
 
-SUMMARY_COLUMNS = ["name", "status", "prompt", "image", "preset", "variant", "seed", "error", "total_seconds", "steps",
-                   "steps_per_second", "wall_seconds", "attempts", "host", "node", "log"]
+SUMMARY_COLUMNS = [
+    "name",
+    "status",
+    "prompt",
+    "image",
+    "preset",
+    "variant",
+    "seed",
+    "error",
+    "total_seconds",
+    "steps",
+    "steps_per_second",
+    "wall_seconds",
+    "attempts",
+    "host",
+    "node",
+    "log",
+]
 
 
 def write_summary(out_dir: str, rows: list[dict], info: dict | None = None) -> None:
@@ -384,8 +468,10 @@ def write_summary(out_dir: str, rows: list[dict], info: dict | None = None) -> N
     scores, where a run was judged, as columns of their own)."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed", "interrupted")}
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(os.path.join(out_dir, "summary.json"),
-                      json.dumps({**(info or {}), "counts": counts, "runs": rows}, indent=1, default=float))
+    atomic_write_text(
+        os.path.join(out_dir, "summary.json"),
+        json.dumps({**(info or {}), "counts": counts, "runs": rows}, indent=1, default=float),
+    )
     score_keys = list(dict.fromkeys(k for r in rows for k in (r.get("scores") or {})))
     columns = [c for c in SUMMARY_COLUMNS if any(c in r for r in rows)] + score_keys
     buf = io.StringIO()

@@ -20,6 +20,7 @@ The page works opened straight from the folder (``file://``), offline:
 ``dream3d gallery DIR --serve`` serves the folder on http://127.0.0.1 for browsers or settings that restrict
 ``file://`` pages further.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,10 +41,25 @@ from .pipeline import mesh_error
 MODEL_VIEWER_VERSION = "4.4.0"
 VIEWER_JS = "model-viewer-umd.min.js"
 ASSETS = "gallery"  # DIR/gallery: the viewer, the mesh scripts, the stills
-RUN_FILES = ("mesh.glb", "mesh.obj", "mesh.png", "turntable.mp4", "turntable.gif", "gaussians.ply", "nerf.safetensors",
-             "config.yaml", "metrics.json", "generate.log")
-SCORES = (("iou", "IoU", "{:.3f}"), ("color_accuracy", "colour acc", "{:.2f}"), ("shape_accuracy", "shape acc", "{:.2f}"),
-          ("palette_color", "palette colour", "{}"), ("janus", "Janus", None))
+RUN_FILES = (
+    "mesh.glb",
+    "mesh.obj",
+    "mesh.png",
+    "turntable.mp4",
+    "turntable.gif",
+    "gaussians.ply",
+    "nerf.safetensors",
+    "config.yaml",
+    "metrics.json",
+    "generate.log",
+)
+SCORES = (
+    ("iou", "IoU", "{:.3f}"),
+    ("color_accuracy", "colour acc", "{:.2f}"),
+    ("shape_accuracy", "shape acc", "{:.2f}"),
+    ("palette_color", "palette colour", "{}"),
+    ("janus", "Janus", None),
+)
 
 
 STATUS_WORDS = {"skipped": "done (an earlier batch)"}
@@ -66,9 +82,23 @@ def model_viewer(log=print) -> tuple[str | None, str | None]:
     os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         try:
-            r = subprocess.run([npm, "pack", f"@google/model-viewer@{MODEL_VIEWER_VERSION}", "--pack-destination", tmp,
-                                "--prefer-offline", "--fetch-retries=1", "--fetch-timeout=30000", "--silent"],
-                               capture_output=True, text=True, timeout=180, cwd=tmp)
+            r = subprocess.run(
+                [
+                    npm,
+                    "pack",
+                    f"@google/model-viewer@{MODEL_VIEWER_VERSION}",
+                    "--pack-destination",
+                    tmp,
+                    "--prefer-offline",
+                    "--fetch-retries=1",
+                    "--fetch-timeout=30000",
+                    "--silent",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                cwd=tmp,
+            )
         except subprocess.TimeoutExpired:
             return None, "npm pack @google/model-viewer timed out (no network?)"
         tarballs = [f for f in os.listdir(tmp) if f.endswith(".tgz")]
@@ -81,7 +111,10 @@ def model_viewer(log=print) -> tuple[str | None, str | None]:
                     data = tar.extractfile(member).read()
                 except (KeyError, AttributeError):
                     if name == VIEWER_JS:
-                        return None, f"the npm package @google/model-viewer@{MODEL_VIEWER_VERSION} has no dist/{VIEWER_JS}"
+                        return (
+                            None,
+                            f"the npm package @google/model-viewer@{MODEL_VIEWER_VERSION} has no dist/{VIEWER_JS}",
+                        )
                     continue
                 atomic_write_bytes(os.path.join(folder, name), data)
     return path, None
@@ -95,7 +128,6 @@ def _rows(out_dir: str) -> list[dict]:
             return json.load(fh)["runs"]
     import yaml
 
-
     rows = []
     for root, dirs, files in sorted(os.walk(out_dir)):
         dirs[:] = sorted(d for d in dirs if d != ASSETS and not d.startswith("."))
@@ -106,9 +138,18 @@ def _rows(out_dir: str) -> list[dict]:
         finished = "metrics.json" in files
         err = mesh_error(root) if finished else None
         status = "failed" if err else ("done" if finished else "unfinished")
-        rows.append({"name": os.path.relpath(root, out_dir), "status": status, "prompt": cfg.get("prompt", ""), "image": cfg.get("image"),
-                     "preset": f"{cfg.get('representation', '?')} + {(cfg.get('guidance') or {}).get('method', '?')}",
-                     "seed": cfg.get("seed"), "error": f"mesh stage: {err}" if err else None, **_metrics_fields(root)})
+        rows.append(
+            {
+                "name": os.path.relpath(root, out_dir),
+                "status": status,
+                "prompt": cfg.get("prompt", ""),
+                "image": cfg.get("image"),
+                "preset": f"{cfg.get('representation', '?')} + {(cfg.get('guidance') or {}).get('method', '?')}",
+                "seed": cfg.get("seed"),
+                "error": f"mesh stage: {err}" if err else None,
+                **_metrics_fields(root),
+            }
+        )
         dirs[:] = []  # a run folder holds no runs
     return rows
 
@@ -155,12 +196,16 @@ def _card(row: dict, k: int, out_dir: str, viewer: bool) -> str:
     status = row.get("status", "")
     failed = status in ("failed", "interrupted", "unfinished")
     # the mesh, and the turntable shown where there is no viewer
-    still = f"{ASSETS}/stills/{key}.png" if _still(run_dir, os.path.join(out_dir, ASSETS, "stills", f"{key}.png")) else None
+    still = (
+        f"{ASSETS}/stills/{key}.png" if _still(run_dir, os.path.join(out_dir, ASSETS, "stills", f"{key}.png")) else None
+    )
     if os.path.exists(os.path.join(run_dir, "turntable.gif")):
         turntable = f'<img class="turntable" src="{href("turntable.gif")}" alt="turntable">'
     elif os.path.exists(os.path.join(run_dir, "turntable.mp4")):
         poster = f' poster="{still}"' if still else ""
-        turntable = f'<video class="turntable" src="{href("turntable.mp4")}"{poster} autoplay loop muted playsinline></video>'
+        turntable = (
+            f'<video class="turntable" src="{href("turntable.mp4")}"{poster} autoplay loop muted playsinline></video>'
+        )
     else:
         turntable = '<div class="turntable empty">no turntable</div>'
     glb = os.path.join(run_dir, "mesh.glb")
@@ -168,11 +213,19 @@ def _card(row: dict, k: int, out_dir: str, viewer: bool) -> str:
     if viewer and os.path.exists(glb):
         _mesh_script(glb, os.path.join(out_dir, ASSETS, "meshes", f"{key}.js"), key)
         poster = f' poster="{still}"' if still else ""
-        model = (f'<model-viewer data-key="{key}" data-mesh="{ASSETS}/meshes/{key}.js" alt="{e(str(row.get("prompt") or name))}" '
-                 f'camera-controls auto-rotate auto-rotate-delay="0" interaction-prompt="none"{poster}></model-viewer>')
-    facts = [("preset", row.get("preset")), ("variant", row.get("variant")), ("seed", row.get("seed")),
-             ("time", _fmt(row.get("total_seconds"), "{:.0f} s")), ("steps/s", _fmt(row.get("steps_per_second"), "{:.2f}")),
-             ("steps", row.get("steps")), ("attempts", row.get("attempts") if (row.get("attempts") or 0) > 1 else None)]
+        model = (
+            f'<model-viewer data-key="{key}" data-mesh="{ASSETS}/meshes/{key}.js" alt="{e(str(row.get("prompt") or name))}" '
+            f'camera-controls auto-rotate auto-rotate-delay="0" interaction-prompt="none"{poster}></model-viewer>'
+        )
+    facts = [
+        ("preset", row.get("preset")),
+        ("variant", row.get("variant")),
+        ("seed", row.get("seed")),
+        ("time", _fmt(row.get("total_seconds"), "{:.0f} s")),
+        ("steps/s", _fmt(row.get("steps_per_second"), "{:.2f}")),
+        ("steps", row.get("steps")),
+        ("attempts", row.get("attempts") if (row.get("attempts") or 0) > 1 else None),
+    ]
     for field, label, spec in SCORES:
         v = scores.get(field)
         if v is not None:
@@ -182,12 +235,22 @@ def _card(row: dict, k: int, out_dir: str, viewer: bool) -> str:
     error = f'<pre class="error">{e(str(row.get("error") or status))}</pre>' if failed or row.get("error") else ""
     title = row.get("prompt") or os.path.basename(str(row.get("image") or "")) or name
     text = " ".join(str(row.get(f) or "") for f in ("name", "prompt", "preset", "variant", "image")).lower()
-    data = {"name": name, "prompt": row.get("prompt") or "", "preset": row.get("preset") or "", "status": status,
-            "time": row.get("total_seconds"), "sps": row.get("steps_per_second"), "iou": scores.get("iou"), "text": text}
+    data = {
+        "name": name,
+        "prompt": row.get("prompt") or "",
+        "preset": row.get("preset") or "",
+        "status": status,
+        "time": row.get("total_seconds"),
+        "sps": row.get("steps_per_second"),
+        "iou": scores.get("iou"),
+        "text": text,
+    }
     attrs = " ".join(f'data-{k}="{e("" if v is None else str(v))}"' for k, v in data.items())
-    return (f'<article class="card {"failed" if failed else "ok"}" {attrs}>\n<div class="view">{model}{turntable}</div>\n'
-            f'<h2>{e(str(title))}</h2>\n<p class="name">{e(name)} · {e(STATUS_WORDS.get(status, status))}</p>\n<dl>{dl}</dl>\n{error}\n'
-            f'<p class="files">{links}</p>\n</article>')
+    return (
+        f'<article class="card {"failed" if failed else "ok"}" {attrs}>\n<div class="view">{model}{turntable}</div>\n'
+        f'<h2>{e(str(title))}</h2>\n<p class="name">{e(name)} · {e(STATUS_WORDS.get(status, status))}</p>\n<dl>{dl}</dl>\n{error}\n'
+        f'<p class="files">{links}</p>\n</article>'
+    )
 
 
 PAGE = """<!doctype html>
@@ -283,15 +346,25 @@ def write_gallery(out_dir: str, title: str | None = None, log=print) -> str:
             if os.path.exists(f) and not (os.path.exists(dest) and os.path.getsize(dest) == os.path.getsize(f)):
                 shutil.copyfile(f, dest)
     cards = [_card(r, k, out_dir, viewer=src is not None) for k, r in enumerate(rows)]
-    note = "" if src else (f"No 3D viewer: {html.escape(why)}. Showing each run's turntable instead; run <code>dream3d gallery "
-                           f"{html.escape(out_dir)}</code> where npm can reach its registry to add the viewer.")
+    note = (
+        ""
+        if src
+        else (
+            f"No 3D viewer: {html.escape(why)}. Showing each run's turntable instead; run <code>dream3d gallery "
+            f"{html.escape(out_dir)}</code> where npm can reach its registry to add the viewer."
+        )
+    )
     presets = sorted({str(r.get("preset")) for r in rows if r.get("preset")})
     page = PAGE.format(
         title=html.escape(title or f"dream3d: {os.path.basename(os.path.abspath(out_dir))} ({len(rows)} runs)"),
         viewer_script=f'<script src="{ASSETS}/{VIEWER_JS}"></script>' if src else "",
-        body_class="" if src else "no-viewer", note=note, note_hidden="" if note else " hidden", viewer_file=VIEWER_JS,
+        body_class="" if src else "no-viewer",
+        note=note,
+        note_hidden="" if note else " hidden",
+        viewer_file=VIEWER_JS,
         preset_options="".join(f'<option value="{html.escape(p)}">{html.escape(p)}</option>' for p in presets),
-        cards="\n".join(cards))
+        cards="\n".join(cards),
+    )
     path = os.path.join(out_dir, "index.html")
     atomic_write_text(path, page)
     log(f"wrote {path} ({len(rows)} runs{'' if src else '; no 3D viewer: ' + why})")

@@ -1,4 +1,5 @@
 """Writing images: PNGs written atomically, and grids of images (validation views, samples, contact sheets)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
     grid = np.ones((rows * h, cols * w, c), images.dtype)
     for k in range(n):
         r, q = divmod(k, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[k]
+        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = images[k]
     return grid
 
 

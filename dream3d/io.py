@@ -1,5 +1,6 @@
 """Atomic file writes: write beside the target, then rename, so an interrupted run never leaves a
 finished-looking file."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ The fused Adam/AdamW kernels take ``found_inf``: where it is 1 they leave the pa
 step count as they were (what mixed-precision training's GradScaler relies on). The flag itself comes from
 :func:`nonfinite`, computed on the device; nothing reads it back inside a step.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ or ``nerf.safetensors``, ``mesh.glb``, ``mesh.obj`` (+ ``.mtl``, ``.png``), ``tu
 with ``mesh: {"error": ...}`` until that stage succeeds, so a failed or killed mesh stage never costs the
 training: ``dream3d mesh RUN`` (or ``--resume``) finishes such a run without training again.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,16 +60,22 @@ def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
 
 def describe_prior(prior) -> dict:
     """Which diffusion model scored the run, and at what size and precision (for metrics.json)."""
-    return {"model": prior.source, "image_size": prior.image_size, "latent_size": prior.latent_size,
-            "dtype": str(prior.dtype).removeprefix("torch."), "device": str(prior.device)}
+    return {
+        "model": prior.source,
+        "image_size": prior.image_size,
+        "latent_size": prior.latent_size,
+        "dtype": str(prior.dtype).removeprefix("torch."),
+        "device": str(prior.device),
+    }
 
 
 # What load_reference_image reads (through imageio's Pillow plugin; tests/test_inputs.py reads each one).
 IMAGE_FORMATS = ("PNG", "JPEG", "WebP", "BMP", "TIFF")
 
 
-def load_reference_image(path: str, size: int, background_threshold: float = 0.95,
-                         object_fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_reference_image(
+    path: str, size: int, background_threshold: float = 0.95, object_fraction: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The input image as (1, size, size, 3) RGB on white and its (1, size, size, 1) foreground mask.
 
     The mask comes from the alpha channel; without one, pixels brighter than ``background_threshold`` in
@@ -81,8 +88,10 @@ def load_reference_image(path: str, size: int, background_threshold: float = 0.9
     try:
         img = np.asarray(iio.imread(path))
     except Exception:  # imageio raises many types for unreadable files, with advice to install plugins we do not use
-        raise RunError(f"cannot read image {path!r}: it is not a still image in a format dream3d reads "
-                       f"({', '.join(IMAGE_FORMATS)})") from None
+        raise RunError(
+            f"cannot read image {path!r}: it is not a still image in a format dream3d reads "
+            f"({', '.join(IMAGE_FORMATS)})"
+        ) from None
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, -1)
     elif img.ndim == 3 and img.shape[-1] == 2:  # grey + alpha
@@ -93,17 +102,22 @@ def load_reference_image(path: str, size: int, background_threshold: float = 0.9
     if x.shape[-1] == 4:
         rgb, mask = x[..., :3], x[..., 3:]
     else:
-        warnings.warn(f"{path} has no alpha channel: taking pixels brighter than {background_threshold} as background", stacklevel=2)
+        warnings.warn(
+            f"{path} has no alpha channel: taking pixels brighter than {background_threshold} as background",
+            stacklevel=2,
+        )
         rgb = x
         mask = (rgb.min(-1, keepdim=True).values < background_threshold).float()
     if mask.sum() < 4:
-        raise RunError(f"image {path!r} has no foreground: give an RGBA image with the object opaque, or a white background")
+        raise RunError(
+            f"image {path!r} has no foreground: give an RGBA image with the object opaque, or a white background"
+        )
     rgb = rgb * mask + (1 - mask)
     chw = torch.cat([rgb, mask], -1).permute(2, 0, 1)[None]
     if object_fraction is not None:
         ys, xs = torch.nonzero(chw[0, 3] > 0.5, as_tuple=True)
         if len(ys):
-            chw = chw[..., int(ys.min()):int(ys.max()) + 1, int(xs.min()):int(xs.max()) + 1]
+            chw = chw[..., int(ys.min()) : int(ys.max()) + 1, int(xs.min()) : int(xs.max()) + 1]
             side = max(chw.shape[-2:]) / object_fraction
             ph, pw = (max(int(round(side)) - n, 0) for n in chw.shape[-2:])
             chw = _pad_centred(chw, ph, pw)
@@ -123,9 +137,21 @@ def _pad_centred(chw: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
 
 
 # What a run writes into its folder. --overwrite removes these and val/, nothing else.
-REPRESENTATION_FILES = tuple(f for rep in REPRESENTATIONS.values() for f in rep.files)  # gaussians.ply, nerf.safetensors, ...
-RUN_FILES = ("metrics.json", "checkpoint.pt", "config.yaml", *REPRESENTATION_FILES, "mesh.glb", "mesh.obj",
-             "mesh.mtl", "mesh.png", "turntable.mp4", "turntable.gif")
+REPRESENTATION_FILES = tuple(
+    f for rep in REPRESENTATIONS.values() for f in rep.files
+)  # gaussians.ply, nerf.safetensors, ...
+RUN_FILES = (
+    "metrics.json",
+    "checkpoint.pt",
+    "config.yaml",
+    *REPRESENTATION_FILES,
+    "mesh.glb",
+    "mesh.obj",
+    "mesh.mtl",
+    "mesh.png",
+    "turntable.mp4",
+    "turntable.gif",
+)
 
 
 def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
@@ -138,8 +164,10 @@ def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
     started = os.path.exists(os.path.join(out_dir, "checkpoint.pt"))
     if finished and not overwrite and mesh_error(out_dir) is not None:
         if not resume:
-            raise RunError(f"{out_dir} holds a trained run whose mesh stage did not finish; finish it with "
-                           f"{mesh_command(out_dir)} (or --resume), or pass --overwrite to start again")
+            raise RunError(
+                f"{out_dir} holds a trained run whose mesh stage did not finish; finish it with "
+                f"{mesh_command(out_dir)} (or --resume), or pass --overwrite to start again"
+            )
     elif finished and not overwrite:
         raise RunError(f"{out_dir} holds a finished run; choose another -o folder or pass --overwrite")
     if started and not (resume or overwrite):
@@ -152,8 +180,10 @@ def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
         others = sorted(n for n in os.listdir(out_dir) if not n.startswith(".") and not n.endswith(".log"))
         if others:
             listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise RunError(f"{out_dir} holds other files but no dream3d run ({listed}); give -o a new or empty folder, "
-                           f"e.g. {os.path.join(out_dir, 'run')}")
+            raise RunError(
+                f"{out_dir} holds other files but no dream3d run ({listed}); give -o a new or empty folder, "
+                f"e.g. {os.path.join(out_dir, 'run')}"
+            )
 
 
 def holds_run(folder: str) -> bool:
@@ -212,8 +242,17 @@ def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> l
 
 # Settings a resumed run may change: they do not touch what each step does (schedules that follow train.steps
 # keep the values the run started with, keep_run_length, so a run can be resumed to train longer).
-RESUME_MAY_CHANGE = ("mesh.", "output.", "train.steps", "train.checkpoint_every", "train.val_every", "train.log_every", "train.compile",
-                     "guidance.prior.allow_download", "guidance.prior.channels_last")  # (compile, channels_last: speed only)
+RESUME_MAY_CHANGE = (
+    "mesh.",
+    "output.",
+    "train.steps",
+    "train.checkpoint_every",
+    "train.val_every",
+    "train.log_every",
+    "train.compile",
+    "guidance.prior.allow_download",
+    "guidance.prior.channels_last",
+)  # (compile, channels_last: speed only)
 
 
 def check_resume_config(cfg: RunConfig, out_dir: str) -> None:
@@ -221,9 +260,11 @@ def check_resume_config(cfg: RunConfig, out_dir: str) -> None:
     path = os.path.join(out_dir, "config.yaml")
     changed = config_changes(cfg, path, ignore=RESUME_MAY_CHANGE) if os.path.exists(path) else []
     if changed:
-        raise RunError(f"--resume: this command's settings differ from those the run in {out_dir} started with "
-                       f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}). "
-                       "Resume with the same prompt, --config and overrides, or start again with --overwrite")
+        raise RunError(
+            f"--resume: this command's settings differ from those the run in {out_dir} started with "
+            f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}). "
+            "Resume with the same prompt, --config and overrides, or start again with --overwrite"
+        )
 
 
 def keep_run_length(cfg: RunConfig, out_dir: str) -> None:
@@ -237,7 +278,14 @@ def keep_run_length(cfg: RunConfig, out_dir: str) -> None:
             setattr(schema_at(cfg, section), name, schema_at(started, key))
 
 
-def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool = False, log=print, stop_after: int | None = None) -> dict:
+def generate(
+    cfg: RunConfig,
+    out_dir: str,
+    resume: bool = False,
+    overwrite: bool = False,
+    log=print,
+    stop_after: int | None = None,
+) -> dict:
     """Run the whole pipeline into ``out_dir``; returns the metrics (also written to metrics.json).
     ``stop_after`` stops training early (as an interruption would), leaving a resumable checkpoint.
 
@@ -266,11 +314,15 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     t_start = time.time()
     reference = None
     if cfg.image:
-        reference = load_reference_image(cfg.image, cfg.reference.resolution, object_fraction=cfg.reference.object_fraction)
+        reference = load_reference_image(
+            cfg.image, cfg.reference.resolution, object_fraction=cfg.reference.object_fraction
+        )
         if not cfg.prompt.strip():
             log("no prompt with the image: the other views get unconditional SDS")
     guidance = build_guidance(cfg)
-    if cfg.prompt and (why := guidance.prior.outside_vocabulary(cfg.prompt)):  # the embedded prior knows its world's words only
+    if cfg.prompt and (
+        why := guidance.prior.outside_vocabulary(cfg.prompt)
+    ):  # the embedded prior knows its world's words only
         log(f"warning: {why}; for other prompts give a real checkpoint with guidance.prior.model=...")
     if overwrite:
         clear_run(out_dir)
@@ -291,9 +343,16 @@ def generate(cfg: RunConfig, out_dir: str, resume: bool = False, overwrite: bool
     if trainer.checkpoint_step != trainer.step:
         trainer.save_checkpoint()
     files = save_representation(trainer, out_dir)
-    metrics = {"prompt": cfg.prompt, "image": cfg.image, "representation": cfg.representation, "guidance": cfg.guidance.method,
-               "prior": describe_prior(guidance.prior), "dream3d_version": __version__, "train": train_info,
-               "history": trainer.history}
+    metrics = {
+        "prompt": cfg.prompt,
+        "image": cfg.image,
+        "representation": cfg.representation,
+        "guidance": cfg.guidance.method,
+        "prior": describe_prior(guidance.prior),
+        "dream3d_version": __version__,
+        "train": train_info,
+        "history": trainer.history,
+    }
     if reference is not None:
         metrics["reference_view"] = reference_view_scores(trainer, reference)
     metrics["files"] = {k: os.path.basename(v) for k, v in files.items()}
@@ -338,22 +397,34 @@ def mesh_stage(trainer, cfg: RunConfig, run_dir: str, metrics: dict, log=print) 
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         lines = str(e).strip().splitlines()
-        cause = "interrupted (Ctrl-C)" if interrupted else f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+        cause = (
+            "interrupted (Ctrl-C)"
+            if interrupted
+            else f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+        )
         if isinstance(metrics.get("mesh"), dict) and "error" not in metrics["mesh"]:
             metrics["mesh_last_error"] = cause  # a finished run meshed again: its mesh files and figures stand
         else:
             metrics["mesh"] = {"error": cause}
         write_metrics(run_dir, metrics)
         retry = mesh_command(run_dir, _retry_hints(e, cfg))
-        saved = ", ".join(n for n in ("checkpoint.pt", *REPRESENTATION_FILES, "config.yaml", "metrics.json")
-                          if os.path.exists(os.path.join(run_dir, n)))
+        saved = ", ".join(
+            n
+            for n in ("checkpoint.pt", *REPRESENTATION_FILES, "config.yaml", "metrics.json")
+            if os.path.exists(os.path.join(run_dir, n))
+        )
         if interrupted:
-            log(f"interrupted in the mesh stage; the trained run is kept in {run_dir} ({saved}): finish it with {retry}")
+            log(
+                f"interrupted in the mesh stage; the trained run is kept in {run_dir} ({saved}): finish it with {retry}"
+            )
             raise
         if not isinstance(e, Exception):  # SystemExit and the like go on as they are
             raise
-        raise MeshStageError(f"the mesh stage failed ({cause}); the trained run is kept in {run_dir} ({saved}). "
-                             f"Finish it with: {retry}", run_dir, retry) from e
+        raise MeshStageError(
+            f"the mesh stage failed ({cause}); the trained run is kept in {run_dir} ({saved}). Finish it with: {retry}",
+            run_dir,
+            retry,
+        ) from e
     metrics["mesh"] = to_plain(mesh_info)
     metrics.pop("mesh_last_error", None)
     metrics["files"] = metrics.get("files", {}) | {k: os.path.basename(v) for k, v in files.items()}
@@ -366,8 +437,18 @@ def mesh_and_export(trainer, cfg: RunConfig, out_dir: str, files: dict) -> dict:
     adds the written files to ``files`` and returns the stage's figures."""
     t0 = time.time()
     mesh, mesh_info = extract_textured_mesh(trainer, cfg)
-    files.update({k: str(v) for k, v in export_mesh(mesh, out_dir, turntable=True, turntable_frames=cfg.output.turntable_frames,
-                                                       turntable_resolution=cfg.output.turntable_resolution).items()})
+    files.update(
+        {
+            k: str(v)
+            for k, v in export_mesh(
+                mesh,
+                out_dir,
+                turntable=True,
+                turntable_frames=cfg.output.turntable_frames,
+                turntable_resolution=cfg.output.turntable_resolution,
+            ).items()
+        }
+    )
     return mesh_info | {"seconds": round(time.time() - t0, 2)}
 
 
@@ -380,10 +461,14 @@ def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
     for name in ("config.yaml", "checkpoint.pt", "metrics.json"):
         if not os.path.exists(os.path.join(run_dir, name)):
             raise RunError(f"{run_dir} has no {name}: only a finished dream3d run folder can be meshed again")
-    bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("mesh.", "output.")) or o.startswith("output.mesh=")]
+    bad = [
+        o for o in overrides if not o.split("=", 1)[0].startswith(("mesh.", "output.")) or o.startswith("output.mesh=")
+    ]
     if bad:
-        raise RunError(f"only mesh.* and output.* settings (not output.mesh: this command makes the mesh) can change "
-                       f"after training; got {', '.join(bad)}")
+        raise RunError(
+            f"only mesh.* and output.* settings (not output.mesh: this command makes the mesh) can change "
+            f"after training; got {', '.join(bad)}"
+        )
     return finish_mesh(load_run_config(os.path.join(run_dir, "config.yaml"), overrides), run_dir, log)
 
 
@@ -392,13 +477,17 @@ def finish_mesh(cfg: RunConfig, run_dir: str, log=print) -> dict:
     trainer = Trainer(cfg, cfg.prompt, run_dir, log=log)
     trainer.load_checkpoint()
     if trainer.step < cfg.train.steps:
-        raise RunError(f"the checkpoint in {run_dir} is at step {trainer.step} of {cfg.train.steps}; finish the run with --resume first")
+        raise RunError(
+            f"the checkpoint in {run_dir} is at step {trainer.step} of {cfg.train.steps}; finish the run with --resume first"
+        )
     with open(os.path.join(run_dir, "metrics.json")) as fh:
         metrics = json.load(fh)
     failed_before = mesh_error(run_dir) is not None
     mesh_stage(trainer, cfg, run_dir, metrics, log)
     if failed_before and isinstance(metrics.get("total_seconds"), (int, float)):
-        metrics["total_seconds"] = round(metrics["total_seconds"] + metrics["mesh"]["seconds"], 2)  # the run's whole job
+        metrics["total_seconds"] = round(
+            metrics["total_seconds"] + metrics["mesh"]["seconds"], 2
+        )  # the run's whole job
         write_metrics(run_dir, metrics)
     atomic_write_text(os.path.join(run_dir, "config.yaml"), to_yaml(cfg))
     log(f"meshed in {metrics['mesh']['seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {run_dir}")

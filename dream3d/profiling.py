@@ -17,6 +17,7 @@ copy of host data to the device counts when it blocks (``non_blocking=False``). 
 :class:`PhaseTimer` times named phases of a step; it synchronises the device at each phase boundary, so it is
 on only for a breakdown run, never when steps/s is measured.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,12 +30,42 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Tensor methods and functions whose result the host must wait for (a Python value or a data-dependent shape).
-_READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__complex__", "nonzero",
-          "argwhere", "masked_select", "unique", "unique_consecutive", "equal", "allclose"}
+_READS = {
+    "item",
+    "tolist",
+    "numpy",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "__complex__",
+    "nonzero",
+    "argwhere",
+    "masked_select",
+    "unique",
+    "unique_consecutive",
+    "equal",
+    "allclose",
+}
 _HOST = "_dream3d_host"  # attribute marking a tensor as host data
 # Factories that make a tensor on the host unless given a device (also on a GPU machine).
-_FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "linspace", "logspace", "eye", "rand",
-              "randn", "randint", "randperm", "from_numpy"}
+_FACTORIES = {
+    "tensor",
+    "as_tensor",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "arange",
+    "linspace",
+    "logspace",
+    "eye",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "from_numpy",
+}
 
 
 def _name(func) -> str:
@@ -98,14 +129,22 @@ class count_syncs(TorchFunctionMode):
             sync = name
         elif name in ("__getitem__", "__setitem__", "index_put", "index_put_") and not host and _bool_index(args):
             sync = f"{name}[bool]"
-        elif name == "repeat_interleave" and not host and "output_size" not in kwargs and any(isinstance(a, torch.Tensor) for a in args[1:2]):
+        elif (
+            name == "repeat_interleave"
+            and not host
+            and "output_size" not in kwargs
+            and any(isinstance(a, torch.Tensor) for a in args[1:2])
+        ):
             sync = name
         elif name == "where" and len(args) == 1 and not host:
             sync = "where(cond)"
         elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None and (not ts or host):
             sync = f"{name}(host data, device=...)"  # a blocking copy from the host, as .to(device) is
         elif name in ("to", "cuda", "copy_") and host and not kwargs.get("non_blocking", False):
-            if name != "to" or any(isinstance(a, (torch.device, str)) or (isinstance(a, torch.Tensor) and a is not args[0]) for a in list(args[1:]) + [kwargs.get("device")]):
+            if name != "to" or any(
+                isinstance(a, (torch.device, str)) or (isinstance(a, torch.Tensor) and a is not args[0])
+                for a in list(args[1:]) + [kwargs.get("device")]
+            ):
                 sync = f"{name}(host->device)"
         if sync:
             site = self._site(sync)
@@ -113,7 +152,9 @@ class count_syncs(TorchFunctionMode):
                 self.by_site[site] += 1
         out = func(*args, **kwargs)
         if name in ("to", "cuda") and host and out is args[0]:
-            out = out.view_as(out)  # on the CPU a "copy to the device" is the tensor itself: an alias stands for the copy
+            out = out.view_as(
+                out
+            )  # on the CPU a "copy to the device" is the tensor itself: an alias stands for the copy
         if "generator" in kwargs and kwargs["generator"] is not None and kwargs["generator"].device.type == "cpu":
             _mark(out)  # drawn on the host
         elif name in _FACTORIES and not ts and kwargs.get("device") is None:

@@ -6,6 +6,7 @@
 Randomness comes from generators seeded from ``cfg.seed`` and saved in every checkpoint, so a resumed run
 reaches the same parameters as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,7 +85,10 @@ def _interrupt_between_steps():
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+        signal.SIG_IGN,
+        None,
+    ):
         yield lambda: False  # no Ctrl-C to catch here (a thread, nohup, or a handler installed outside Python)
         return
     hits = []
@@ -145,7 +149,9 @@ class Trainer:
     def render(self, cameras: Cameras, step: int | None = None, shading: str | None = None, generator=None):
         """rgb (B,H,W,3), alpha (B,H,W,1) and the representation's Render (with its regularizers when ``step``
         is given: a training render)."""
-        out = self.model.render_views(cameras.to(self.device), self.background, step=step, generator=generator, shading=shading)
+        out = self.model.render_views(
+            cameras.to(self.device), self.background, step=step, generator=generator, shading=shading
+        )
         return out.rgb, out.alpha, out
 
     def _reference_cameras(self, size: int) -> Cameras:
@@ -170,7 +176,9 @@ class Trainer:
             gout = self.guidance(rgb, cams, self.prompt, step)
             # (.to: the prior may sit on another device than the representation, guidance.prior.device)
             loss = loss + gout.loss.to(self.device)
-            gl, gn, tt = (x.detach().float().to(self.device) for x in (gout.loss, gout.grad_norm, gout.t.float().mean()))
+            gl, gn, tt = (
+                x.detach().float().to(self.device) for x in (gout.loss, gout.grad_norm, gout.t.float().mean())
+            )
         for term in raw.losses.values():  # the representation's regularizers
             loss = loss + term
         with self.timer("render"):
@@ -178,8 +186,11 @@ class Trainer:
                 ref_rgb, ref_mask = self.reference
                 rc = self._reference_cameras(ref_rgb.shape[1])
                 prgb, palpha, _ = self.render(rc, shading="albedo", generator=self.g_model)
-                loss = loss + cfg.reference.lambda_rgb * torch.nn.functional.mse_loss(prgb, ref_rgb) \
+                loss = (
+                    loss
+                    + cfg.reference.lambda_rgb * torch.nn.functional.mse_loss(prgb, ref_rgb)
                     + cfg.reference.lambda_mask * torch.nn.functional.mse_loss(palpha, ref_mask)
+                )
         with self.timer("backward"):
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -194,9 +205,14 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict:
         s = {
-            "step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "g_cam": self.g_cam.get_state(), "g_model": self.g_model.get_state(), "nan_skips": self.nan_skips,
-            "train_seconds": self.train_seconds, "history": self.history,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "g_cam": self.g_cam.get_state(),
+            "g_model": self.g_model.get_state(),
+            "nan_skips": self.nan_skips,
+            "train_seconds": self.train_seconds,
+            "history": self.history,
         }
         s.update(self.model.extra_state())
         if self.guidance is not None:
@@ -240,15 +256,22 @@ class Trainer:
         (which ends the current step first), writes a checkpoint to resume from."""
         cfg = self.cfg.train
         done_now = 0
-        self._bar = tqdm(total=cfg.steps, initial=self.step, desc="text-to-3D" if self.reference is None else "image-to-3D",
-                         unit="step", dynamic_ncols=True)
+        self._bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="text-to-3D" if self.reference is None else "image-to-3D",
+            unit="step",
+            dynamic_ncols=True,
+        )
         try:
             with _interrupt_between_steps() as interrupted:
                 while self.step < cfg.steps:
                     if (stop_after is not None and done_now >= stop_after) or interrupted():
                         self._read()
                         last = self._last_read
-                        if last is not None and not last.skipped and self.checkpoint_step != self.step:  # where --resume starts
+                        if (
+                            last is not None and not last.skipped and self.checkpoint_step != self.step
+                        ):  # where --resume starts
                             self.save_checkpoint()
                         break
                     self._one_step(cfg)
@@ -256,15 +279,21 @@ class Trainer:
                 self._read()
                 if interrupted():
                     self._bar.close()
-                    self.log(f"interrupted after step {self.step}/{cfg.steps}; the checkpoint {self.ckpt_path} is where --resume starts")
+                    self.log(
+                        f"interrupted after step {self.step}/{cfg.steps}; the checkpoint {self.ckpt_path} is where --resume starts"
+                    )
                     raise KeyboardInterrupt
         finally:
             self._bar.close()
         last_good = self._last_good
-        return {"steps": self.step, "train_seconds": round(self.train_seconds, 2), "nan_skips": self.nan_skips,
-                "steps_per_second": round(self.step / max(self.train_seconds, 1e-9), 3) if self.step else 0.0,
-                "final_loss": None if last_good is None else last_good.loss,
-                "final_grad_norm": None if last_good is None else last_good.grad_norm}
+        return {
+            "steps": self.step,
+            "train_seconds": round(self.train_seconds, 2),
+            "nan_skips": self.nan_skips,
+            "steps_per_second": round(self.step / max(self.train_seconds, 1e-9), 3) if self.step else 0.0,
+            "final_loss": None if last_good is None else last_good.loss,
+            "final_grad_norm": None if last_good is None else last_good.grad_norm,
+        }
 
     def _one_step(self, cfg) -> None:
         """One optimizer step, then (every ``log_every`` steps) the progress bar and the NaN policy, and the
@@ -307,7 +336,9 @@ class Trainer:
         for (step, summary), (loss, gl, gn, tt, skipped) in zip(meta, rows):
             r = self._last_read = StepResult(loss, gl, gn, tt, skipped=bool(skipped))
             if step % 10 == 0 or step == cfg.steps:
-                self.history.append({"step": step, "loss": loss, "guidance_loss": gl, "grad_norm": gn, "t": tt} | summary)
+                self.history.append(
+                    {"step": step, "loss": loss, "guidance_loss": gl, "grad_norm": gn, "t": tt} | summary
+                )
             if not r.skipped:
                 self._last_good = r
                 continue
@@ -315,8 +346,10 @@ class Trainer:
             if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
                 if self._bar is not None:
                     self._bar.close()
-                raise NonFiniteError(f"non-finite loss or gradient at step {step}; stopped after {self.nan_skips} bad steps. The last good "
-                                     f"checkpoint is kept at {self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume.")
+                raise NonFiniteError(
+                    f"non-finite loss or gradient at step {step}; stopped after {self.nan_skips} bad steps. The last good "
+                    f"checkpoint is kept at {self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume."
+                )
             self.log(f"step {step}: non-finite loss or gradient; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
         if self._bar is not None:
             self._bar.set_postfix({"loss": f"{r.loss:.4g}", "t": f"{r.t:.0f}"} | summary, refresh=False)

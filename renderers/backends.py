@@ -14,6 +14,7 @@ helpers run on the CPU) is another question: :func:`import_error`.
 
 This module never imports dream3d.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -76,8 +77,10 @@ def _fix(library: str, e: BaseException) -> str:
             arch = "%d.%d for this GPU" % torch.cuda.get_device_capability()
     except Exception:  # only a hint; never fail while explaining a failure
         pass
-    return (f"use an nvcc that matches torch's CUDA {cuda}, set TORCH_CUDA_ARCH_LIST ({arch}), "
-            f"then `dream3d env --build` rebuilds it and shows the compiler's errors")
+    return (
+        f"use an nvcc that matches torch's CUDA {cuda}, set TORCH_CUDA_ARCH_LIST ({arch}), "
+        f"then `dream3d env --build` rebuilds it and shows the compiler's errors"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,7 +154,9 @@ def load(library: str, device: torch.device | str | None = None) -> Load:
         try:
             _LOADERS[library](dev)
         except Exception as e:  # a failed build raises RuntimeError, OSError, CalledProcessError, ImportError...
-            _LOADS[library] = Load(library, False, time.perf_counter() - start, _short(e), _fix(library, e), str(e)[-4000:])
+            _LOADS[library] = Load(
+                library, False, time.perf_counter() - start, _short(e), _fix(library, e), str(e)[-4000:]
+            )
         else:
             _LOADS[library] = Load(library, True, time.perf_counter() - start)
     return _LOADS[library]
@@ -173,9 +178,12 @@ def available(library: str, device: torch.device | str) -> bool:
     result = load(library, device)
     if not result.ok and library not in _WARNED:
         _WARNED.add(library)
-        warnings.warn(f"{library} could not be loaded, so the {RENDERER_OF[library]} renderer takes its torch path "
-                      f"(slower): {result.error}. Fix: {result.fix}; or set the backend to 'torch' to skip {library}.",
-                      BackendWarning, stacklevel=2)
+        warnings.warn(
+            f"{library} could not be loaded, so the {RENDERER_OF[library]} renderer takes its torch path "
+            f"(slower): {result.error}. Fix: {result.fix}; or set the backend to 'torch' to skip {library}.",
+            BackendWarning,
+            stacklevel=2,
+        )
     return result.ok
 
 
@@ -183,11 +191,15 @@ def require(library: str, device: torch.device | str) -> None:
     """For a backend forced by name: load ``library`` on ``device`` or raise a RuntimeError that says why."""
     device = torch.device(device)
     if device.type != "cuda":
-        raise RuntimeError(f"backend={library!r} runs on CUDA devices only (the tensors are on {device}); use backend='torch'")
+        raise RuntimeError(
+            f"backend={library!r} runs on CUDA devices only (the tensors are on {device}); use backend='torch'"
+        )
     result = load(library, device)
     if not result.ok:
-        raise RuntimeError(f"backend={library!r} was asked for, but {library} could not be loaded: {result.error}. "
-                           f"Fix: {result.fix}; or use backend='torch'.")
+        raise RuntimeError(
+            f"backend={library!r} was asked for, but {library} could not be loaded: {result.error}. "
+            f"Fix: {result.fix}; or use backend='torch'."
+        )
 
 
 def nvdiffrast_context(device: torch.device | str):
@@ -219,8 +231,10 @@ def explain(library: str, device: torch.device | str) -> tuple[str, str]:
         return "torch", f"{library} does not import: {broken}"
     result = loaded(library)
     if result is None:
-        return library, (f"CUDA device and {library} imports; its CUDA code is built and loaded on first use "
-                         f"(`dream3d env --build` does that now and checks it)")
+        return library, (
+            f"CUDA device and {library} imports; its CUDA code is built and loaded on first use "
+            f"(`dream3d env --build` does that now and checks it)"
+        )
     if result.ok:
         return library, f"CUDA device; {library} built and loaded in {result.seconds:.1f} s"
     return "torch", f"{library} could not be loaded: {result.error}. Fix: {result.fix}"

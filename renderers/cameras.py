@@ -14,6 +14,7 @@ Spherical poses: ``azimuth`` 0 puts the camera on the +Z axis, looking at the ob
 towards +X (counter-clockwise seen from above). ``elevation`` is positive above the XZ plane. Angles are
 in degrees.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,8 +68,12 @@ class Cameras:
         # non_blocking from the host only: a host-to-device copy need not wait for the device's queue, while a
         # device-to-host one must finish before the host reads it
         nb = self.c2w.device.type == "cpu"
-        return Cameras(self.c2w.to(device=device, dtype=dtype, non_blocking=nb), self.K.to(device=device, dtype=dtype, non_blocking=nb),
-                       self.width, self.height)
+        return Cameras(
+            self.c2w.to(device=device, dtype=dtype, non_blocking=nb),
+            self.K.to(device=device, dtype=dtype, non_blocking=nb),
+            self.width,
+            self.height,
+        )
 
     def resized(self, width: int, height: int) -> "Cameras":
         """The same cameras at another resolution (the field of view is kept)."""
@@ -96,7 +101,9 @@ class Cameras:
         )  # (H, W)
         fx, fy = self.K[:, 0, 0, None, None], self.K[:, 1, 1, None, None]
         cx, cy = self.K[:, 0, 2, None, None], self.K[:, 1, 2, None, None]
-        d_cam = torch.stack([(j - cx) / fx, (i - cy) / fy, torch.ones(B, self.height, self.width, device=dev, dtype=dt)], -1)
+        d_cam = torch.stack(
+            [(j - cx) / fx, (i - cy) / fy, torch.ones(B, self.height, self.width, device=dev, dtype=dt)], -1
+        )
         d = torch.einsum("bij,bhwj->bhwi", self.c2w[:, :3, :3], d_cam)
         d = d / d.norm(dim=-1, keepdim=True)
         o = self.origins[:, None, None, :].expand_as(d)
@@ -150,7 +157,11 @@ def look_at(eye: Tensor, target: Tensor | None = None, up: Tensor | None = None)
     """(B, 4, 4) camera-to-world poses at ``eye`` (B, 3) looking at ``target`` with +Y as world up."""
     eye = torch.as_tensor(eye, dtype=torch.float32).reshape(-1, 3)
     target = torch.zeros_like(eye) if target is None else torch.as_tensor(target, dtype=eye.dtype).expand_as(eye)
-    up = torch.tensor([0.0, 1.0, 0.0]).expand_as(eye) if up is None else torch.as_tensor(up, dtype=eye.dtype).expand_as(eye)
+    up = (
+        torch.tensor([0.0, 1.0, 0.0]).expand_as(eye)
+        if up is None
+        else torch.as_tensor(up, dtype=eye.dtype).expand_as(eye)
+    )
     z = torch.nn.functional.normalize(target - eye, dim=-1)  # forward
     x = torch.cross(z, up, dim=-1)  # right = forward x up (OpenCV: y points down)
     # Looking straight up or down: the up vector is parallel to forward, so pick world -Z as "up".
@@ -167,7 +178,10 @@ def look_at(eye: Tensor, target: Tensor | None = None, up: Tensor | None = None)
 
 def positions_from_spherical(elevation_deg: Tensor, azimuth_deg: Tensor, radius: Tensor) -> Tensor:
     """(B, 3) points; azimuth 0 lies on +Z and 90 on +X, elevation 90 on +Y."""
-    el, az = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=torch.float32)), torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.float32))
+    el, az = (
+        torch.deg2rad(torch.as_tensor(elevation_deg, dtype=torch.float32)),
+        torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.float32)),
+    )
     r = torch.as_tensor(radius, dtype=torch.float32)
     el, az, r = torch.broadcast_tensors(el.reshape(-1), az.reshape(-1), r.reshape(-1))
     return torch.stack([r * torch.cos(el) * torch.sin(az), r * torch.sin(el), r * torch.cos(el) * torch.cos(az)], -1)
@@ -191,13 +205,17 @@ def orbit_cameras(
     target: Tensor | None = None,
 ) -> Cameras:
     """Cameras on a sphere around ``target`` (default: the origin), looking at it."""
-    el, az, r, fov = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (elevation_deg, azimuth_deg, radius, fov_y_deg)))
+    el, az, r, fov = torch.broadcast_tensors(
+        *(torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (elevation_deg, azimuth_deg, radius, fov_y_deg))
+    )
     target = torch.zeros(3) if target is None else torch.as_tensor(target, dtype=torch.float32)
     eye = positions_from_spherical(el, az, r) + target
     return Cameras(look_at(eye, target), intrinsics_from_fov(fov, width, height), width, height)
 
 
-def turntable_cameras(n: int, elevation_deg: float, radius: float, fov_y_deg: float, width: int, height: int) -> Cameras:
+def turntable_cameras(
+    n: int, elevation_deg: float, radius: float, fov_y_deg: float, width: int, height: int
+) -> Cameras:
     """``n`` cameras evenly spaced in azimuth, starting at the front."""
     az = torch.arange(n, dtype=torch.float32) * (360.0 / n)
     return orbit_cameras(elevation_deg, az, radius, fov_y_deg, width, height)
@@ -216,15 +234,28 @@ class CameraSampler:
         u = torch.rand(4, n, generator=generator)
         lerp = lambda rng, x: rng[0] + (rng[1] - rng[0]) * x  # noqa: E731
         return orbit_cameras(
-            lerp(self.elevation, u[0]), lerp(self.azimuth, u[1]), lerp(self.radius, u[2]), lerp(self.fov_y, u[3]), width, height
+            lerp(self.elevation, u[0]),
+            lerp(self.azimuth, u[1]),
+            lerp(self.radius, u[2]),
+            lerp(self.fov_y, u[3]),
+            width,
+            height,
         )
 
 
-def view_names(elevation_deg: Tensor, azimuth_deg: Tensor, front_deg: float = 45.0, back_deg: float = 45.0, overhead_deg: float = 60.0) -> list[str]:
+def view_names(
+    elevation_deg: Tensor,
+    azimuth_deg: Tensor,
+    front_deg: float = 45.0,
+    back_deg: float = 45.0,
+    overhead_deg: float = 60.0,
+) -> list[str]:
     """DreamFusion's view words per camera: 'overhead' above ``overhead_deg`` elevation, else 'front'
     within ``front_deg`` of azimuth 0, 'back' within ``back_deg`` of 180, and 'side' in between."""
     out = []
-    for el, az in zip(torch.as_tensor(elevation_deg).reshape(-1).tolist(), torch.as_tensor(azimuth_deg).reshape(-1).tolist()):
+    for el, az in zip(
+        torch.as_tensor(elevation_deg).reshape(-1).tolist(), torch.as_tensor(azimuth_deg).reshape(-1).tolist()
+    ):
         az = (az + 180.0) % 360.0 - 180.0
         if el > overhead_deg:
             out.append("overhead")

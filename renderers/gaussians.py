@@ -27,6 +27,7 @@ one is the image rendered by the other up to float rounding:
 
 The CUDA backend is gsplat's; it differs only in clamping alpha at 0.999 instead of 0.99.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,7 +90,17 @@ class Projection:
     cov2d: Tensor  # (B, N, 2, 2) with the low-pass term added
 
 
-def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, K: Tensor, width: int, height: int, near: float = 0.01, eps2d: float = EPS2D) -> Projection:
+def project_gaussians(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    viewmats: Tensor,
+    K: Tensor,
+    width: int,
+    height: int,
+    near: float = 0.01,
+    eps2d: float = EPS2D,
+) -> Projection:
     """EWA projection of N Gaussians into B pinhole cameras (OpenCV axes, ``viewmats`` world-to-camera)."""
     R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
     p = torch.einsum("bij,nj->bni", R, means) + t[:, None, :]  # (B, N, 3) camera space
@@ -141,7 +152,12 @@ def sh_basis(degree: int, dirs: Tensor) -> Tensor:
         c2a, c2b, c2c = 0.5 * s(15 / math.pi), 0.25 * s(5 / math.pi), 0.25 * s(15 / math.pi)
         out += [c2a * x * y, -c2a * y * z, c2b * (2 * zz - xx - yy), -c2a * x * z, c2c * (xx - yy)]
     if degree >= 3:
-        k0, k1, k2, k3 = 0.25 * s(35 / (2 * math.pi)), 0.5 * s(105 / math.pi), 0.25 * s(21 / (2 * math.pi)), 0.25 * s(7 / math.pi)
+        k0, k1, k2, k3 = (
+            0.25 * s(35 / (2 * math.pi)),
+            0.5 * s(105 / math.pi),
+            0.25 * s(21 / (2 * math.pi)),
+            0.25 * s(7 / math.pi),
+        )
         out += [
             -k0 * y * (3 * xx - yy),
             k1 * x * y * z,
@@ -169,7 +185,12 @@ def screen_extent(proj: Projection, opacities: Tensor, width: int, height: int) 
         k2 = 2 * torch.log(opacities.clamp_min(1e-30) / ALPHA_MIN)  # (N,)
         ext = torch.sqrt(k2.clamp_min(0)[None, :, None] * torch.diagonal(proj.cov2d, dim1=-2, dim2=-1).clamp_min(0))
         m = proj.means2d
-        onscreen = (m[..., 0] + ext[..., 0] > 0) & (m[..., 0] - ext[..., 0] < width) & (m[..., 1] + ext[..., 1] > 0) & (m[..., 1] - ext[..., 1] < height)
+        onscreen = (
+            (m[..., 0] + ext[..., 0] > 0)
+            & (m[..., 0] - ext[..., 0] < width)
+            & (m[..., 1] + ext[..., 1] > 0)
+            & (m[..., 1] - ext[..., 1] < height)
+        )
         drawn = proj.valid & (k2 > 0)[None] & onscreen & torch.isfinite(m).all(-1)
     return ext, drawn
 
@@ -214,9 +235,13 @@ def rasterize_gaussians(
     colors, background = _check_inputs(means, quats, scales, opacities, colors, cameras, background, sh_degree)
     backend = _pick_backend(backend, means.device, means.dtype)
     if backend == "torch":
-        return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size or 8)
+        return _rasterize_torch(
+            means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size or 8
+        )
     if backend == "gsplat":
-        return _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size or 16)
+        return _rasterize_gsplat(
+            means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size or 16
+        )
     raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r} (B={B})")
 
 
@@ -226,7 +251,9 @@ def _pick_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str
         return "gsplat" if dtype == torch.float32 and backends.available("gsplat", device) else "torch"
     if backend == "gsplat":
         if device.type != "cuda":
-            raise RuntimeError("backend='gsplat' needs CUDA tensors; move the Gaussians and cameras to a GPU, or use backend='torch'")
+            raise RuntimeError(
+                "backend='gsplat' needs CUDA tensors; move the Gaussians and cameras to a GPU, or use backend='torch'"
+            )
         backends.require("gsplat", device)
     return backend
 
@@ -235,23 +262,36 @@ def _check_inputs(means, quats, scales, opacities, colors, cameras, background, 
     if means.ndim != 2 or means.shape[1] != 3:
         raise ValueError(f"means must have shape (N, 3), got {tuple(means.shape)}")
     N = means.shape[0]
-    shapes = {"means": (means, (N, 3)), "quats": (quats, (N, 4)), "scales": (scales, (N, 3)), "opacities": (opacities, (N,))}
+    shapes = {
+        "means": (means, (N, 3)),
+        "quats": (quats, (N, 4)),
+        "scales": (scales, (N, 3)),
+        "opacities": (opacities, (N,)),
+    }
     for name, (t, want) in shapes.items():
         if tuple(t.shape) != want:
             raise ValueError(f"{name} must have shape {want} for N={N} Gaussians, got {tuple(t.shape)}")
     if sh_degree is None:
         if colors.ndim != 2 or colors.shape[0] != N:
-            raise ValueError(f"colors must be (N, D) = ({N}, D) without sh_degree, got {tuple(colors.shape)}; pass sh_degree for SH coefficients (N, K, 3)")
+            raise ValueError(
+                f"colors must be (N, D) = ({N}, D) without sh_degree, got {tuple(colors.shape)}; pass sh_degree for SH coefficients (N, K, 3)"
+            )
     else:
         if colors.ndim != 3 or colors.shape[0] != N or colors.shape[2] != 3:
-            raise ValueError(f"with sh_degree={sh_degree}, colors must be SH coefficients (N, K, 3), got {tuple(colors.shape)}")
+            raise ValueError(
+                f"with sh_degree={sh_degree}, colors must be SH coefficients (N, K, 3), got {tuple(colors.shape)}"
+            )
         if not 0 <= sh_degree <= SH_MAX_DEGREE or (sh_degree + 1) ** 2 > colors.shape[1]:
-            raise ValueError(f"sh_degree={sh_degree} needs 0 <= degree <= {SH_MAX_DEGREE} and K >= {(sh_degree + 1) ** 2} coefficients, got K={colors.shape[1]}")
+            raise ValueError(
+                f"sh_degree={sh_degree} needs 0 <= degree <= {SH_MAX_DEGREE} and K >= {(sh_degree + 1) ** 2} coefficients, got K={colors.shape[1]}"
+            )
     for name, t in (("quats", quats), ("scales", scales), ("opacities", opacities), ("colors", colors)):
         if t.device != means.device:
             raise ValueError(f"{name} is on {t.device} but means on {means.device}; move all inputs to one device")
     if cameras.device != means.device:
-        raise ValueError(f"cameras are on {cameras.device} but the Gaussians on {means.device}; use cameras.to(means.device)")
+        raise ValueError(
+            f"cameras are on {cameras.device} but the Gaussians on {means.device}; use cameras.to(means.device)"
+        )
     D = 3 if sh_degree is not None else colors.shape[1]
     B = len(cameras)
     if background is None:
@@ -285,11 +325,13 @@ def _finish(acc: Tensor, T: Tensor, background: Tensor, D: int):
     """Split accumulated channels (colour D, depth 1) and add the background."""
     alpha = 1 - T
     rgb = acc[..., :D] + T * background[:, None, None, :]
-    depth = acc[..., D:D + 1] / alpha.clamp_min(1e-10)
+    depth = acc[..., D : D + 1] / alpha.clamp_min(1e-10)
     return rgb, alpha, depth
 
 
-def _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size, pairs_per_step=1 << 20):
+def _rasterize_torch(
+    means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size, pairs_per_step=1 << 20
+):
     B, N, W, H, ts = len(cameras), means.shape[0], cameras.width, cameras.height, tile_size
     proj, feats, ext, drawn = _prepare(means, quats, scales, opacities, colors, cameras, sh_degree, near)
     D = feats.shape[-1]
@@ -452,14 +494,22 @@ def rasterize_gaussians_dense(
     colors, background = _check_inputs(means, quats, scales, opacities, colors, cameras, background, sh_degree)
     B, N, W, H = len(cameras), means.shape[0], cameras.width, cameras.height
     proj = project_gaussians(means, quats, scales, cameras.viewmats, cameras.K, W, H, near)
-    feats = eval_sh_colors(colors, sh_degree, means, cameras.origins) if sh_degree is not None else colors[None].expand(B, -1, -1)
+    feats = (
+        eval_sh_colors(colors, sh_degree, means, cameras.origins)
+        if sh_degree is not None
+        else colors[None].expand(B, -1, -1)
+    )
     D = feats.shape[-1]
     order = torch.argsort(proj.depths, dim=1)  # (B, N)
     take = lambda x: torch.gather(x, 1, order.reshape(B, N, *([1] * (x.ndim - 2))).expand_as(x))  # noqa: E731
     m2, con, valid = take(proj.means2d), take(proj.conics), take(proj.valid)
     vals = take(torch.cat([feats, proj.depths[..., None]], -1))
     opa = opacities[order]  # (B, N)
-    jj, ii = torch.meshgrid(torch.arange(W, dtype=means.dtype, device=means.device) + 0.5, torch.arange(H, dtype=means.dtype, device=means.device) + 0.5, indexing="xy")
+    jj, ii = torch.meshgrid(
+        torch.arange(W, dtype=means.dtype, device=means.device) + 0.5,
+        torch.arange(H, dtype=means.dtype, device=means.device) + 0.5,
+        indexing="xy",
+    )
     d = torch.stack([jj, ii], -1).reshape(1, H * W, 1, 2) - m2[:, None]  # (B, HW, N, 2)
     a, b, c = con[:, None].unbind(-1)
     sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]
@@ -485,14 +535,26 @@ def rasterize_gaussians_dense(
 
 def _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size):
     from gsplat import rasterization  # loaded by _pick_backend
+
     D = 3 if sh_degree is not None else colors.shape[-1]
     out, alphas, meta = rasterization(
-        means, quats, scales, opacities, colors,
-        viewmats=cameras.viewmats, Ks=cameras.K, width=cameras.width, height=cameras.height,
-        near_plane=near, sh_degree=sh_degree, packed=False, tile_size=tile_size,
-        backgrounds=background, render_mode="RGB+ED",
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats=cameras.viewmats,
+        Ks=cameras.K,
+        width=cameras.width,
+        height=cameras.height,
+        near_plane=near,
+        sh_degree=sh_degree,
+        packed=False,
+        tile_size=tile_size,
+        backgrounds=background,
+        render_mode="RGB+ED",
     )
     radii = meta["radii"]
     if radii.ndim == 3:  # gsplat >= 1.5 gives per-axis radii (B, N, 2)
         radii = radii.amax(-1)
-    return GaussianRender(out[..., :D], alphas, out[..., D:D + 1], meta["means2d"], radii.to(torch.int32))
+    return GaussianRender(out[..., :D], alphas, out[..., D : D + 1], meta["means2d"], radii.to(torch.int32))

@@ -12,6 +12,7 @@ faces; like nvdiffrast without ``antialias``, silhouettes carry no gradient).
 UV convention (OBJ/trimesh): u right, v up, (0, 0) is the bottom-left of the texture image, so texel
 (row i, column j) of a ``size`` x ``size`` texture has its centre at uv ((j + 0.5) / size, 1 - (i + 0.5) / size).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -170,7 +171,9 @@ def _rasterize_nvdiffrast(xy: Tensor, z: Tensor, faces: Tensor, H: int, W: int, 
     # row, so nvdiffrast's first output row is our top row and no flip is needed.
     w = z
     zc = (far + near) / (far - near) * z - 2 * far * near / (far - near)
-    clip = torch.stack([(2 * xy[..., 0] / W - 1) * w, (2 * xy[..., 1] / H - 1) * w, zc, w], -1).float().contiguous()  # float32 only
+    clip = (
+        torch.stack([(2 * xy[..., 0] / W - 1) * w, (2 * xy[..., 1] / H - 1) * w, zc, w], -1).float().contiguous()
+    )  # float32 only
     ctx = _nvdiffrast_context(xy.device)
     rast, _ = dr.rasterize(ctx, clip, faces.int().contiguous(), resolution=[H, W])
     face_id = rast[..., 3].long() - 1
@@ -187,7 +190,16 @@ def _nvdiffrast_context(device: torch.device):
     return backends.nvdiffrast_context(device)  # one per device, with the plugin-path fix
 
 
-def rasterize_screen(xy: Tensor, z: Tensor, faces: Tensor, height: int, width: int, near: float = 1e-4, far: float = 100.0, backend: str = "auto") -> MeshRaster:
+def rasterize_screen(
+    xy: Tensor,
+    z: Tensor,
+    faces: Tensor,
+    height: int,
+    width: int,
+    near: float = 1e-4,
+    far: float = 100.0,
+    backend: str = "auto",
+) -> MeshRaster:
     """Rasterize triangles already projected to pixel coordinates ``xy`` (B, V, 2) with depths z (B, V)."""
     backend = _pick_backend(backend, xy.device)
     faces = faces.long()
@@ -201,7 +213,9 @@ def rasterize_screen(xy: Tensor, z: Tensor, faces: Tensor, height: int, width: i
     return _raster_from_ids(face_id, xy, z, faces)
 
 
-def rasterize_mesh(vertices: Tensor, faces: Tensor, cameras: Cameras, backend: str = "auto", near: float = 1e-3, far: float = 100.0) -> MeshRaster:
+def rasterize_mesh(
+    vertices: Tensor, faces: Tensor, cameras: Cameras, backend: str = "auto", near: float = 1e-3, far: float = 100.0
+) -> MeshRaster:
     """Rasterize a world-space mesh into every camera of the batch."""
     _check_mesh(vertices, faces)
     xy, z = project_vertices(vertices, cameras)

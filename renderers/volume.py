@@ -33,6 +33,7 @@ Two backends, chosen here and nowhere else:
 rays are on CUDA and nerfacc's kernels load (``renderers.backends``: a failure warns once); otherwise the
 dense torch path.
 """
+
 from __future__ import annotations
 
 import functools
@@ -102,7 +103,9 @@ class VolumeImages:
 # Geometry
 
 
-def ray_sphere_intersect(rays_o: Tensor, rays_d: Tensor, radius: float = 1.0, center: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def ray_sphere_intersect(
+    rays_o: Tensor, rays_d: Tensor, radius: float = 1.0, center: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Where unit-direction rays enter and leave a sphere: ``near`` (R,), ``far`` (R,), ``hit`` (R,) bool.
 
     ``near`` is clamped to 0 (a camera inside the sphere starts at itself). Rays that miss, or meet the
@@ -136,7 +139,9 @@ def _dense_backend(use_nerfacc: bool | None):
     return mod
 
 
-def composite_dense(t_starts: Tensor, t_ends: Tensor, sigmas: Tensor, use_nerfacc: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def composite_dense(
+    t_starts: Tensor, t_ends: Tensor, sigmas: Tensor, use_nerfacc: bool | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Weights, transmittance and opacity of dense samples (R, S) from their density.
 
     ``use_nerfacc`` None uses nerfacc's ``render_weight_from_density`` when importable; False forces the
@@ -173,7 +178,9 @@ def _split_field_output(out) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
 
 def _per_ray(x, R: int, name: str, device, dtype) -> Tensor:
     """A scalar, (R,) or (R, 1) near/far as an (R,) tensor."""
-    t = torch.as_tensor(x, dtype=dtype).to(device, non_blocking=True)  # (a Python number: made on the host, copied without a wait)
+    t = torch.as_tensor(x, dtype=dtype).to(
+        device, non_blocking=True
+    )  # (a Python number: made on the host, copied without a wait)
     if t.ndim == 2 and t.shape[-1] == 1:
         t = t[:, 0]
     if t.ndim == 0:
@@ -256,8 +263,34 @@ def render_rays(
     if backend == "nerfacc":
         if step_size is None:
             step_size = float((far_t - near_t).max().clamp_min(1e-8)) / num_samples
-        return _render_nerfacc(field, rays_o, rays_d, near_t, far_t, step_size, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre)
-    return _render_dense(field, rays_o, rays_d, near_t, far_t, num_samples, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps)
+        return _render_nerfacc(
+            field,
+            rays_o,
+            rays_d,
+            near_t,
+            far_t,
+            step_size,
+            bg,
+            stratified,
+            estimator,
+            ray_cond,
+            early_stop_eps,
+            alpha_thre,
+        )
+    return _render_dense(
+        field,
+        rays_o,
+        rays_d,
+        near_t,
+        far_t,
+        num_samples,
+        bg,
+        stratified,
+        generator,
+        ray_cond,
+        early_stop_eps,
+        detail_eps,
+    )
 
 
 def _pick_backend(backend: str, device: torch.device, estimator) -> str:
@@ -270,7 +303,9 @@ def _pick_backend(backend: str, device: torch.device, estimator) -> str:
     return backend
 
 
-def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps) -> VolumeRender:
+def _render_dense(
+    field, rays_o, rays_d, near, far, S, bg, stratified, generator, ray_cond, early_stop_eps, detail_eps
+) -> VolumeRender:
     R, dev, dt = rays_o.shape[0], rays_o.device, rays_o.dtype
     steps = torch.linspace(0, 1, S + 1, device=dev, dtype=dt)
     edges = near[:, None] + (far - near)[:, None] * steps  # (R, S+1)
@@ -314,7 +349,9 @@ def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator
         if sigma.shape == (R, S, 1):
             sigma = sigma[..., 0]
         if sigma.shape != (R, S) or rgb.shape != (R, S, 3):
-            raise ValueError(f"the field returned sigma {tuple(sigma.shape)} and rgb {tuple(rgb.shape)} for points {tuple(points.shape)}; expected (...,) and (..., 3)")
+            raise ValueError(
+                f"the field returned sigma {tuple(sigma.shape)} and rgb {tuple(rgb.shape)} for points {tuple(points.shape)}; expected (...,) and (..., 3)"
+            )
     else:
         sigma, rgb, sample_extras = sigma_base, None, {}
         for fn, mask in ((field, keep), (getattr(field, "coarse", None), coarse)):
@@ -325,7 +362,9 @@ def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator
             sigma = sigma.index_put(idx, sig_k.reshape(-1).to(dt))
             rgb = (torch.zeros(R, S, 3, device=dev, dtype=rgb_k.dtype) if rgb is None else rgb).index_put(idx, rgb_k)
             for k, v in ext_k.items():
-                sample_extras[k] = sample_extras.get(k, torch.zeros(R, S, v.shape[-1], device=dev, dtype=v.dtype)).index_put(idx, v)
+                sample_extras[k] = sample_extras.get(
+                    k, torch.zeros(R, S, v.shape[-1], device=dev, dtype=v.dtype)
+                ).index_put(idx, v)
         if rgb is None:
             rgb = torch.zeros(R, S, 3, device=dev, dtype=dt)
 
@@ -338,18 +377,32 @@ def _render_dense(field, rays_o, rays_d, near, far, S, bg, stratified, generator
     extras = {k: accumulate_dense(weights, v) for k, v in sample_extras.items()}
     ray_indices = torch.arange(R, device=dev).repeat_interleave(S)
     return VolumeRender(
-        rgb=color, alpha=alpha, depth=depth, weights=weights, t_starts=t_starts, t_ends=t_ends, t_samples=t,
-        ray_indices=ray_indices, sample_weights=weights.reshape(-1), extras=extras,
+        rgb=color,
+        alpha=alpha,
+        depth=depth,
+        weights=weights,
+        t_starts=t_starts,
+        t_ends=t_ends,
+        t_samples=t,
+        ray_indices=ray_indices,
+        sample_weights=weights.reshape(-1),
+        extras=extras,
         sample_extras={k: v.reshape(R * S, -1) for k, v in sample_extras.items()},
     )
 
 
-def _render_nerfacc(field, rays_o, rays_d, near, far, step, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre) -> VolumeRender:
+def _render_nerfacc(
+    field, rays_o, rays_d, near, far, step, bg, stratified, estimator, ray_cond, early_stop_eps, alpha_thre
+) -> VolumeRender:
     if not rays_o.is_cuda:
-        raise RuntimeError("backend='nerfacc' needs CUDA tensors (its ray marching is a CUDA kernel); use backend='torch' on CPU")
+        raise RuntimeError(
+            "backend='nerfacc' needs CUDA tensors (its ray marching is a CUDA kernel); use backend='torch' on CPU"
+        )
     nerfacc = _nerfacc()
     if nerfacc is None:
-        raise RuntimeError("backend='nerfacc' needs nerfacc; install it with `pip install nerfacc` or use backend='torch'")
+        raise RuntimeError(
+            "backend='nerfacc' needs nerfacc; install it with `pip install nerfacc` or use backend='torch'"
+        )
     if estimator is None:
         raise ValueError("backend='nerfacc' needs an occupancy grid: pass estimator=make_occupancy_grid(...)")
 
@@ -363,8 +416,15 @@ def _render_nerfacc(field, rays_o, rays_d, near, far, step, bg, stratified, esti
     # The marcher steps from `near` by `step` and keeps a step when its midpoint is before `far` and in an
     # occupied cell, so it samples a lattice per ray, not the dense path's S bins of [near, far].
     ray_indices, t_starts, t_ends = estimator.sampling(
-        rays_o, rays_d, sigma_fn=sigma_fn, t_min=near, t_max=far, render_step_size=step,
-        stratified=stratified, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre,
+        rays_o,
+        rays_d,
+        sigma_fn=sigma_fn,
+        t_min=near,
+        t_max=far,
+        render_step_size=step,
+        stratified=stratified,
+        early_stop_eps=early_stop_eps,
+        alpha_thre=alpha_thre,
     )
     return _render_packed(field, rays_o, rays_d, ray_indices.long(), t_starts, t_ends, bg, ray_cond, nerfacc)
 
@@ -391,11 +451,22 @@ def _render_packed(field, rays_o, rays_d, ray_indices, t_starts, t_ends, bg, ray
     weights = aux["weights"]
     if bg is not None:
         color = color + bg * (1.0 - alpha)
-    extras = {k: nerfacc.accumulate_along_rays(weights, v.reshape(v.shape[0], -1), ray_indices, R) for k, v in captured.items()}
+    extras = {
+        k: nerfacc.accumulate_along_rays(weights, v.reshape(v.shape[0], -1), ray_indices, R)
+        for k, v in captured.items()
+    }
     t_mid = (t_starts + t_ends) / 2
     return VolumeRender(
-        rgb=color, alpha=alpha, depth=depth, weights=None, t_starts=t_starts, t_ends=t_ends, t_samples=t_mid,
-        ray_indices=ray_indices, sample_weights=weights, extras=extras,
+        rgb=color,
+        alpha=alpha,
+        depth=depth,
+        weights=None,
+        t_starts=t_starts,
+        t_ends=t_ends,
+        t_samples=t_mid,
+        ray_indices=ray_indices,
+        sample_weights=weights,
+        extras=extras,
         sample_extras={k: v.reshape(v.shape[0], -1) for k, v in captured.items()},
     )
 
@@ -443,7 +514,9 @@ def update_occupancy_grid(
     def occ_eval_fn(x: Tensor) -> Tensor:
         return density_fn(x).reshape(-1, 1) * step_size
 
-    estimator.update_every_n_steps(step=step, occ_eval_fn=occ_eval_fn, occ_thre=occ_thre, ema_decay=ema_decay, warmup_steps=warmup_steps, n=every)
+    estimator.update_every_n_steps(
+        step=step, occ_eval_fn=occ_eval_fn, occ_thre=occ_thre, ema_decay=ema_decay, warmup_steps=warmup_steps, n=every
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -512,10 +585,21 @@ def render_volume(
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         r = render_rays(
-            field, o[s:e], d[s:e], near_t[s:e], far_t[s:e], num_samples,
-            background=None if bg is None else bg[s:e], stratified=stratified, generator=generator,
-            backend=backend, estimator=estimator, ray_cond=None if cond is None else cond[s:e], early_stop_eps=early_stop_eps,
-            detail_eps=detail_eps, step_size=step_size,
+            field,
+            o[s:e],
+            d[s:e],
+            near_t[s:e],
+            far_t[s:e],
+            num_samples,
+            background=None if bg is None else bg[s:e],
+            stratified=stratified,
+            generator=generator,
+            backend=backend,
+            estimator=estimator,
+            ray_cond=None if cond is None else cond[s:e],
+            early_stop_eps=early_stop_eps,
+            detail_eps=detail_eps,
+            step_size=step_size,
         )
         maps = {"rgb": r.rgb, "alpha": r.alpha, "depth": r.depth, **r.extras}
         if per_ray is not None:

@@ -4,6 +4,7 @@ library is needed.
 
     python tests/browser.py PAGE_OR_URL OUT.png [WIDTH HEIGHT]   # a screenshot of a page once its models drew
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,10 +16,21 @@ import sys
 import tempfile
 import time
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--mute-audio",
-         # WebGL without a GPU: ANGLE on SwiftShader (software), which Chromium asks to be allowed explicitly
-         "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--mute-audio",
+    # WebGL without a GPU: ANGLE on SwiftShader (software), which Chromium asks to be allowed explicitly
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+]
 
 
 def find_chromium() -> str | None:
@@ -31,10 +43,19 @@ class Browser:
         to_child, self._w = os.pipe()  # our commands -> its fd 3
         self._r, from_child = os.pipe()  # its fd 4 -> our replies
         self.proc = subprocess.Popen(
-            [binary or find_chromium(), *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
-             "--remote-debugging-pipe", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(3, 4),
-            preexec_fn=lambda: (os.dup2(to_child, 3), os.dup2(from_child, 4)))
+            [
+                binary or find_chromium(),
+                *FLAGS,
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4),
+            preexec_fn=lambda: (os.dup2(to_child, 3), os.dup2(from_child, 4)),
+        )
         os.close(to_child)
         os.close(from_child)
         self._buf, self._id, self.session = b"", 0, None

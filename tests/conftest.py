@@ -5,6 +5,7 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("DREAM3D_TEST_THREADS", "2")))
 
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.cuda`` tests skip without a CUDA device (and ``pytest -m cuda`` picks all of them);
     ``@pytest.mark.slow`` ones skip unless DREAM3D_SLOW=1."""
@@ -22,17 +23,39 @@ def tiny_prior(tmp_path_factory) -> str:
     """A random-weight SD-format folder with the embedded prior's layout at a tiny size (fast plumbing)."""
     from diffusers import StableDiffusionPipeline
 
-    from dream3d.embedded_prior.model import PriorArchConfig, build_scheduler, build_text_encoder, build_unet, build_vae, train_tokenizer
+    from dream3d.embedded_prior.model import (
+        PriorArchConfig,
+        build_scheduler,
+        build_text_encoder,
+        build_unet,
+        build_vae,
+        train_tokenizer,
+    )
     from dream3d.world.shapes import all_prompts
 
     root = tmp_path_factory.mktemp("tiny_prior")
     torch.manual_seed(0)
-    arch = PriorArchConfig(image_size=32, vae_channels=(16, 16, 16), unet_channels=(32, 32, 32), unet_heads=2, text_width=32, text_layers=1, text_heads=2)
-    captions = [p + s for p in all_prompts() for s in ("", ", front view", ", side view", ", back view", ", overhead view")] + [""]
+    arch = PriorArchConfig(
+        image_size=32,
+        vae_channels=(16, 16, 16),
+        unet_channels=(32, 32, 32),
+        unet_heads=2,
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+    )
+    captions = [
+        p + s for p in all_prompts() for s in ("", ", front view", ", side view", ", back view", ", overhead view")
+    ] + [""]
     tok = train_tokenizer(captions, str(root / "tok"), arch.max_tokens)
     pipe = StableDiffusionPipeline(
-        vae=build_vae(arch), text_encoder=build_text_encoder(arch, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id),
-        tokenizer=tok, unet=build_unet(arch), scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
+        vae=build_vae(arch),
+        text_encoder=build_text_encoder(arch, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id),
+        tokenizer=tok,
+        unet=build_unet(arch),
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(root / "prior", safe_serialization=True)
@@ -40,8 +63,17 @@ def tiny_prior(tmp_path_factory) -> str:
 
 
 TINY_RUN = [
-    "train.steps=4", "train.batch_size=2", "train.resolution=32", "train.val_every=2", "train.checkpoint_every=2",
-    "gaussians.num_points=300", "gaussians.densify_from_step=1", "gaussians.densify_interval=2",
-    "mesh.resolution=40", "mesh.texture.texture_size=64", "mesh.texture.view_resolution=32",
-    "output.turntable_frames=4", "output.turntable_resolution=32",
+    "train.steps=4",
+    "train.batch_size=2",
+    "train.resolution=32",
+    "train.val_every=2",
+    "train.checkpoint_every=2",
+    "gaussians.num_points=300",
+    "gaussians.densify_from_step=1",
+    "gaussians.densify_interval=2",
+    "mesh.resolution=40",
+    "mesh.texture.texture_size=64",
+    "mesh.texture.view_resolution=32",
+    "output.turntable_frames=4",
+    "output.turntable_resolution=32",
 ]

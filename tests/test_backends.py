@@ -4,6 +4,7 @@ A library that cannot be imported, built or loaded sends its renderer's ``auto``
 warning line (library, why, fix), and a backend forced by name is a clear RuntimeError. nvdiffrast's
 plugin is found after its build (the ModuleNotFoundError of issue #16).
 """
+
 import contextlib
 import importlib
 import importlib.util
@@ -98,20 +99,28 @@ def assert_falls_back_once(library: str, why: str, fix: str):
 def test_a_library_that_does_not_import_falls_back_to_torch(library, monkeypatch):
     top = backends._MODULE_OF[library]
     monkeypatch.setitem(sys.modules, top, None)  # `import top` raises ImportError(name=top), as when not installed
-    line = assert_falls_back_once(library, f"ModuleNotFoundError: import of {top} halted", "pip install 'dream3d[cuda]'")
+    line = assert_falls_back_once(
+        library, f"ModuleNotFoundError: import of {top} halted", "pip install 'dream3d[cuda]'"
+    )
     assert library in line.split(":")[0]
 
 
 @pytest.mark.parametrize("library", ["gsplat", "nerfacc"])
 def test_a_cuda_build_that_raises_falls_back_to_torch(library, tmp_path, monkeypatch):
     # the package imports; its CUDA extension module raises while building, as torch's JIT does
-    fake_package(tmp_path, monkeypatch, {
-        f"{library}/__init__.py": "",
-        f"{library}/cuda/__init__.py": "",
-        f"{library}/cuda/_backend.py": f"raise RuntimeError(\"Error building extension '{library}_cuda'\\nnvcc fatal: unsupported gpu architecture 'compute_100'\")\n",
-    })
+    fake_package(
+        tmp_path,
+        monkeypatch,
+        {
+            f"{library}/__init__.py": "",
+            f"{library}/cuda/__init__.py": "",
+            f"{library}/cuda/_backend.py": f"raise RuntimeError(\"Error building extension '{library}_cuda'\\nnvcc fatal: unsupported gpu architecture 'compute_100'\")\n",
+        },
+    )
     assert backends.import_error(library) == ""  # importable for pure-Python use ...
-    line = assert_falls_back_once(library, f"RuntimeError: Error building extension '{library}_cuda'", "TORCH_CUDA_ARCH_LIST")
+    line = assert_falls_back_once(
+        library, f"RuntimeError: Error building extension '{library}_cuda'", "TORCH_CUDA_ARCH_LIST"
+    )
     assert "nvcc fatal" not in line  # ... the short text is the first line only
     assert backends.loaded(library).ok is False
 
@@ -119,10 +128,18 @@ def test_a_cuda_build_that_raises_falls_back_to_torch(library, tmp_path, monkeyp
 @pytest.mark.parametrize("library", ["gsplat", "nerfacc"])
 def test_no_cuda_toolkit_falls_back_to_torch(library, tmp_path, monkeypatch):
     # gsplat and nerfacc print "No CUDA toolkit found" and leave _C None instead of raising
-    fake_package(tmp_path, monkeypatch, {
-        f"{library}/__init__.py": "", f"{library}/cuda/__init__.py": "", f"{library}/cuda/_backend.py": "_C = None\n",
-    })
-    assert_falls_back_once(library, "no CUDA toolkit (nvcc)", "install the CUDA toolkit with nvcc for torch's CUDA 13.0")
+    fake_package(
+        tmp_path,
+        monkeypatch,
+        {
+            f"{library}/__init__.py": "",
+            f"{library}/cuda/__init__.py": "",
+            f"{library}/cuda/_backend.py": "_C = None\n",
+        },
+    )
+    assert_falls_back_once(
+        library, "no CUDA toolkit (nvcc)", "install the CUDA toolkit with nvcc for torch's CUDA 13.0"
+    )
 
 
 def test_a_cpu_build_of_torch_is_named_as_the_cause(monkeypatch):
@@ -133,15 +150,21 @@ def test_a_cpu_build_of_torch_is_named_as_the_cause(monkeypatch):
 
 def test_nvdiffrast_context_that_cannot_find_its_plugin_falls_back_to_torch(tmp_path, monkeypatch):
     plugin = "nvdiffrast_plugin_0_3_3_1_torch2_11_0_cu130"
-    fake_package(tmp_path, monkeypatch, {
-        "nvdiffrast/__init__.py": "__version__ = '0.3.3.1'\n",
-        "nvdiffrast/torch/__init__.py": (
-            "class RasterizeCudaContext:\n"
-            "    def __init__(self, device=None):\n"
-            f"        raise ModuleNotFoundError(\"No module named '{plugin}'\", name='{plugin}')\n"
-        ),
-    })
-    line = assert_falls_back_once("nvdiffrast", f"ModuleNotFoundError: No module named '{plugin}'", "TORCH_CUDA_ARCH_LIST")
+    fake_package(
+        tmp_path,
+        monkeypatch,
+        {
+            "nvdiffrast/__init__.py": "__version__ = '0.3.3.1'\n",
+            "nvdiffrast/torch/__init__.py": (
+                "class RasterizeCudaContext:\n"
+                "    def __init__(self, device=None):\n"
+                f"        raise ModuleNotFoundError(\"No module named '{plugin}'\", name='{plugin}')\n"
+            ),
+        },
+    )
+    line = assert_falls_back_once(
+        "nvdiffrast", f"ModuleNotFoundError: No module named '{plugin}'", "TORCH_CUDA_ARCH_LIST"
+    )
     assert "mesh renderer" in line
     with pytest.raises(RuntimeError, match="nvdiffrast"):
         backends.nvdiffrast_context(CUDA)
@@ -186,7 +209,11 @@ def test_without_cuda_nothing_is_loaded_and_nothing_warns(monkeypatch):
 
 def test_nerfacc_imports_for_the_dense_helpers_even_when_its_kernels_fail(tmp_path, monkeypatch):
     # the CPU question (does it import?) and the CUDA one (do its kernels load?) are separate
-    monkeypatch.setitem(backends._LOADERS, "nerfacc", lambda device: (_ for _ in ()).throw(RuntimeError("Error building extension 'nerfacc_cuda'")))
+    monkeypatch.setitem(
+        backends._LOADERS,
+        "nerfacc",
+        lambda device: (_ for _ in ()).throw(RuntimeError("Error building extension 'nerfacc_cuda'")),
+    )
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         assert volume.nerfacc_available(torch.device("cpu")) is True
@@ -220,7 +247,9 @@ def fake_build(monkeypatch, built: list):
         folder = cpp_extension._get_build_directory(name, False)
         path = os.path.join(folder, name + ".py")
         with open(path, "w") as f:
-            f.write("class RasterizeCRStateWrapper:\n    def __init__(self, device_idx):\n        self.device_idx = device_idx\n")
+            f.write(
+                "class RasterizeCRStateWrapper:\n    def __init__(self, device_idx):\n        self.device_idx = device_idx\n"
+            )
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -276,14 +305,22 @@ def test_env_build_reports_pass_fail_why_and_fix_per_library(monkeypatch, capsys
     monkeypatch.setitem(env.PARITY, "nerfacc", lambda device: env.Parity("nerfacc", True, 3e-6, 1e-3, 0.25, "a blob"))
 
     def crash(device):
-        raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nCUDA kernel errors ...")
+        raise RuntimeError(
+            "CUDA error: no kernel image is available for execution on the device\nCUDA kernel errors ..."
+        )
 
     monkeypatch.setitem(env.PARITY, "nvdiffrast", crash)
     rows = {r["library"]: r for r in env.build_and_check(CUDA)}
     assert rows["gsplat"]["status"] == "fail" and "Error building extension 'gsplat_cuda'" in rows["gsplat"]["why"]
     assert "TORCH_CUDA_ARCH_LIST" in rows["gsplat"]["fix"]
-    assert rows["nerfacc"]["status"] == "pass" and rows["nerfacc"]["max_error"] == 3e-6 and rows["nerfacc"]["seconds"] == 0.25
-    assert rows["nvdiffrast"]["status"] == "fail" and rows["nvdiffrast"]["why"].endswith("no kernel image is available for execution on the device")
+    assert (
+        rows["nerfacc"]["status"] == "pass"
+        and rows["nerfacc"]["max_error"] == 3e-6
+        and rows["nerfacc"]["seconds"] == 0.25
+    )
+    assert rows["nvdiffrast"]["status"] == "fail" and rows["nvdiffrast"]["why"].endswith(
+        "no kernel image is available for execution on the device"
+    )
     # the renderers then report what loaded; the CLI prints it all and exits non-zero
     assert backends.explain("gsplat", CUDA)[0] == "torch" and backends.explain("nerfacc", CUDA)[0] == "nerfacc"
     info = env.collect("cpu")
@@ -292,7 +329,10 @@ def test_env_build_reports_pass_fail_why_and_fix_per_library(monkeypatch, capsys
     assert cli.main(["env", "--build"]) != 0
     out, err = capsys.readouterr()
     assert "  - nerfacc: pass, max |difference| 3.00e-06 (tolerance 1e-03) on a blob" in out
-    assert "  - gsplat: fail (could not be loaded: RuntimeError: Error building extension 'gsplat_cuda': [1/9] nvcc); fix: " in out
+    assert (
+        "  - gsplat: fail (could not be loaded: RuntimeError: Error building extension 'gsplat_cuda': [1/9] nvcc); fix: "
+        in out
+    )
     assert "      nvcc fatal : Unsupported gpu architecture 'compute_100'" in out  # the build's log follows
     assert "gsplat, nvdiffrast failed" in err
 

@@ -1,5 +1,6 @@
 """dream3d batch: prompt files, Ray on this machine and on a two-node cluster, retries, failures, the summary,
 and the gallery in headless Chromium. Ray tests skip where Ray is not installed (pip install 'dream3d[batch]')."""
+
 import csv
 import json
 import os
@@ -26,13 +27,20 @@ except ImportError:
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'dream3d[batch]')")
 
 # image-to-3D of a coloured shape fits its colour in a few dozen steps, even with the tiny random prior
-IMAGE_RUN = TINY_RUN + ["train.steps=40", "train.checkpoint_every=0", "train.val_every=0", "gaussians.num_points=1000",
-                        "gaussians.densify_from_step=1000"]
+IMAGE_RUN = TINY_RUN + [
+    "train.steps=40",
+    "train.checkpoint_every=0",
+    "train.val_every=0",
+    "gaussians.num_points=1000",
+    "gaussians.densify_from_step=1000",
+]
 COLOURS = {"a red cube": (0, "red"), "a green sphere": (1, "green"), "a blue cylinder": (2, "blue")}
 
 
 def batch(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "dream3d.cli", "batch", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dream3d.cli", "batch", *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
 
 
 def summary(out) -> dict:
@@ -49,8 +57,10 @@ def test_prompt_files_text_and_yaml(tmp_path):
     assert [e["prompt"] for e in read_prompts(str(txt))] == ["a red cube", "a blue house"]
     (tmp_path / "img").mkdir()
     yml = tmp_path / "p.yaml"
-    yml.write_text("- a red cube\n- {prompt: a red cube, seed: 3, overrides: train.steps=7}\n"
-                   "- {image: img/mug.png, prompt: a green mug, config: dreamgaussian, name: mug_photo}\n")
+    yml.write_text(
+        "- a red cube\n- {prompt: a red cube, seed: 3, overrides: train.steps=7}\n"
+        "- {image: img/mug.png, prompt: a green mug, config: dreamgaussian, name: mug_photo}\n"
+    )
     entries = read_prompts(str(yml))
     assert entries[2]["image"] == str(tmp_path / "img" / "mug.png") and entries[1]["overrides"] == ["train.steps=7"]
     specs = build_specs(entries, "dreamfusion", ["train.steps=5"])
@@ -58,8 +68,12 @@ def test_prompt_files_text_and_yaml(tmp_path):
     assert [s.cfg.train.steps for s in specs] == [5, 7, 5] and specs[1].cfg.seed == 3
     assert specs[0].cfg.representation == "nerf" and specs[2].labels["preset"] == "dreamgaussian"
     assert specs[2].cfg.image.endswith("mug.png") and specs[2].cfg.prompt == "a green mug"
-    for bad, words in [("- {prompt: x, sede: 1}\n", "unknown key 'sede'"), ("- {seed: 1}\n", "neither a prompt nor an image"),
-                       ("- {prompt: a red cube, overrides: [train.stepz=1]}\n", "item 1: "), ("a: b\n", "is a list")]:
+    for bad, words in [
+        ("- {prompt: x, sede: 1}\n", "unknown key 'sede'"),
+        ("- {seed: 1}\n", "neither a prompt nor an image"),
+        ("- {prompt: a red cube, overrides: [train.stepz=1]}\n", "item 1: "),
+        ("a: b\n", "is a list"),
+    ]:
         yml.write_text(bad)
         with pytest.raises(ConfigError, match=words):
             build_specs(read_prompts(str(yml)), None, [])
@@ -72,8 +86,12 @@ def test_a_node_that_does_not_see_the_output_folder_fails_its_run_with_that_mess
     from dream3d.config import load_run_config
     from dream3d.executor import RunSpec, run_one
 
-    spec = RunSpec("a_red_cube", load_run_config("dreamgaussian", [], {"prompt": "a red cube"}), {"prompt": "a red cube"})
-    row = run_one(spec, str(tmp_path / "elsewhere"), batch_id="b1")  # the driver's marker is not there: another machine's folder
+    spec = RunSpec(
+        "a_red_cube", load_run_config("dreamgaussian", [], {"prompt": "a red cube"}), {"prompt": "a red cube"}
+    )
+    row = run_one(
+        spec, str(tmp_path / "elsewhere"), batch_id="b1"
+    )  # the driver's marker is not there: another machine's folder
     assert row["status"] == "failed" and "shared file system" in row["error"] and not (tmp_path / "elsewhere").exists()
 
 
@@ -83,8 +101,13 @@ def test_batch_without_ray_says_how_to_install_it(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     (tmp_path / "p.txt").write_text("a red cube\n")
     env = dict(ENV, PYTHONPATH=str(tmp_path / "no_ray") + os.pathsep + ENV.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "dream3d.cli", "batch", str(tmp_path / "p.txt"), "-o", str(tmp_path / "out")],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "dream3d.cli", "batch", str(tmp_path / "p.txt"), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 2 and "pip install 'dream3d[batch]'" in r.stderr and "--local" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "out" / "a_red_cube").exists()
 
@@ -109,8 +132,16 @@ def colour_batch(tiny_prior, tmp_path_factory):
         iio.imwrite(png, (torch.cat([rgb, alpha], -1)[0].numpy() * 255).round().astype(np.uint8))
         lines.append(f"- {{prompt: {prompt}, image: {png.name}}}")
     (root / "prompts.yaml").write_text("\n".join(lines) + "\n")
-    args = [str(root / "prompts.yaml"), "-o", str(root / "out"), "--workers", "2", "--judge", *IMAGE_RUN,
-            f"guidance.prior.model={tiny_prior}"]
+    args = [
+        str(root / "prompts.yaml"),
+        "-o",
+        str(root / "out"),
+        "--workers",
+        "2",
+        "--judge",
+        *IMAGE_RUN,
+        f"guidance.prior.model={tiny_prior}",
+    ]
     return root / "out", args, batch(*args)
 
 
@@ -123,12 +154,16 @@ def test_batch_on_local_ray_writes_every_run_and_the_summary(colour_batch):
     assert all(x["status"] == "done" and x["steps"] == "40" and x["preset"] == "dreamgaussian" for x in rows), rows
     for x in rows:
         run = out / x["name"]
-        assert (run / "mesh.glb").exists() and json.loads((run / "metrics.json").read_text())["reference_view"]["silhouette_iou"] > 0.7
+        assert (run / "mesh.glb").exists() and json.loads((run / "metrics.json").read_text())["reference_view"][
+            "silhouette_iou"
+        ] > 0.7
         assert "=== dream3d batch" in (run / "generate.log").read_text()  # each run logs to its own file
     s = summary(out)
     assert s["counts"] == {"done": 3, "skipped": 0, "failed": 0, "interrupted": 0} and s["mode"] == "ray (local)"
     assert "runs: 3/3 done, 0 failed, 0 running, 0 waiting" in r.stderr and "2 running" in r.stderr  # two at a time
-    assert all(0 <= float(x["iou"]) <= 1 and x["palette_color"] for x in rows)  # --judge: scored against the shape world
+    assert all(
+        0 <= float(x["iou"]) <= 1 and x["palette_color"] for x in rows
+    )  # --judge: scored against the shape world
     assert (out / "index.html").exists() and "<dt>IoU</dt>" in (out / "index.html").read_text()
 
 
@@ -147,7 +182,7 @@ def test_batch_again_skips_all_three(colour_batch):
 def _drawn(shot: np.ndarray, box) -> np.ndarray:
     """Pixels of a model-viewer box that differ from its background (#eeeeee)."""
     x, y, w, h = (int(round(v)) for v in box)
-    crop = shot[y + 2:y + h - 2, x + 2:x + w - 2, :3].astype(int)
+    crop = shot[y + 2 : y + h - 2, x + 2 : x + w - 2, :3].astype(int)
     return crop[np.abs(crop - 0xEE).max(-1) > 40]
 
 
@@ -178,11 +213,16 @@ def test_gallery_draws_every_model_in_headless_chromium(colour_batch, tmp_path):
             assert len(px) > 0.03 * card["box"][2] * card["box"][3], f"{card['name']}: the canvas is blank"
             channel, colour = COLOURS[card["prompt"]]
             mean = px.mean(0)
-            assert mean.argmax() == channel and mean[channel] > mean.min() + 40, f"{card['name']} is not {colour}: mean RGB {mean}"
+            assert mean.argmax() == channel and mean[channel] > mean.min() + 40, (
+                f"{card['name']} is not {colour}: mean RGB {mean}"
+            )
         # filter and sort, the page's own script
-        assert b.evaluate("filter.value = 'green'; show(); cards.filter(c => !c.hidden).map(c => c.dataset.name)") == ["a_green_sphere"]
-        assert b.evaluate("filter.value = ''; sort.value = 'prompt:1'; show(); [...grid.children].map(c => c.dataset.prompt)") == \
-            ["a blue cylinder", "a green sphere", "a red cube"]
+        assert b.evaluate("filter.value = 'green'; show(); cards.filter(c => !c.hidden).map(c => c.dataset.name)") == [
+            "a_green_sphere"
+        ]
+        assert b.evaluate(
+            "filter.value = ''; sort.value = 'prompt:1'; show(); [...grid.children].map(c => c.dataset.prompt)"
+        ) == ["a blue cylinder", "a green sphere", "a red cube"]
     finally:
         b.close()
 
@@ -195,8 +235,15 @@ def test_gallery_without_the_viewer_shows_turntables_and_errors(colour_batch, tm
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     s = summary(copy)
-    s["runs"].append({"name": "a_purple_mug", "status": "failed", "prompt": "a purple mug", "preset": "dreamgaussian",
-                      "error": "cannot read image 'mug.png'"})
+    s["runs"].append(
+        {
+            "name": "a_purple_mug",
+            "status": "failed",
+            "prompt": "a purple mug",
+            "preset": "dreamgaussian",
+            "error": "cannot read image 'mug.png'",
+        }
+    )
     (copy / "summary.json").write_text(json.dumps(s))
     monkeypatch.setenv("DREAM3D_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm
@@ -213,7 +260,9 @@ def two_nodes():
         pytest.skip("Ray is not installed")
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    )
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     yield cluster
@@ -225,8 +274,17 @@ def test_two_node_cluster_runs_a_batch_across_both_nodes_and_a_failure_stops_not
     (tmp_path / "bad.png").write_bytes(b"not an image")
     (tmp_path / "p.yaml").write_text("- a red cube\n- {prompt: a yellow torus, image: bad.png}\n- a green cone\n")
     out = tmp_path / "out"
-    r = batch(str(tmp_path / "p.yaml"), "-o", str(out), "--address", two_nodes.address, "--config", "dreamgaussian", *TINY_RUN,
-              f"guidance.prior.model={tiny_prior}")
+    r = batch(
+        str(tmp_path / "p.yaml"),
+        "-o",
+        str(out),
+        "--address",
+        two_nodes.address,
+        "--config",
+        "dreamgaussian",
+        *TINY_RUN,
+        f"guidance.prior.model={tiny_prior}",
+    )
     assert r.returncode == 1 and "1 of 3 runs failed" in r.stderr and "cannot read image" in r.stderr, r.stderr[-3000:]
     rows = {x["name"]: x for x in summary(out)["runs"]}
     assert rows["a_red_cube"]["status"] == rows["a_green_cone"]["status"] == "done"
@@ -243,15 +301,35 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(two_nodes, tin
 
     (tmp_path / "p.txt").write_text("a blue sphere\n")
     out, run = tmp_path / "out", tmp_path / "out" / "a_blue_sphere"
-    args = [str(tmp_path / "p.txt"), "-o", str(out), "--address", two_nodes.address, "--config", "dreamgaussian", *TINY_RUN,
-            "train.steps=30", "train.val_every=0", f"guidance.prior.model={tiny_prior}"]
-    p = subprocess.Popen([sys.executable, "-m", "dream3d.cli", "batch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=ENV)
+    args = [
+        str(tmp_path / "p.txt"),
+        "-o",
+        str(out),
+        "--address",
+        two_nodes.address,
+        "--config",
+        "dreamgaussian",
+        *TINY_RUN,
+        "train.steps=30",
+        "train.val_every=0",
+        f"guidance.prior.model={tiny_prior}",
+    ]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "dream3d.cli", "batch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     deadline = time.time() + 400
     while not (run / "checkpoint.pt").exists():
-        assert p.poll() is None and time.time() < deadline, p.communicate()[1][-3000:] if p.poll() is not None else "timed out"
+        assert p.poll() is None and time.time() < deadline, (
+            p.communicate()[1][-3000:] if p.poll() is not None else "timed out"
+        )
         time.sleep(0.2)
-    header = next(line for line in (run / "generate.log").read_text().splitlines() if line.startswith("=== dream3d batch"))
+    header = next(
+        line for line in (run / "generate.log").read_text().splitlines() if line.startswith("=== dream3d batch")
+    )
     pid = int(header.split("(pid ")[1].split(")")[0])
     os.kill(pid, signal.SIGKILL)
     killed_at = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
@@ -269,13 +347,20 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(two_nodes, tin
 @needs_ray
 def test_ablation_through_ray_gives_the_results_it_gives_in_series(two_nodes, tiny_prior, tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text("base: dreamgaussian\n"
-                    f"overrides: {json.dumps(TINY_RUN + ['guidance.prior.model=' + tiny_prior, 'output.mesh=false'])}\n"
-                    "prompts: ['a red cube']\nvariants:\n  cfg10: [guidance.sds.guidance_scale=10]\n  cfg50: [guidance.sds.guidance_scale=50]\n")
+    spec.write_text(
+        "base: dreamgaussian\n"
+        f"overrides: {json.dumps(TINY_RUN + ['guidance.prior.model=' + tiny_prior, 'output.mesh=false'])}\n"
+        "prompts: ['a red cube']\nvariants:\n  cfg10: [guidance.sds.guidance_scale=10]\n  cfg50: [guidance.sds.guidance_scale=50]\n"
+    )
     results = {}
     for how, extra in (("series", []), ("ray", ["--address", two_nodes.address])):
-        r = subprocess.run([sys.executable, "-m", "dream3d.cli", "ablate", str(spec), "-o", str(tmp_path / how), *extra],
-                           capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="1"), timeout=900)
+        r = subprocess.run(
+            [sys.executable, "-m", "dream3d.cli", "ablate", str(spec), "-o", str(tmp_path / how), *extra],
+            capture_output=True,
+            text=True,
+            env=dict(ENV, OMP_NUM_THREADS="1"),
+            timeout=900,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         results[how] = list(csv.DictReader(open(tmp_path / how / "results.csv")))
     timing = ("total_seconds", "train_seconds", "steps_per_second")

@@ -2,8 +2,15 @@ import math
 
 import torch
 
-from renderers.cameras import (CameraSampler, intrinsics_from_fov, look_at, orbit_cameras, positions_from_spherical,
-                               spherical_from_positions, view_names)
+from renderers.cameras import (
+    CameraSampler,
+    intrinsics_from_fov,
+    look_at,
+    orbit_cameras,
+    positions_from_spherical,
+    spherical_from_positions,
+    view_names,
+)
 from renderers.mesh import project_vertices
 
 
@@ -30,9 +37,15 @@ def test_projection_pixel_centres_and_rays_agree():
 
 
 def test_spherical_roundtrip_and_intrinsics():
-    el, az, r = torch.tensor([-10.0, 0.0, 45.0, 80.0]), torch.tensor([-170.0, 0.0, 90.0, 179.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    el, az, r = (
+        torch.tensor([-10.0, 0.0, 45.0, 80.0]),
+        torch.tensor([-170.0, 0.0, 90.0, 179.0]),
+        torch.tensor([1.0, 2.0, 3.0, 4.0]),
+    )
     p = positions_from_spherical(el, az, r)
-    assert torch.allclose(p[2], torch.tensor([3 * math.cos(math.radians(45)), 3 * math.sin(math.radians(45)), 0.0]), atol=1e-5)
+    assert torch.allclose(
+        p[2], torch.tensor([3 * math.cos(math.radians(45)), 3 * math.sin(math.radians(45)), 0.0]), atol=1e-5
+    )
     e2, a2, r2 = spherical_from_positions(p)
     assert torch.allclose(e2, el, atol=1e-4) and torch.allclose(a2, az, atol=1e-4) and torch.allclose(r2, r, atol=1e-5)
     K = intrinsics_from_fov(90.0, 64, 32)
@@ -54,5 +67,10 @@ def test_sampler_ranges_and_view_names():
     assert el.min() >= -1e-3 and el.max() <= 30 + 1e-3 and r.min() >= 2 - 1e-5 and r.max() <= 2.5 + 1e-5
     assert cams.fov_y().min() >= 40 - 1e-3 and cams.fov_y().max() <= 50 + 1e-3
     assert view_names(torch.tensor([0.0, 0.0, 0.0, 0.0, 70.0]), torch.tensor([10.0, 90.0, 180.0, -150.0, 0.0])) == [
-        "front", "side", "back", "back", "overhead"]
+        "front",
+        "side",
+        "back",
+        "back",
+        "overhead",
+    ]
     assert view_names(torch.tensor([0.0]), torch.tensor([50.0]), front_deg=60.0) == ["front"]

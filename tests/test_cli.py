@@ -1,4 +1,5 @@
 """The CLI driven as a user would: subprocesses, exit codes, messages, files."""
+
 import csv
 import json
 import os
@@ -14,7 +15,9 @@ ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), P
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dream3d.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "dream3d.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=900
+    )
 
 
 def test_help_lists_every_command():
@@ -24,7 +27,15 @@ def test_help_lists_every_command():
 
     v = run("--version")
     assert v.returncode == 0 and v.stdout.strip() == f"dream3d {version('dream3d')}"
-    for sub in (["generate"], ["mesh"], ["ablate"], ["prior"], ["prior", "train"], ["prior", "sample"], ["prior", "eval"]):
+    for sub in (
+        ["generate"],
+        ["mesh"],
+        ["ablate"],
+        ["prior"],
+        ["prior", "train"],
+        ["prior", "sample"],
+        ["prior", "eval"],
+    ):
         h = run(*sub, "--help")
         assert h.returncode == 0 and "usage:" in h.stdout, sub
 
@@ -40,7 +51,11 @@ def test_generate_writes_loadable_files(tiny_prior, tmp_path):
     obj = trimesh.load(out / "mesh.obj", force="mesh")
     assert len(obj.faces) == len(mesh.faces)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["prompt"] == "a red cube" and metrics["train"]["steps"] == 4 and metrics["dream3d_version"] == run("--version").stdout.split()[1]
+    assert (
+        metrics["prompt"] == "a red cube"
+        and metrics["train"]["steps"] == 4
+        and metrics["dream3d_version"] == run("--version").stdout.split()[1]
+    )
     assert "a red cube" in (out / "config.yaml").read_text()
     import imageio.v3 as iio
 
@@ -80,7 +95,13 @@ def test_overrides_may_follow_options():
     assert r.returncode == 2 and "not allowed with" in r.stderr
 
 
-TINY_NERF = ["nerf.levels=4", "nerf.log2_table_size=10", "nerf.max_resolution=32", "nerf.hidden_dim=16", "nerf.num_samples=16"]
+TINY_NERF = [
+    "nerf.levels=4",
+    "nerf.log2_table_size=10",
+    "nerf.max_resolution=32",
+    "nerf.hidden_dim=16",
+    "nerf.num_samples=16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,20 +114,47 @@ def sd15_folder(tmp_path_factory):
 # The README's real-checkpoint commands on a Stable Diffusion 1.5-format folder (SD 1.5's layers, 512-pixel
 # images, 64x64 latents, CLIP tokenizer with 77 tokens; tiny channel counts and random weights): the path a user
 # with a real checkpoint takes, minus the GPU.
-@pytest.mark.parametrize("preset, extra", [
-    (None, ["train.resolution=32"]),
-    ("prolificdreamer", ["nerf.background=mlp", "nerf.light_direction=null", "nerf.ambient_ratio=0.1", "train.resolution=24", *TINY_NERF]),
-])
+@pytest.mark.parametrize(
+    "preset, extra",
+    [
+        (None, ["train.resolution=32"]),
+        (
+            "prolificdreamer",
+            [
+                "nerf.background=mlp",
+                "nerf.light_direction=null",
+                "nerf.ambient_ratio=0.1",
+                "train.resolution=24",
+                *TINY_NERF,
+            ],
+        ),
+    ],
+)
 def test_generate_with_a_stable_diffusion_format_checkpoint(sd15_folder, tmp_path, preset, extra):
     import trimesh
 
     out = tmp_path / "corgi"
     config = ["--config", preset] if preset else []
-    r = run("generate", "a DSLR photo of a corgi", f"guidance.prior.model={sd15_folder}", *config, *TINY_RUN,
-            "train.steps=2", *extra, "-o", str(out))
+    r = run(
+        "generate",
+        "a DSLR photo of a corgi",
+        f"guidance.prior.model={sd15_folder}",
+        *config,
+        *TINY_RUN,
+        "train.steps=2",
+        *extra,
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["prior"] == {"model": str(sd15_folder), "image_size": 512, "latent_size": 64, "dtype": "float32", "device": "cpu"}
+    assert metrics["prior"] == {
+        "model": str(sd15_folder),
+        "image_size": 512,
+        "latent_size": 64,
+        "dtype": "float32",
+        "device": "cpu",
+    }
     assert metrics["representation"] == ("nerf" if preset else "gaussians") and metrics["guidance"] == "vsd"
     assert metrics["train"]["steps"] == 2 and np.isfinite(metrics["train"]["final_grad_norm"])
     assert len(trimesh.load(out / "mesh.glb", force="mesh").faces) > 0
@@ -121,8 +169,10 @@ def test_bad_override_fails_with_the_key_named(tmp_path):
 
 def test_ablation_cells_that_would_share_a_folder_are_refused(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  'cfg 50': guidance.guidance_scale=50\n"
-                    "  cfg-50: [guidance.guidance_scale=50]\n")
+    spec.write_text(
+        "base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  'cfg 50': guidance.guidance_scale=50\n"
+        "  cfg-50: [guidance.guidance_scale=50]\n"
+    )
     r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
     assert r.returncode == 2 and "would share the folder" in r.stderr and not (tmp_path / "abl").exists()
     spec.write_text("base: dreamgaussian\nprompts: ['a red cube']\nvariants:\n  a: [guidance.guidance_scael=50]\n")
@@ -171,12 +221,25 @@ def test_ctrl_c_ends_the_step_and_leaves_a_checkpoint_to_resume(tiny_prior, tmp_
     import torch
 
     out = tmp_path / "run"
-    args = ["generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "train.steps=400",
-            "train.checkpoint_every=0", "train.val_every=1", "-o", str(out)]
-    p = subprocess.Popen([sys.executable, "-m", "dream3d.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    args = [
+        "generate",
+        "a red cube",
+        *TINY_RUN,
+        f"guidance.prior.model={tiny_prior}",
+        "train.steps=400",
+        "train.checkpoint_every=0",
+        "train.val_every=1",
+        "-o",
+        str(out),
+    ]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "dream3d.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     deadline = time.time() + 300
     while not (out / "val" / "step_00002.png").exists():
-        assert p.poll() is None and time.time() < deadline, p.stderr.read()[-2000:] if p.poll() is not None else "timed out"
+        assert p.poll() is None and time.time() < deadline, (
+            p.stderr.read()[-2000:] if p.poll() is not None else "timed out"
+        )
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
@@ -194,12 +257,15 @@ def test_ablate_two_by_two_grid(tiny_prior, tmp_path):
         "base: dreamgaussian\n"
         f"overrides: {json.dumps(TINY_RUN + ['guidance.prior.model=' + tiny_prior, 'output.mesh=false'])}\n"
         "prompts: ['a red cube', 'a green cone']\nseeds: [0]\n"
-        "variants:\n  cfg10: [guidance.guidance_scale=10]\n  cfg50: [guidance.guidance_scale=50]\n")
+        "variants:\n  cfg10: [guidance.guidance_scale=10]\n  cfg50: [guidance.guidance_scale=50]\n"
+    )
     r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "abl" / "results.csv")))
     assert len(rows) == 4 and {r["variant"] for r in rows} == {"cfg10", "cfg50"}
-    assert (tmp_path / "abl" / "contact_sheet.png").exists() and "| cfg10 |" in (tmp_path / "abl" / "results.md").read_text()
+    assert (tmp_path / "abl" / "contact_sheet.png").exists() and "| cfg10 |" in (
+        tmp_path / "abl" / "results.md"
+    ).read_text()
     # a second run skips the finished cells
     r = run("ablate", str(spec), "-o", str(tmp_path / "abl"))
     assert r.returncode == 0 and r.stderr.count("skipped") == 4
@@ -209,10 +275,18 @@ def test_ablate_two_by_two_grid(tiny_prior, tmp_path):
     assert r.returncode == 2 and "guidance.guidance_scale: 50.0 -> 30.0" in r.stderr, r.stderr[-2000:]
     # the same spec in the layout before issue 17 (a section per rule) is translated, with a notice naming it,
     # and its cells are the finished ones
-    spec.write_text(spec.read_text().replace("guidance.guidance_scale=30", "guidance.sds.guidance_scale=50")
-                    .replace("guidance.guidance_scale=10", "guidance.sds.guidance_scale=10"))
-    r = subprocess.run([sys.executable, "-m", "dream3d.cli", "ablate", str(spec), "-o", str(tmp_path / "abl")], capture_output=True,
-                       text=True, env=dict(ENV, PYTHONWARNINGS="default::FutureWarning"), timeout=900)
+    spec.write_text(
+        spec.read_text()
+        .replace("guidance.guidance_scale=30", "guidance.sds.guidance_scale=50")
+        .replace("guidance.guidance_scale=10", "guidance.sds.guidance_scale=10")
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "dream3d.cli", "ablate", str(spec), "-o", str(tmp_path / "abl")],
+        capture_output=True,
+        text=True,
+        env=dict(ENV, PYTHONWARNINGS="default::FutureWarning"),
+        timeout=900,
+    )
     assert r.returncode == 0 and r.stderr.count("skipped") == 4, r.stderr[-2000:]
     assert f"FutureWarning: {spec}: translated from the old guidance layout" in r.stderr
 
@@ -229,9 +303,21 @@ def test_image_to_3d_fits_the_reference_view(tiny_prior, tmp_path):
     rgba = torch.cat([rgb, alpha], -1)[0].numpy()
     iio.imwrite(tmp_path / "cube.png", (rgba * 255).round().astype(np.uint8))
     out = tmp_path / "img"
-    r = run("generate", "--image", str(tmp_path / "cube.png"), "a yellow cube", *TINY_RUN, "train.steps=60",
-            "train.checkpoint_every=0", "train.val_every=0", "gaussians.num_points=1000", "gaussians.densify_from_step=1000",
-            f"guidance.prior.model={tiny_prior}", "-o", str(out))
+    r = run(
+        "generate",
+        "--image",
+        str(tmp_path / "cube.png"),
+        "a yellow cube",
+        *TINY_RUN,
+        "train.steps=60",
+        "train.checkpoint_every=0",
+        "train.val_every=0",
+        "gaussians.num_points=1000",
+        "gaussians.densify_from_step=1000",
+        f"guidance.prior.model={tiny_prior}",
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ref = json.loads((out / "metrics.json").read_text())["reference_view"]
     assert ref["silhouette_iou"] > 0.8 and ref["psnr_db"] > 18, ref
@@ -239,7 +325,11 @@ def test_image_to_3d_fits_the_reference_view(tiny_prior, tmp_path):
 
 def _env_lines(stdout: str) -> dict[str, str]:
     """``- key: value`` lines of ``dream3d env`` as a dict (the renderer lines are indented under their header)."""
-    return dict(line.strip()[2:].split(": ", 1) for line in stdout.splitlines() if line.strip().startswith("- ") and ": " in line)
+    return dict(
+        line.strip()[2:].split(": ", 1)
+        for line in stdout.splitlines()
+        if line.strip().startswith("- ") and ": " in line
+    )
 
 
 def test_env_reports_versions_and_the_backends_each_renderer_takes():
@@ -266,7 +356,9 @@ def test_env_reports_versions_and_the_backends_each_renderer_takes():
     assert j.returncode == 0, j.stderr
     info = json.loads(j.stdout)
     assert info["packages"]["gsplat"] == version("gsplat") and info["renderers"]["mesh"]["backend"] == "torch"
-    assert [(b["library"], b["status"]) for b in info["build"]] == [(lib, "skipped") for lib in ("gsplat", "nerfacc", "nvdiffrast")]
+    assert [(b["library"], b["status"]) for b in info["build"]] == [
+        (lib, "skipped") for lib in ("gsplat", "nerfacc", "nvdiffrast")
+    ]
     if not torch.cuda.is_available():
         b = run("env", "--build")
         assert b.returncode == 0 and b.stdout.count("skipped (no CUDA device)") == 3, b.stdout
@@ -277,9 +369,17 @@ def test_env_reports_versions_and_the_backends_each_renderer_takes():
 def test_env_names_a_broken_library_and_why(tmp_path):
     # a gsplat whose import fails as a wheel built for another CUDA would
     (tmp_path / "gsplat").mkdir()
-    (tmp_path / "gsplat" / "__init__.py").write_text('raise ImportError("libcudart.so.13: cannot open shared object file")\n')
+    (tmp_path / "gsplat" / "__init__.py").write_text(
+        'raise ImportError("libcudart.so.13: cannot open shared object file")\n'
+    )
     env = dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path), ENV.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "-m", "dream3d.cli", "env", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "dream3d.cli", "env", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     got = _env_lines(r.stdout)
     assert "does not import here: ImportError: libcudart.so.13: cannot open shared object file" in got["gaussians"]

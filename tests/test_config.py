@@ -11,7 +11,9 @@ from dream3d.config import CONFIG_DIR, RunConfig, load_run_config
 from dream3d.configtools import ConfigError, dotted_keys, parse_overrides, to_plain, to_yaml
 
 
-@pytest.mark.parametrize("preset", sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))))
+@pytest.mark.parametrize(
+    "preset", sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
+)
 def test_every_preset_loads_and_documents_itself(preset):
     cfg = load_run_config(preset)
     assert isinstance(cfg, RunConfig)
@@ -22,7 +24,10 @@ def test_every_preset_loads_and_documents_itself(preset):
 def test_required_presets_exist():
     names = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))}
     assert {"dreamgaussian", "dreamfusion", "prolificdreamer", "gaussian-vsd", "gaussian-ism"} <= names
-    assert load_run_config("dreamfusion").representation == "nerf" and load_run_config("prolificdreamer").guidance.method == "vsd"
+    assert (
+        load_run_config("dreamfusion").representation == "nerf"
+        and load_run_config("prolificdreamer").guidance.method == "vsd"
+    )
 
 
 def _ablation_nerf_cell():
@@ -46,24 +51,35 @@ def test_nerf_presets_are_lit_like_the_embedded_priors_world(preset):
 
 
 def test_overrides_fill_nested_fields_with_types():
-    cfg = load_run_config("dreamgaussian", ["train.steps=12", "guidance.guidance_scale=[0,100,10,50]", "cameras.fov_y=[30,40]",
-                                            "gaussians.max_gaussians=null", "prompt=a red cube"])
+    cfg = load_run_config(
+        "dreamgaussian",
+        [
+            "train.steps=12",
+            "guidance.guidance_scale=[0,100,10,50]",
+            "cameras.fov_y=[30,40]",
+            "gaussians.max_gaussians=null",
+            "prompt=a red cube",
+        ],
+    )
     assert cfg.train.steps == 12 and cfg.guidance.guidance_scale == [0, 100, 10, 50]
     assert cfg.cameras.fov_y == (30.0, 40.0) and cfg.gaussians.max_gaussians is None and cfg.prompt == "a red cube"
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.step=5", ["train.step", "train.steps"]),
-    ("trian.steps=5", ["trian.steps", "train.steps"]),
-    ("guidance_scale=5", ["guidance_scale", "guidance.guidance_scale"]),
-    ("guidance.lora_rank=8", ["'guidance.lora_rank'", "selects guidance.method=sds", "set guidance.method=vsd"]),
-    ("train.steps=many", ["train.steps", "many"]),
-    ("train=5", ["train", "section"]),
-    ("cameras.fov_y=[1,2,3]", ["cameras.fov_y", "2 values"]),
-    ("representation=meshes", ["representation", "meshes", "gaussians, nerf, voxels"]),
-    ("guidance.method=magic", ["guidance.method", "magic", "sds, vsd, ism, csd"]),
-    ("steps", ["key=value"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.step=5", ["train.step", "train.steps"]),
+        ("trian.steps=5", ["trian.steps", "train.steps"]),
+        ("guidance_scale=5", ["guidance_scale", "guidance.guidance_scale"]),
+        ("guidance.lora_rank=8", ["'guidance.lora_rank'", "selects guidance.method=sds", "set guidance.method=vsd"]),
+        ("train.steps=many", ["train.steps", "many"]),
+        ("train=5", ["train", "section"]),
+        ("cameras.fov_y=[1,2,3]", ["cameras.fov_y", "2 values"]),
+        ("representation=meshes", ["representation", "meshes", "gaussians, nerf, voxels"]),
+        ("guidance.method=magic", ["guidance.method", "magic", "sds, vsd, ism, csd"]),
+        ("steps", ["key=value"]),
+    ],
+)
 def test_bad_overrides_name_the_key_and_the_fix(override, words):
     with pytest.raises(ConfigError) as e:
         load_run_config("dreamgaussian", [override])
@@ -87,20 +103,26 @@ def test_every_schema_key_is_reachable_by_override():
     keys = dotted_keys(RunConfig())
     assert "guidance.guidance_scale" in keys and "mesh.extract.target_faces" in keys and "nerf.levels" in keys
     assert "guidance.lora_rank" in dotted_keys(load_run_config("gaussian-vsd"))
-    assert parse_overrides(["a.b.c=1", "a.d=[1, 2]", "e=text with spaces"]) == {"a": {"b": {"c": 1}, "d": [1, 2]}, "e": "text with spaces"}
+    assert parse_overrides(["a.b.c=1", "a.d=[1, 2]", "e=text with spaces"]) == {
+        "a": {"b": {"c": 1}, "d": [1, 2]},
+        "e": "text with spaces",
+    }
 
 
-@pytest.mark.parametrize("override, message", [
-    ("mesh.resolution=0", "mesh.resolution must be at least 8, got 0"),
-    ("output.turntable_frames=0", "output.turntable_frames must be at least 1"),
-    ("gaussians.num_points=0", "gaussians.num_points must be at least 1"),
-    ("train.resolution=-8", "train.resolution must stay at least 8 pixels"),
-    ("train.resolution=[0,4,32,100]", "train.resolution must stay at least 8 pixels"),
-    ("train.resolution=[0,16,32]", "train.resolution: a scheduled scalar must be"),
-    ("guidance.guidance_scale=[1,2]", "guidance.guidance_scale: a scheduled scalar must be"),
-    ("train.steps.foo=5", "'train.steps' is a value, not a section"),
-    ("guidance.grad_clip_norm=[1,2]", "guidance.grad_clip_norm: a scheduled scalar must be"),  # Scheduled | None
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mesh.resolution=0", "mesh.resolution must be at least 8, got 0"),
+        ("output.turntable_frames=0", "output.turntable_frames must be at least 1"),
+        ("gaussians.num_points=0", "gaussians.num_points must be at least 1"),
+        ("train.resolution=-8", "train.resolution must stay at least 8 pixels"),
+        ("train.resolution=[0,4,32,100]", "train.resolution must stay at least 8 pixels"),
+        ("train.resolution=[0,16,32]", "train.resolution: a scheduled scalar must be"),
+        ("guidance.guidance_scale=[1,2]", "guidance.guidance_scale: a scheduled scalar must be"),
+        ("train.steps.foo=5", "'train.steps' is a value, not a section"),
+        ("guidance.grad_clip_norm=[1,2]", "guidance.grad_clip_norm: a scheduled scalar must be"),  # Scheduled | None
+    ],
+)
 def test_values_a_run_cannot_use_fail_at_load_naming_the_key(override, message):
     import re
 
@@ -171,7 +193,12 @@ def _ablation_cells(path: str, overrides_from: str = "overrides"):
     spec = load_spec(path)
     name = os.path.basename(path)[:-5]
     for variant, overrides in spec.variants.items():
-        cfg = load_run_config(spec.base, spec.overrides + overrides + ["seed=0"], {"prompt": spec.prompts[0]}, overrides_from=overrides_from)
+        cfg = load_run_config(
+            spec.base,
+            spec.overrides + overrides + ["seed=0"],
+            {"prompt": spec.prompts[0]},
+            overrides_from=overrides_from,
+        )
         yield f"{name}/{variant}", cfg
 
 
@@ -180,7 +207,9 @@ def test_presets_and_ablation_cells_keep_their_guidance_settings():
     assert presets == set(BEFORE["presets"])
     for name in presets:
         _same_as_before(_effective(load_run_config(name)), BEFORE["presets"][name])
-    cells = dict(c for p in sorted(glob.glob(os.path.join(CONFIG_DIR, "ablations", "*.yaml"))) for c in _ablation_cells(p))
+    cells = dict(
+        c for p in sorted(glob.glob(os.path.join(CONFIG_DIR, "ablations", "*.yaml"))) for c in _ablation_cells(p)
+    )
     assert set(cells) == set(BEFORE["ablations"])
     for name, cfg in cells.items():
         _same_as_before(_effective(cfg), BEFORE["ablations"][name])
@@ -208,9 +237,14 @@ def test_old_layout_presets_specs_and_run_configs_load_translated_with_a_notice(
     saved = tmp_path / "run" / "config.yaml"
     saved.parent.mkdir()
     saved.write_text(BEFORE["old_run_config"])
-    with pytest.warns(FutureWarning, match=re.escape(f"{saved}: translated from the old guidance layout (a section per rule): "
-                                                     "guidance.vsd.* is now guidance.*; dropped guidance.sds, guidance.ism, "
-                                                     "guidance.csd (never read with guidance.method=vsd)")):
+    with pytest.warns(
+        FutureWarning,
+        match=re.escape(
+            f"{saved}: translated from the old guidance layout (a section per rule): "
+            "guidance.vsd.* is now guidance.*; dropped guidance.sds, guidance.ism, "
+            "guidance.csd (never read with guidance.method=vsd)"
+        ),
+    ):
         cfg = load_run_config(str(saved))
     assert _effective(cfg) == BEFORE["presets"]["gaussian-vsd"]  # its total_steps (1000) was saved, so it stays
     assert cfg.prompt == "a red cube" and cfg.follows_run_length == ()
@@ -221,13 +255,23 @@ def test_old_layout_presets_specs_and_run_configs_load_translated_with_a_notice(
 
 
 def test_a_key_of_an_unselected_rule_is_refused_naming_the_selected_one(tmp_path):
-    with pytest.raises(ConfigError, match=re.escape("overrides: 'guidance.sds.guidance_scale' is a setting of guidance.method=sds, "
-                                                    "and this config selects guidance.method=vsd; to use it set guidance.method=sds")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "overrides: 'guidance.sds.guidance_scale' is a setting of guidance.method=sds, "
+            "and this config selects guidance.method=vsd; to use it set guidance.method=sds"
+        ),
+    ):
         load_run_config("gaussian-vsd", ["guidance.sds.guidance_scale=50"])  # accepted and ignored before issue 17
     mine = tmp_path / "mine.yaml"
     mine.write_text("base: dreamgaussian\nguidance: {lora_rank: 8}\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{mine}: 'guidance.lora_rank' is a setting of guidance.method=vsd, and this "
-                                                    "config selects guidance.method=sds")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"{mine}: 'guidance.lora_rank' is a setting of guidance.method=vsd, and this "
+            "config selects guidance.method=sds"
+        ),
+    ):
         load_run_config(str(mine))
     mine.write_text("base: dreamgaussian\nguidance: {lora_rank: 8, method: vsd}\n")
     assert load_run_config(str(mine)).guidance.lora_rank == 8
@@ -242,7 +286,9 @@ def test_a_method_switch_starts_from_the_rules_defaults_in_any_order(tmp_path):
     sds = to_plain(SDSConfig())
     sds["timesteps"]["total_steps"] = 400  # the preset's train.steps
     assert to_plain(vsd_to_sds.guidance) == {"method": "sds", "prior": to_plain(PriorConfig()), **sds}
-    assert vsd_to_sds.guidance.guidance_scale == 100.0 and vsd_to_sds.guidance.grad_clip_norm is None  # not VSD's 7.5, 10
+    assert (
+        vsd_to_sds.guidance.guidance_scale == 100.0 and vsd_to_sds.guidance.grad_clip_norm is None
+    )  # not VSD's 7.5, 10
     assert vsd_to_sds.gaussians == load_run_config("gaussian-vsd").gaussians  # only the guidance section starts again
     keys = ["guidance.guidance_scale=30", "guidance.method=ism", "guidance.prior.dtype=fp32"]
     a, b = load_run_config("dreamgaussian", keys), load_run_config("dreamgaussian", keys[::-1])
@@ -250,11 +296,19 @@ def test_a_method_switch_starts_from_the_rules_defaults_in_any_order(tmp_path):
     assert not a.guidance.perpneg.enabled  # dreamgaussian's Perp-Neg was SDS's setting
     # a file that switches from its base: its own keys apply; guidance.prior of earlier layers stays
     (tmp_path / "base.yaml").write_text("base: gaussian-vsd\nguidance: {prior: {model: /models/sd15}, lora_rank: 8}\n")
-    (tmp_path / "mine.yaml").write_text("base: base.yaml\ntrain: {steps: 50}\nguidance: {method: sds, guidance_scale: 30}\n")
+    (tmp_path / "mine.yaml").write_text(
+        "base: base.yaml\ntrain: {steps: 50}\nguidance: {method: sds, guidance_scale: 30}\n"
+    )
     mine = load_run_config(str(tmp_path / "mine.yaml"))
-    assert (mine.guidance.method, mine.guidance.guidance_scale, mine.guidance.prior.model) == ("sds", 30, "/models/sd15")
+    assert (mine.guidance.method, mine.guidance.guidance_scale, mine.guidance.prior.model) == (
+        "sds",
+        30,
+        "/models/sd15",
+    )
     assert mine.guidance.weighting == "sds" and mine.guidance.timesteps.schedule == "random" and mine.train.steps == 50
-    assert load_run_config(str(tmp_path / "mine.yaml"), ["guidance.method=vsd"]).guidance.lora_rank == 4  # VSD's default
+    assert (
+        load_run_config(str(tmp_path / "mine.yaml"), ["guidance.method=vsd"]).guidance.lora_rank == 4
+    )  # VSD's default
     assert load_run_config(str(tmp_path / "base.yaml"), ["guidance.method=vsd"]).guidance.lora_rank == 8  # no switch
 
 
@@ -263,11 +317,23 @@ def test_the_run_length_is_stated_once():
     (the Gaussian presets: 400, 400 and 300 of 400 steps, as they stated them before), unless set."""
     every = ("guidance.timesteps.total_steps", "gaussians.position_lr_max_steps", "gaussians.densify_until_step")
     cfg = load_run_config("dreamgaussian")
-    assert (cfg.guidance.timesteps.total_steps, cfg.gaussians.position_lr_max_steps, cfg.gaussians.densify_until_step) == (400, 400, 300)
+    assert (
+        cfg.guidance.timesteps.total_steps,
+        cfg.gaussians.position_lr_max_steps,
+        cfg.gaussians.densify_until_step,
+    ) == (400, 400, 300)
     cfg = load_run_config("dreamgaussian", ["train.steps=800"])
-    assert (cfg.guidance.timesteps.total_steps, cfg.gaussians.position_lr_max_steps, cfg.gaussians.densify_until_step) == (800, 800, 600)
+    assert (
+        cfg.guidance.timesteps.total_steps,
+        cfg.gaussians.position_lr_max_steps,
+        cfg.gaussians.densify_until_step,
+    ) == (800, 800, 600)
     assert cfg.follows_run_length == every
-    assert "total_steps: 800" in to_yaml(cfg) and "densify_until_step: 600" in to_yaml(cfg)  # the saved config.yaml holds numbers
-    cfg = load_run_config("dreamgaussian", ["train.steps=800", "guidance.timesteps.total_steps=300", "gaussians.densify_until_step=100"])
+    assert "total_steps: 800" in to_yaml(cfg) and "densify_until_step: 600" in to_yaml(
+        cfg
+    )  # the saved config.yaml holds numbers
+    cfg = load_run_config(
+        "dreamgaussian", ["train.steps=800", "guidance.timesteps.total_steps=300", "gaussians.densify_until_step=100"]
+    )
     assert cfg.guidance.timesteps.total_steps == 300 and cfg.gaussians.densify_until_step == 100
     assert cfg.follows_run_length == ("gaussians.position_lr_max_steps",)

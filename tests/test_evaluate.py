@@ -4,8 +4,19 @@ import torch
 import trimesh
 
 from dream3d.evaluate import (
-    EvalConfig, colour_error, default_classifier, evaluate_mesh, evaluate_run, judge_cameras, occupancy_grid, render_views,
-    janus_twin, summarize, surface_from_colored, surface_from_trimesh, volumetric_iou,
+    EvalConfig,
+    colour_error,
+    default_classifier,
+    evaluate_mesh,
+    evaluate_run,
+    judge_cameras,
+    occupancy_grid,
+    render_views,
+    janus_twin,
+    summarize,
+    surface_from_colored,
+    surface_from_trimesh,
+    volumetric_iou,
 )
 from dream3d.mesh.export import write_glb
 from dream3d.world.render import render_colored_mesh
@@ -35,8 +46,11 @@ def two_faced(mesh: ColoredMesh) -> ColoredMesh:
     """The object unioned with its front-to-back mirror image: a front on both sides."""
     mirrored_v = mesh.vertices * np.array([1, 1, -1], np.float32)
     mirrored_f = mesh.faces[:, ::-1] + len(mesh.vertices)  # the mirror flips winding; flip back to face out
-    return ColoredMesh(np.concatenate([mesh.vertices, mirrored_v]), np.concatenate([mesh.faces, mirrored_f]),
-                       np.concatenate([mesh.face_colors, mesh.face_colors]))
+    return ColoredMesh(
+        np.concatenate([mesh.vertices, mirrored_v]),
+        np.concatenate([mesh.faces, mirrored_f]),
+        np.concatenate([mesh.face_colors, mesh.face_colors]),
+    )
 
 
 # ------------------------------------------------------------------------------------------- geometry
@@ -146,12 +160,35 @@ def test_run_folder_errors_name_the_problem(tmp_path):
 
 def test_summary_rates():
     rows = [
-        {"iou": 0.5, "color_accuracy": 1.0, "shape_accuracy": 0.5, "palette_color_correct": True, "color_distance": 0.1,
-         "front_distinct": True, "janus": True, "run": {"total_seconds": 10.0, "steps_per_second": 2.0}},
-        {"iou": 0.7, "color_accuracy": 0.0, "shape_accuracy": 1.0, "palette_color_correct": False, "color_distance": 0.3,
-         "front_distinct": True, "janus": False, "run": {"total_seconds": 30.0, "steps_per_second": 4.0}},
-        {"iou": 0.9, "color_accuracy": 0.5, "shape_accuracy": 0.0, "palette_color_correct": True, "color_distance": 0.2,
-         "front_distinct": False, "janus": None},
+        {
+            "iou": 0.5,
+            "color_accuracy": 1.0,
+            "shape_accuracy": 0.5,
+            "palette_color_correct": True,
+            "color_distance": 0.1,
+            "front_distinct": True,
+            "janus": True,
+            "run": {"total_seconds": 10.0, "steps_per_second": 2.0},
+        },
+        {
+            "iou": 0.7,
+            "color_accuracy": 0.0,
+            "shape_accuracy": 1.0,
+            "palette_color_correct": False,
+            "color_distance": 0.3,
+            "front_distinct": True,
+            "janus": False,
+            "run": {"total_seconds": 30.0, "steps_per_second": 4.0},
+        },
+        {
+            "iou": 0.9,
+            "color_accuracy": 0.5,
+            "shape_accuracy": 0.0,
+            "palette_color_correct": True,
+            "color_distance": 0.2,
+            "front_distinct": False,
+            "janus": None,
+        },
     ]
     s = summarize(rows)
     assert s["iou"] == pytest.approx(0.7) and s["palette_color_accuracy"] == pytest.approx(2 / 3)
@@ -173,7 +210,9 @@ def classifier():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_classifier_judges_ground_truth_correct_from_every_side(classifier, shape):
     for colour in COLORS:
-        r = evaluate_mesh(scene_for_prompt(f"a {colour} {shape}").to_trimesh(), f"a {colour} {shape}", classifier=classifier)
+        r = evaluate_mesh(
+            scene_for_prompt(f"a {colour} {shape}").to_trimesh(), f"a {colour} {shape}", classifier=classifier
+        )
         assert r["color_accuracy"] == 1.0, (colour, r["views"])
         assert r["shape_accuracy"] == 1.0, (colour, r["views"])
         assert r["front_distinct"] == (shape in COMPOSITES)
@@ -191,11 +230,16 @@ def test_janus_measure_flags_a_second_front(classifier):
         assert 180.0 in r["janus_classifier_views"]
 
 
-@pytest.mark.xfail(strict=True, reason="the view head reads the world's fixed light, not the snowman's face: lit from the "
-                                       "back, a face is judged 'back'; lit from the front, a faceless back is judged 'front'")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the view head reads the world's fixed light, not the snowman's face: lit from the "
+    "back, a face is judged 'back'; lit from the front, a faceless back is judged 'front'",
+)
 def test_classifier_flags_a_two_faced_snowman(classifier):
     gt = scene_for_prompt("a yellow snowman")
-    assert evaluate_mesh(two_faced(gt).to_trimesh(), "a yellow snowman", classifier=classifier)["janus_classifier"] is True
+    assert (
+        evaluate_mesh(two_faced(gt).to_trimesh(), "a yellow snowman", classifier=classifier)["janus_classifier"] is True
+    )
 
 
 @pytest.mark.parametrize("shape", COMPOSITES)
@@ -207,12 +251,19 @@ def test_janus_check_counts_the_front_features(shape):
     check = lambda m: evaluate_mesh(m, f"a {colour} {shape}", classifier=None)  # noqa: E731
     one = check(gt.to_trimesh())
     assert one["janus"] is False and one["janus_margin"] < -0.9
-    twins = [janus_twin(gt)] + ([two_faced(gt)] if shape != "mug" else [])  # the mug's handle is at +X: its z-mirror is itself
+    twins = [janus_twin(gt)] + (
+        [two_faced(gt)] if shape != "mug" else []
+    )  # the mug's handle is at +X: its z-mirror is itself
     for twin in twins:
         two = check(twin.to_trimesh())
         assert two["janus"] is True and two["janus_margin"] > 0.9, two["janus_margin"]
-    body = ColoredMesh(gt.vertices, gt.faces, np.where(np.all(gt.face_colors == np.float32(DETAIL), axis=1)[:, None],
-                                                       np.float32(COLORS[colour]), gt.face_colors))
+    body = ColoredMesh(
+        gt.vertices,
+        gt.faces,
+        np.where(
+            np.all(gt.face_colors == np.float32(DETAIL), axis=1)[:, None], np.float32(COLORS[colour]), gt.face_colors
+        ),
+    )
     assert check(body.to_trimesh())["janus"] is False
 
 
@@ -222,7 +273,9 @@ def test_quality_benchmark_scores_finished_runs(tmp_path):
     import json
     import pathlib
 
-    spec = importlib.util.spec_from_file_location("quality", pathlib.Path(__file__).parents[1] / "benchmarks" / "quality.py")
+    spec = importlib.util.spec_from_file_location(
+        "quality", pathlib.Path(__file__).parents[1] / "benchmarks" / "quality.py"
+    )
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
     prompts = ["a purple snowman", "a green house"]
@@ -231,8 +284,21 @@ def test_quality_benchmark_scores_finished_runs(tmp_path):
         run.mkdir(parents=True)
         baked_glb(mesh, run / "mesh.glb")
         (run / "config.yaml").write_text(f"prompt: {prompt}\n")
-        (run / "metrics.json").write_text(json.dumps({"total_seconds": 100.0, "train": {"steps": 400, "steps_per_second": 4.0}}))
-    report = quality.main(["--presets", "dreamgaussian", "--no-generate", "--no-baseline", "--prompts", ";".join(prompts), "--out", str(tmp_path)])
+        (run / "metrics.json").write_text(
+            json.dumps({"total_seconds": 100.0, "train": {"steps": 400, "steps_per_second": 4.0}})
+        )
+    report = quality.main(
+        [
+            "--presets",
+            "dreamgaussian",
+            "--no-generate",
+            "--no-baseline",
+            "--prompts",
+            ";".join(prompts),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     s = report["summary"]["dreamgaussian"]
     assert s["objects"] == 2 and s["iou"] > 0.8 and s["janus_rate"] == 0.5 and s["janus_objects"] == 2
     assert s["palette_color_accuracy"] == 1.0 and s["seconds"] == 100.0
@@ -253,7 +319,9 @@ def test_mesh_level_benchmark_silhouette_iou_matches_the_projected_ball():
     from dream3d.mesh.density import make_grid
     from renderers.cameras import pixel_bins, project_points
 
-    spec = importlib.util.spec_from_file_location("mesh_level", pathlib.Path(__file__).parents[1] / "benchmarks" / "mesh_level.py")
+    spec = importlib.util.spec_from_file_location(
+        "mesh_level", pathlib.Path(__file__).parents[1] / "benchmarks" / "mesh_level.py"
+    )
     ml = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ml)
     cams = ml.silhouette_views()
@@ -263,8 +331,14 @@ def test_mesh_level_benchmark_silhouette_iou_matches_the_projected_ball():
     s = torch.arange(ml.SIZE) + 0.5
     pys, pxs = torch.meshgrid(s, s, indexing="ij")
     K, c2w = cams.K, torch.linalg.inv(cams.viewmats)
-    d_cam = torch.stack([(pxs - K[:, None, None, 0, 2]) / K[:, None, None, 0, 0], (pys - K[:, None, None, 1, 2]) / K[:, None, None, 1, 1],
-                         torch.ones(len(cams), ml.SIZE, ml.SIZE)], -1)
+    d_cam = torch.stack(
+        [
+            (pxs - K[:, None, None, 0, 2]) / K[:, None, None, 0, 0],
+            (pys - K[:, None, None, 1, 2]) / K[:, None, None, 1, 1],
+            torch.ones(len(cams), ml.SIZE, ml.SIZE),
+        ],
+        -1,
+    )
     d = torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], d_cam)
     d = d / d.norm(dim=-1, keepdim=True)
     o = c2w[:, None, None, :3, 3]

@@ -1,4 +1,5 @@
 """GaussianModel: activations, densification counts, optimiser-state surgery, PLY and checkpoints."""
+
 import math
 
 import numpy as np
@@ -126,7 +127,9 @@ def test_densify_and_prune_counts_from_statistics():
 def test_max_gaussians_is_a_cap_that_keeps_the_largest_gradients():
     # 100 Gaussians, 40 hot: 20 small (clone: +1 each) and 20 large (split into 2: +1 each); cap 110 leaves
     # room for 10, which must go to the 10 largest gradients whatever their kind.
-    m = make_model(100, densify_grad_threshold=0.01, split_size=0.05, min_opacity=0.0, max_world_size=10.0, max_gaussians=110)
+    m = make_model(
+        100, densify_grad_threshold=0.01, split_size=0.05, min_opacity=0.0, max_world_size=10.0, max_gaussians=110
+    )
     with torch.no_grad():
         m.log_scales[:] = math.log(0.01)
         m.log_scales[50:] = math.log(0.1)
@@ -213,7 +216,14 @@ def test_position_learning_rate_schedule():
     m = make_model(4, position_lr_init=1e-3, position_lr_final=1e-5, position_lr_max_steps=100)
     opt = m.make_optimizer()
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs == {"means": 1e-3, "features_dc": 1e-2, "features_rest": 5e-4, "opacity_logits": 5e-2, "log_scales": 5e-3, "quats": 5e-3}
+    assert lrs == {
+        "means": 1e-3,
+        "features_dc": 1e-2,
+        "features_rest": 5e-4,
+        "opacity_logits": 5e-2,
+        "log_scales": 5e-3,
+        "quats": 5e-3,
+    }
     assert m.update_learning_rate(opt, 0) == pytest.approx(1e-3)
     assert m.update_learning_rate(opt, 50) == pytest.approx(1e-4)  # geometric midpoint
     assert m.update_learning_rate(opt, 100) == pytest.approx(1e-5)
@@ -238,7 +248,11 @@ def test_densify_step_schedule():
 # files
 # ------------------------------------------------------------------------------------------------
 
-GS_LAYOUT_DEG3 = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)] + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+GS_LAYOUT_DEG3 = (
+    ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    + [f"f_rest_{i}" for i in range(45)]
+    + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+)
 
 
 def _randomised(n=37, sh_degree=3):
@@ -290,8 +304,10 @@ def test_sigmoid_colours_are_saved_as_viewer_colours(tmp_path):
     assert inp["sh_degree"] is None and inp["colors"].shape == (10, 3)
     m.save_ply(tmp_path / "s.ply")
     raw = (tmp_path / "s.ply").read_bytes()
-    data = np.frombuffer(raw[raw.index(b"end_header\n") + 11:], dtype="<f4").reshape(10, -1)
-    torch.testing.assert_close(sh_dc_to_rgb(torch.from_numpy(data[:, 6:9].copy())), inp["colors"].detach(), rtol=1e-5, atol=1e-6)
+    data = np.frombuffer(raw[raw.index(b"end_header\n") + 11 :], dtype="<f4").reshape(10, -1)
+    torch.testing.assert_close(
+        sh_dc_to_rgb(torch.from_numpy(data[:, 6:9].copy())), inp["colors"].detach(), rtol=1e-5, atol=1e-6
+    )
     back = GaussianModel.load_ply(tmp_path / "s.ply", GaussianConfig(color_mode="sigmoid"))
     torch.testing.assert_close(back.render_inputs()["colors"], inp["colors"].detach(), rtol=1e-5, atol=1e-6)
 

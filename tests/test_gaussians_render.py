@@ -1,5 +1,6 @@
 """The Gaussian renderer against independent references: a dense brute-force compositor, finite
 differences, autograd Jacobians of the pinhole map, SH orthonormality, and gsplat where it imports."""
+
 import math
 
 import pytest
@@ -104,7 +105,14 @@ def test_single_gaussian_matches_closed_form():
     c2w[2, 3] = -2.0  # camera at z = -2 looking down +z at the origin
     cam = Cameras(c2w, K, W, H)
     s = 0.05
-    out = torch_render(torch.zeros(1, 3), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), s), torch.tensor([0.8]), torch.tensor([[1.0, 0.5, 0.25]]), cam)
+    out = torch_render(
+        torch.zeros(1, 3),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.full((1, 3), s),
+        torch.tensor([0.8]),
+        torch.tensor([[1.0, 0.5, 0.25]]),
+        cam,
+    )
     var = (40.0 * s / 2.0) ** 2 + 0.3
     j, i = torch.meshgrid(torch.arange(W) + 0.5, torch.arange(H) + 0.5, indexing="xy")
     a = 0.8 * torch.exp(-0.5 * ((j - W / 2) ** 2 + (i - H / 2) ** 2) / var)
@@ -134,7 +142,7 @@ def test_sh_basis_is_orthonormal():
     n = 200_000  # Fibonacci sphere quadrature
     k = torch.arange(n, dtype=torch.float64) + 0.5
     z = 1 - 2 * k / n
-    phi = math.pi * (1 + 5 ** 0.5) * k
+    phi = math.pi * (1 + 5**0.5) * k
     r = torch.sqrt(1 - z * z)
     dirs = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
     Y = sh_basis(3, dirs)
@@ -170,7 +178,9 @@ def test_projection_and_sh_match_gsplat_torch_helpers():
     cams = make_cams(3, 64, 48, dtype=torch.float64)
     proj = project_gaussians(means, quats, scales, cams.viewmats, cams.K, 64, 48)
     covars, _ = gs_torch._quat_scale_to_covar_preci(quats, scales, compute_preci=False)
-    radii, means2d, depths, conics, _ = gs_torch._fully_fused_projection(means, covars, cams.viewmats, cams.K, 64, 48, eps2d=0.3)
+    radii, means2d, depths, conics, _ = gs_torch._fully_fused_projection(
+        means, covars, cams.viewmats, cams.K, 64, 48, eps2d=0.3
+    )
     ok = proj.valid
     assert ok.any()
     torch.testing.assert_close(proj.means2d[ok], means2d[ok])
@@ -212,7 +222,10 @@ def test_gradients_match_finite_differences(sh_degree):
             hi[idx].view(-1)[i] += eps
             lo[idx].view(-1)[i] -= eps
             with torch.no_grad():
-                flat[i] = (_loss(torch_render(*hi, cams, bg, sh_degree=sh_degree), wts) - _loss(torch_render(*lo, cams, bg, sh_degree=sh_degree), wts)) / (2 * eps)
+                flat[i] = (
+                    _loss(torch_render(*hi, cams, bg, sh_degree=sh_degree), wts)
+                    - _loss(torch_render(*lo, cams, bg, sh_degree=sh_degree), wts)
+                ) / (2 * eps)
         assert p.grad.abs().max() > 0, name
         torch.testing.assert_close(p.grad, num, rtol=1e-5, atol=1e-6 * num.abs().max(), msg=lambda m: f"{name}: {m}")
 
@@ -221,7 +234,10 @@ def test_gradients_match_dense_reference_and_means2d_retains_grad():
     scene = make_scene(120, dtype=torch.float64, opacity=(0.3, 1.0))
     cams = make_cams(2, 24, 20, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
-    wts = {k: torch.rand(2, 20, 24, c, generator=g, dtype=torch.float64) for k, c in (("rgb", 3), ("alpha", 1), ("depth", 1))}
+    wts = {
+        k: torch.rand(2, 20, 24, c, generator=g, dtype=torch.float64)
+        for k, c in (("rgb", 3), ("alpha", 1), ("depth", 1))
+    }
     grads = []
     for fn in (torch_render, rasterize_gaussians_dense):
         params = [p.clone().requires_grad_(True) for p in scene]

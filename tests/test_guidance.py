@@ -4,6 +4,7 @@ built from configs and saved as a diffusers folder (no downloads, no assets).
 References are computed independently: the U-Net, text encoder and tokenizer are called directly here,
 with the formulas written out, and compared with what the rules' losses send back through autograd.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY = dict(
     # the embedded prior's shape: 64x64 images, 4x16x16 latents
-    unet=dict(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8),
-    vae=dict(block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64, scaling_factor=0.5),
+    unet=dict(
+        sample_size=16,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ),
+    vae=dict(
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.5,
+    ),
     text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
     max_length=32,  # character tokens: "a red cube, overhead view" is 23 with BOS and EOS
 )
@@ -65,7 +84,9 @@ def prior(tiny_dir) -> DiffusionPrior:
 
 
 def ref_embed(prior: DiffusionPrior, prompts: list[str]) -> torch.Tensor:
-    ids = prior.tokenizer(prompts, padding="max_length", max_length=TINY["max_length"], truncation=True, return_tensors="pt").input_ids
+    ids = prior.tokenizer(
+        prompts, padding="max_length", max_length=TINY["max_length"], truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         return prior.text_encoder(ids).last_hidden_state.float()
 
@@ -134,7 +155,9 @@ def test_deterministic_schedules_are_monotone_and_in_range(kind):
     assert (t[1:] <= t[:-1]).all(), "t must not increase"
     assert t.min() >= 20 and t.max() <= 980
     if kind == "sqrt":  # falls fastest early
-        lin = torch.stack([sample_timesteps(TimestepConfig(schedule="linear", total_steps=500), s, 1, 1000) for s in range(0, 501)])[:, 0]
+        lin = torch.stack(
+            [sample_timesteps(TimestepConfig(schedule="linear", total_steps=500), s, 1, 1000) for s in range(0, 501)]
+        )[:, 0]
         assert (t[1:500] <= lin[1:500]).all() and (t[1:500] < lin[1:500]).any()
     if kind == "dreamtime":  # lingers where its prior weight is flat: [500, 800]
         mid = ((t[:500] >= 500) & (t[:500] <= 800)).float().mean()
@@ -171,11 +194,19 @@ def test_view_prompts_suffixes_and_thresholds():
     el = torch.tensor([0.0, 0.0, 0.0, 0.0, 70.0, 10.0])
     az = torch.tensor([0.0, 90.0, 180.0, -170.0, 0.0, -40.0])
     assert view_prompts("a red cube", el, az) == [
-        "a red cube, front view", "a red cube, side view", "a red cube, back view",
-        "a red cube, back view", "a red cube, overhead view", "a red cube, front view",
+        "a red cube, front view",
+        "a red cube, side view",
+        "a red cube, back view",
+        "a red cube, back view",
+        "a red cube, overhead view",
+        "a red cube, front view",
     ]
     narrow = ViewPromptConfig(front_deg=30.0, back_deg=20.0, overhead_deg=80.0)
-    assert view_prompts("x", [70.0, 0.0, 0.0], [-40.0, -40.0, 150.0], narrow) == ["x, side view", "x, side view", "x, side view"]
+    assert view_prompts("x", [70.0, 0.0, 0.0], [-40.0, -40.0, 150.0], narrow) == [
+        "x, side view",
+        "x, side view",
+        "x, side view",
+    ]
     assert view_prompts("x", [0.0], [0.0], ViewPromptConfig(enabled=False)) == ["x"]
 
 
@@ -251,7 +282,12 @@ def test_sds_weightings(prior):
     t = torch.tensor([100, 900])
     a = abar(prior, t)
     base, _ = latents_and_grad(SDS(prior, SDSConfig(weighting="uniform")), latents, None, "a red cube", 0, noise, t)
-    expected = {"sds": 1 - a, "fantasia3d": a.sqrt() * (1 - a), "lucid": ((1 - a) / a).sqrt(), "uniform": torch.ones_like(a)}
+    expected = {
+        "sds": 1 - a,
+        "fantasia3d": a.sqrt() * (1 - a),
+        "lucid": ((1 - a) / a).sqrt(),
+        "uniform": torch.ones_like(a),
+    }
     assert set(expected) == set(WEIGHTINGS)
     for w in WEIGHTINGS:
         g, _ = latents_and_grad(SDS(prior, SDSConfig(weighting=w)), latents, None, "a red cube", 0, noise, t)
@@ -289,7 +325,9 @@ def test_sds_clipping_and_nonfinite_guard(prior):
     g, out = latents_and_grad(SDS(prior, SDSConfig(nonfinite="zero")), latents, None, "a red cube", 0, bad, t)
     assert bool(out.extra["nonfinite"]) and torch.isfinite(g).all() and torch.isfinite(out.loss)
     torch.testing.assert_close(g[0], free.extra["grad"][0] / 2)  # the clean view is untouched
-    assert not bool(SDS(prior, SDSConfig(nonfinite="zero")).latent_loss(latents, None, "x", 0, noise=noise, t=t).extra["nonfinite"])
+    assert not bool(
+        SDS(prior, SDSConfig(nonfinite="zero")).latent_loss(latents, None, "x", 0, noise=noise, t=t).extra["nonfinite"]
+    )
 
 
 def test_cameras_and_angles_give_the_same_prompts(prior):
@@ -297,7 +335,9 @@ def test_cameras_and_angles_give_the_same_prompts(prior):
     rule = SDS(prior)
     el, az, _ = cams.spherical()
     a = rule.conditioning("a red cube", el, az, 3).cond
-    torch.testing.assert_close(a, ref_embed(prior, ["a red cube, front view", "a red cube, overhead view", "a red cube, back view"]))
+    torch.testing.assert_close(
+        a, ref_embed(prior, ["a red cube, front view", "a red cube, overhead view", "a red cube, back view"])
+    )
 
 
 def test_csd_is_the_classifier_part(prior):
@@ -306,7 +346,10 @@ def test_csd_is_the_classifier_part(prior):
     g, _ = latents_and_grad(CSD(prior, CSDConfig(guidance_scale=10.0)), latents, None, "a red cube", 0, noise, t)
     a = abar(prior, t)
     x_t = a.sqrt() * latents + (1 - a).sqrt() * noise
-    e_c, e_u = ref_eps(prior, x_t, t, ref_embed(prior, ["a red cube"] * 2)), ref_eps(prior, x_t, t, ref_embed(prior, ["", ""]))
+    e_c, e_u = (
+        ref_eps(prior, x_t, t, ref_embed(prior, ["a red cube"] * 2)),
+        ref_eps(prior, x_t, t, ref_embed(prior, ["", ""])),
+    )
     assert_close_scaled(g, (1 - a) * 10.0 * (e_c - e_u) / 2)
 
 
@@ -414,7 +457,9 @@ def test_vsd_trains_only_the_student(prior):
     for m in (prior.vae, prior.unet, prior.text_encoder):
         for n, p in m.named_parameters():
             assert id(p) in student or (p.grad is None and not p.requires_grad), n
-    changed = [n for n, p in prior.unet.named_parameters() if id(p) in student and not torch.equal(p, student_before[n])]
+    changed = [
+        n for n, p in prior.unet.named_parameters() if id(p) in student and not torch.equal(p, student_before[n])
+    ]
     assert any("lora_B" in n for n in changed) and any("lora_A" in n for n in changed)
     assert any(not torch.equal(a, b) for a, b in zip(mlp_before, rule.camera_mlp.parameters()))
     # outside the student branch the shared U-Net is still exactly the pretrained model
@@ -487,7 +532,13 @@ def test_rules_run_on_the_embedded_prior_architecture(tiny_prior):
     prior = DiffusionPrior.load(PriorConfig(model=tiny_prior, device="cpu"))
     assert prior.scaling_factor == prior.vae.config.scaling_factor and prior.image_size == 32
     cams = orbit_cameras([0.0, 20.0], [0.0, 135.0], 3.0, 45.0, 48, 48)
-    for rule in (SDS(prior), CSD(prior), ISM(prior), VSD(prior), SDS(prior, SDSConfig(perpneg=PerpNegConfig(enabled=True)))):
+    for rule in (
+        SDS(prior),
+        CSD(prior),
+        ISM(prior),
+        VSD(prior),
+        SDS(prior, SDSConfig(perpneg=PerpNegConfig(enabled=True))),
+    ):
         rgb = torch.rand(2, 48, 48, 3, requires_grad=True)
         out = rule(rgb, cams, "a red cube", 0)
         out.loss.backward()
@@ -542,6 +593,24 @@ def test_sds_2d_benchmark_runs(tiny_dir, tmp_path):
     spec.loader.exec_module(bench)
     for method, param in (("vsd", "latent"), ("sds", "rgb")):
         out = tmp_path / f"{method}.png"
-        summary = bench.main(["--model", str(tiny_dir), "--prompt", "a red cube", "--method", method, "--param", param,
-                              "--steps", "2", "--batch", "2", "--out", str(out), "--device", "cpu"])
+        summary = bench.main(
+            [
+                "--model",
+                str(tiny_dir),
+                "--prompt",
+                "a red cube",
+                "--method",
+                method,
+                "--param",
+                param,
+                "--steps",
+                "2",
+                "--batch",
+                "2",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
         assert summary["steps"] == 2 and Image.open(out).size == (128, 64)  # two 64x64 images side by side

@@ -1,4 +1,5 @@
 """What a run reads and writes at its edges: reference images, prompts the prior cannot read, file modes."""
+
 import os
 
 import numpy as np
@@ -60,7 +61,9 @@ def test_generate_warns_before_training_on_a_prompt_the_prior_does_not_know(tmp_
     monkeypatch.setattr(pipeline, "Trainer", no_training)
     said = []
     with pytest.raises(RuntimeError, match="stop before training"):
-        pipeline.generate(load_run_config("dreamgaussian", ["prompt=a photo of a corgi"]), str(tmp_path / "run"), log=said.append)
+        pipeline.generate(
+            load_run_config("dreamgaussian", ["prompt=a photo of a corgi"]), str(tmp_path / "run"), log=said.append
+        )
     assert len(said) == 1 and "outside the prompts" in said[0] and "guidance.prior.model" in said[0], said
 
 
@@ -127,7 +130,10 @@ def test_an_output_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path)
     for overwrite in (False, True):  # --overwrite deletes a run, never files that are not one
         with pytest.raises(RunError, match="holds other files but no dream3d run .*mesh.glb, notes.txt"):
             generate(cfg, str(mine), overwrite=overwrite, log=lambda m: None)
-    assert sorted(p.name for p in mine.iterdir()) == ["mesh.glb", "notes.txt"] and (mine / "mesh.glb").read_bytes() == b"my own mesh"
+    assert (
+        sorted(p.name for p in mine.iterdir()) == ["mesh.glb", "notes.txt"]
+        and (mine / "mesh.glb").read_bytes() == b"my own mesh"
+    )
     # a new, an empty or a run's own folder is fine; so is one holding only hidden files or a wrapper's log
     check_output_dir(str(tmp_path / "new"), resume=False, overwrite=False)
     (tmp_path / "quiet").mkdir()

@@ -1,6 +1,7 @@
 """A finished training is never lost to the mesh stage: a failure there (here nvdiffrast's plugin load error,
 raised from the texture bake) leaves the checkpoint, the .ply, config.yaml and metrics.json, and a message
 naming ``dream3d mesh RUN``, which then finishes the run. Also: the mesh stage's tensor work on the field's device."""
+
 import contextlib
 import io
 import json
@@ -22,12 +23,19 @@ PLUGIN_ERROR = "No module named 'nvdiffrast_plugin_0_3_3_1_torch2_11_0_cu130'"
 
 def _failing_bake(seen: list):
     """A rasterize_uv that fails as the H200's nvdiffrast did; records which files existed when the bake began."""
+
     def rasterize_uv(*args, **kwargs):
         run_dir = seen[0]
-        seen.append({n: os.path.exists(os.path.join(run_dir, n)) for n in ("checkpoint.pt", "gaussians.ply", "config.yaml", "metrics.json")})
+        seen.append(
+            {
+                n: os.path.exists(os.path.join(run_dir, n))
+                for n in ("checkpoint.pt", "gaussians.ply", "config.yaml", "metrics.json")
+            }
+        )
         with open(os.path.join(run_dir, "metrics.json")) as fh:
             seen.append(json.load(fh))
         raise ModuleNotFoundError(PLUGIN_ERROR)
+
     return rasterize_uv
 
 
@@ -45,7 +53,16 @@ def failed_run(tiny_prior, tmp_path_factory):
     seen = [out]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(texture_mod, "rasterize_uv", _failing_bake(seen))
-        rc, err = _cli("generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "--config", "dreamgaussian", "-o", out)
+        rc, err = _cli(
+            "generate",
+            "a red cube",
+            *TINY_RUN,
+            f"guidance.prior.model={tiny_prior}",
+            "--config",
+            "dreamgaussian",
+            "-o",
+            out,
+        )
     return out, rc, err, seen[1:]
 
 
@@ -119,7 +136,17 @@ def test_resume_of_a_failed_run_meshes_without_training(failed_run, tmp_path, ti
     # still failing: the same one-line error through the CLI's generate, no training
     with monkeypatch.context() as mp:
         mp.setattr(texture_mod, "rasterize_uv", _failing_bake([run]))
-        rc, err = _cli("generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "--config", "dreamgaussian", "-o", run, "--resume")
+        rc, err = _cli(
+            "generate",
+            "a red cube",
+            *TINY_RUN,
+            f"guidance.prior.model={tiny_prior}",
+            "--config",
+            "dreamgaussian",
+            "-o",
+            run,
+            "--resume",
+        )
     assert rc == 1 and f"Finish it with: dream3d mesh {run}" in err, err[-3000:]
     m = generate(cfg, run, resume=True, log=lambda msg: None)
     assert m["mesh"]["faces"] > 0 and os.path.exists(os.path.join(run, "mesh.glb"))
@@ -135,8 +162,17 @@ def test_ablation_runs_the_mesh_stage_of_a_cell_whose_mesh_failed(failed_run, tm
     cell = tmp_path / "abl" / "a" / "a_red_cube" / "seed0"
     shutil.copytree(failed_run[0], cell)
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"base": "dreamgaussian", "overrides": TINY_RUN + [f"guidance.prior.model={tiny_prior}"],
-                                    "prompts": ["a red cube"], "seeds": [0], "variants": {"a": []}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": "dreamgaussian",
+                "overrides": TINY_RUN + [f"guidance.prior.model={tiny_prior}"],
+                "prompts": ["a red cube"],
+                "seeds": [0],
+                "variants": {"a": []},
+            }
+        )
+    )
     monkeypatch.setattr(Trainer, "train_step", lambda *a, **k: pytest.fail("the cell trained again"))
     rows = run_ablation(str(spec), str(tmp_path / "abl"), log=lambda m: None, evaluate=False)
     assert rows[0]["faces"] > 0 and (cell / "mesh.glb").exists() and mesh_error(str(cell)) is None

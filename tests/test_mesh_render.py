@@ -8,7 +8,6 @@ from renderers.cameras import orbit_cameras
 from renderers.mesh import interpolate, rasterize_mesh, rasterize_uv, render_mesh, sample_texture
 
 
-
 def _cube():
     m = trimesh.creation.box((1.0, 1.0, 1.0))
     return torch.tensor(m.vertices, dtype=torch.float32), torch.tensor(m.faces)
@@ -55,7 +54,7 @@ def test_depth_matches_brute_force_ray_casting():
     r = rasterize_mesh(v, f, cams)
     o, d = cams.rays()
     ref = _ray_mesh_depth(o[0], d[0], v[f], cams.c2w[0, :3, 2]).reshape(40, 40)
-    agree = (r.mask[0] == (ref > 0))
+    agree = r.mask[0] == (ref > 0)
     assert agree.float().mean() > 0.995  # edge pixels may differ by tie-breaking
     both = r.mask[0] & (ref > 0)
     assert torch.allclose(r.depth[0][both], ref[both], atol=1e-6)
@@ -140,7 +139,9 @@ def test_bad_faces_are_a_clear_error():
     with pytest.raises(ValueError, match="faces index vertices"):
         rasterize_mesh(torch.zeros(3, 3), torch.tensor([[0, 1, 5]]), orbit_cameras(0.0, 0.0, 3.0, 45.0, 8, 8))
     with pytest.raises(RuntimeError, match="CUDA"):
-        rasterize_mesh(torch.zeros(3, 3), torch.tensor([[0, 1, 2]]), orbit_cameras(0.0, 0.0, 3.0, 45.0, 8, 8), backend="nvdiffrast")
+        rasterize_mesh(
+            torch.zeros(3, 3), torch.tensor([[0, 1, 2]]), orbit_cameras(0.0, 0.0, 3.0, 45.0, 8, 8), backend="nvdiffrast"
+        )
 
 
 @pytest.mark.cuda

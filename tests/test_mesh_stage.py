@@ -1,5 +1,6 @@
 """The mesh stage: density grids, extraction, texturing, refinement and export, against independent references
 (brute-force sums, analytic shapes, trimesh's loaders and voxelizer, the Khronos glTF validator)."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,15 @@ from dream3d.mesh.density import function_density_grid, gaussian_density_grid, g
 from dream3d.mesh.export import export_mesh, render_turntable, write_glb, write_obj, write_video
 from dream3d.mesh.extract import ExtractConfig, clean_mesh, decimate, extract_mesh
 from dream3d.mesh.stage import MeshConfig, gaussian_render_fn, mesh_from_density_fn, mesh_from_gaussians
-from dream3d.mesh.texture import RefineConfig, TexturedMesh, TextureConfig, bake_cameras, refine_texture, target_loss, texture_mesh
+from dream3d.mesh.texture import (
+    RefineConfig,
+    TexturedMesh,
+    TextureConfig,
+    bake_cameras,
+    refine_texture,
+    target_loss,
+    texture_mesh,
+)
 from renderers.mesh import sample_texture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +59,13 @@ def box_gaussians(step=0.05, sigma=0.04, opacity=0.5, seed=0):
     means = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     means = means + 0.3 * step * (torch.rand(means.shape, generator=g) - 0.5)
     N = means.shape[0]
-    return means, torch.tensor([1.0, 0, 0, 0]).repeat(N, 1), torch.full((N, 3), sigma), torch.full((N,), opacity), gt_color(means)
+    return (
+        means,
+        torch.tensor([1.0, 0, 0, 0]).repeat(N, 1),
+        torch.full((N, 3), sigma),
+        torch.full((N,), opacity),
+        gt_color(means),
+    )
 
 
 def small_cfg(texture_size=256, view_res=96) -> MeshConfig:
@@ -170,7 +185,9 @@ def test_clipped_object_warns_and_stays_closed():
 def test_huge_mesh_is_decimated_before_unwrap(monkeypatch):
     big = trimesh.creation.icosphere(subdivisions=7, radius=0.5)  # 327,680 faces
     assert len(big.faces) > 200_000
-    v, f = clean_mesh(big.vertices, big.faces.astype(np.int64), ExtractConfig(target_faces=20000, smooth_iterations=1), spacing=0.01)
+    v, f = clean_mesh(
+        big.vertices, big.faces.astype(np.int64), ExtractConfig(target_faces=20000, smooth_iterations=1), spacing=0.01
+    )
     assert 0 < len(f) <= 20000
     seen = []
     real = texture_mod.unwrap_uv
@@ -268,7 +285,9 @@ def test_refine_pulls_a_wrong_texture_to_the_targets(box_mesh):
     grey = TexturedMesh(box_mesh.vertices, box_mesh.faces, box_mesh.uv, torch.full_like(box_mesh.texture, 0.5))
     before = float(face_colour_errors(grey).mean())
     cams = bake_cameras(grey.vertices, TextureConfig())
-    out = refine_texture(grey, target_loss(box_render, "l1"), cams, RefineConfig(steps=40, resolution=64, lr_texture=0.05, batch_size=4))
+    out = refine_texture(
+        grey, target_loss(box_render, "l1"), cams, RefineConfig(steps=40, resolution=64, lr_texture=0.05, batch_size=4)
+    )
     after = float(face_colour_errors(out).mean())
     assert after < 0.3 * before, (before, after)
     assert out.texture.min() >= 0 and out.texture.max() <= 1
@@ -283,7 +302,15 @@ def test_refine_takes_any_loss_and_bounds_vertex_offsets(box_mesh):
         return (rgb - green).square().mean() + rgb[..., 0].mean()
 
     cams = bake_cameras(box_mesh.vertices, TextureConfig())
-    cfg = RefineConfig(steps=6, resolution=48, batch_size=2, lr_texture=0.1, lr_vertices=0.05, max_offset=0.01, background=(0.0, 1.0, 0.0))
+    cfg = RefineConfig(
+        steps=6,
+        resolution=48,
+        batch_size=2,
+        lr_texture=0.1,
+        lr_vertices=0.05,
+        max_offset=0.01,
+        background=(0.0, 1.0, 0.0),
+    )
     out = refine_texture(box_mesh, loss_fn, cams, cfg)
     assert calls == [2] * 6
     assert float(out.texture[..., 1].mean()) > float(box_mesh.texture[..., 1].mean())
@@ -293,7 +320,9 @@ def test_refine_takes_any_loss_and_bounds_vertex_offsets(box_mesh):
     # vertices the unwrap split along seams (same position) still share one position
     _, weld = torch.unique(box_mesh.vertices, dim=0, return_inverse=True)
     same = weld[:, None] == weld[None, :]
-    assert torch.allclose(out.vertices[:, None].expand(-1, len(weld), -1)[same], out.vertices[None].expand(len(weld), -1, -1)[same])
+    assert torch.allclose(
+        out.vertices[:, None].expand(-1, len(weld), -1)[same], out.vertices[None].expand(len(weld), -1, -1)[same]
+    )
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -338,13 +367,19 @@ def _validator_available() -> bool:
     if shutil.which("node") is None:
         return False
     dirs = [os.environ.get("GLTF_VALIDATOR_DIR"), str(REPO / ".cache" / "node")]
-    return any(d and (Path(d, "node_modules", "gltf-validator").exists() or Path(d, "gltf-validator").exists()) for d in dirs)
+    return any(
+        d and (Path(d, "node_modules", "gltf-validator").exists() or Path(d, "gltf-validator").exists()) for d in dirs
+    )
 
 
-@pytest.mark.skipif(not _validator_available(), reason="node or gltf-validator missing (cd .cache/node && npm install gltf-validator)")
+@pytest.mark.skipif(
+    not _validator_available(), reason="node or gltf-validator missing (cd .cache/node && npm install gltf-validator)"
+)
 def test_glb_passes_the_khronos_validator(box_mesh, tmp_path):
     path = write_glb(tmp_path / "mesh.glb", box_mesh.vertices, box_mesh.faces, box_mesh.uv, box_mesh.texture)
-    r = subprocess.run(["node", str(REPO / "benchmarks" / "validate_gltf.mjs"), str(path)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["node", str(REPO / "benchmarks" / "validate_gltf.mjs"), str(path)], capture_output=True, text=True, timeout=120
+    )
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["errors"] == 0, report["messages"]
     assert report["warnings"] == 0, report["messages"]
@@ -376,7 +411,9 @@ def test_video_falls_back_to_gif(tmp_path, monkeypatch):
         return real(uri, ims, format=format, **kw)
 
     monkeypatch.setattr(imageio, "mimwrite", no_ffmpeg)
-    frames = np.zeros((3, 16, 16, 3), np.uint8) + np.array([0, 100, 200], np.uint8)[:, None, None, None]  # distinct frames
+    frames = (
+        np.zeros((3, 16, 16, 3), np.uint8) + np.array([0, 100, 200], np.uint8)[:, None, None, None]
+    )  # distinct frames
     with pytest.warns(UserWarning, match="gif"):
         path = write_video(tmp_path / "t.mp4", frames)
     assert path.suffix == ".gif" and len(imageio.mimread(path)) == 3
@@ -389,7 +426,9 @@ def test_video_falls_back_to_gif(tmp_path, monkeypatch):
 @pytest.mark.cuda
 def test_stage_runs_on_cuda_tensors():
     means, quats, scales, op, cols = (t.cuda() for t in box_gaussians())
-    mesh, _ = mesh_from_gaussians(means, quats, scales, op, gaussian_render_fn(means, quats, scales, op, cols), small_cfg())
+    mesh, _ = mesh_from_gaussians(
+        means, quats, scales, op, gaussian_render_fn(means, quats, scales, op, cols), small_cfg()
+    )
     assert mesh.vertices.is_cuda and mesh.texture.is_cuda
     cpu = TexturedMesh(*(t.cpu() for t in (mesh.vertices, mesh.faces, mesh.uv, mesh.texture)))
     assert iou_with_box(cpu) >= 0.8
@@ -433,7 +472,9 @@ def test_visible_concavities_stay_empty():
     want = 2 * math.pi**2 * 0.55 * 0.2**2
     assert abs(m.volume - want) / want < 0.05
     r = p.norm(dim=-1)
-    bowl = torch.sigmoid((0.05 - (r - 0.6).abs()) / 0.01) * (p[..., 1] < 0.2)  # a spherical shell cut open above y = 0.2
+    bowl = torch.sigmoid((0.05 - (r - 0.6).abs()) / 0.01) * (
+        p[..., 1] < 0.2
+    )  # a spherical shell cut open above y = 0.2
     v, f, _ = extract_mesh(bowl, grid, ExtractConfig(threshold=0.5, smooth_iterations=0, target_faces=0))
     shell_only = trimesh.Trimesh(v.numpy(), f.numpy()).volume
     cap = math.pi * (0.65 - 0.2) ** 2 * (3 * 0.65 - (0.65 - 0.2)) / 3  # the solid ball's part above y = 0.2

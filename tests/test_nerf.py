@@ -1,4 +1,5 @@
 """NeRF representation: hash grid against brute force, density blob, shading, regularisers, fitting."""
+
 import io
 import itertools
 import math
@@ -23,7 +24,15 @@ from dream3d.representations.nerf import (
 from renderers.cameras import orbit_cameras
 from renderers.volume import render_volume
 
-TINY = dict(levels=4, log2_table_size=10, features_per_level=2, base_resolution=4, max_resolution=32, hidden_dim=16, num_samples=24)
+TINY = dict(
+    levels=4,
+    log2_table_size=10,
+    features_per_level=2,
+    base_resolution=4,
+    max_resolution=32,
+    hidden_dim=16,
+    num_samples=24,
+)
 
 
 def brute_force_encoding(grid: HashGrid, x: torch.Tensor) -> torch.Tensor:
@@ -292,11 +301,18 @@ def test_tiny_nerf_fits_a_coloured_sphere():
         sigma = 30.0 * torch.sigmoid((0.5 - r) * 40)
         return sigma, (0.5 + 0.9 * points).clamp(0, 1)
 
-    cams = orbit_cameras(torch.tensor([10.0, 30.0, -5.0, 20.0]), torch.tensor([0.0, 90.0, 200.0, 300.0]), 3.0, 40.0, 16, 16)
+    cams = orbit_cameras(
+        torch.tensor([10.0, 30.0, -5.0, 20.0]), torch.tensor([0.0, 90.0, 200.0, 300.0]), 3.0, 40.0, 16, 16
+    )
     white = torch.ones(3)
     with torch.no_grad():
         target = render_volume(sphere, cams, radius=1.0, num_samples=48, background=white).rgb
-    cfg = NeRFConfig(**dict(TINY, log2_table_size=12, max_resolution=48, hidden_dim=32), background="fixed", lr_grid=3e-2, lr_mlp=1e-2)
+    cfg = NeRFConfig(
+        **dict(TINY, log2_table_size=12, max_resolution=48, hidden_dim=32),
+        background="fixed",
+        lr_grid=3e-2,
+        lr_mlp=1e-2,
+    )
     model = NeRFModel(cfg)
     opt = torch.optim.Adam(model.parameter_groups(), eps=1e-15)
     g = torch.Generator().manual_seed(0)

@@ -1,5 +1,6 @@
 """dream3d as a package: the wheel carries the presets, the embedded prior and the world classifier, and the
 installed code finds them there; a checkout (or an editable install) finds the repository's folders."""
+
 import os
 import shutil
 import subprocess
@@ -15,9 +16,17 @@ from dream3d import assets
 REPO = Path(__file__).resolve().parents[1]
 # What the build reads: pyproject.toml and setup.py name the rest.
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "dream3d", "renderers", "configs", "assets")
-PRIOR_FILES = ("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-               "text_encoder/model.safetensors", "tokenizer/tokenizer.json", "unet/config.json",
-               "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+PRIOR_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/tokenizer.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
 
 
 def _data_files(folder: Path) -> dict[str, int]:
@@ -48,7 +57,18 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
         else:
             shutil.copy2(REPO / name, src / name)
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"), str(src)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp / "dist"),
+        str(src),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if r.returncode != 0 and "No module named pip" in r.stderr:
         pytest.skip("pip is not installed")
@@ -81,12 +101,14 @@ def test_the_installed_code_reads_its_data_from_the_package(wheel, tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as z:
         z.extractall(site)
-    code = ("import dream3d.assets as a\n"
-            "from dream3d.config import load_run_config, preset_path\n"
-            "from dream3d.guidance.prior import PriorConfig, resolve_model\n"
-            "print(a.CONFIG_DIR, preset_path('dreamgaussian'), resolve_model(PriorConfig())[0], a.WORLD_CLASSIFIER,\n"
-            "      sep='\\n')\n"
-            "load_run_config('gaussian-vsd', ['prompt=a red cube'])\n")
+    code = (
+        "import dream3d.assets as a\n"
+        "from dream3d.config import load_run_config, preset_path\n"
+        "from dream3d.guidance.prior import PriorConfig, resolve_model\n"
+        "print(a.CONFIG_DIR, preset_path('dreamgaussian'), resolve_model(PriorConfig())[0], a.WORLD_CLASSIFIER,\n"
+        "      sep='\\n')\n"
+        "load_run_config('gaussian-vsd', ['prompt=a red cube'])\n"
+    )
     # run outside the repository, with the unpacked wheel ahead of the editable install on the path
     env = dict(os.environ, PYTHONPATH=str(site), DREAM3D_ASSETS="")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
@@ -101,12 +123,18 @@ def test_a_checkout_reads_the_repositorys_folders_and_DREAM3D_ASSETS_overrides(t
     if Path(dream3d.__file__).resolve().parent != REPO / "dream3d":
         pytest.skip("dream3d is imported from an installed copy, not this checkout")
     assert Path(assets.CONFIG_DIR) == REPO / "configs" and Path(assets.EMBEDDED_PRIOR) == REPO / "assets" / "prior"
-    assert (REPO / "configs" / "dreamgaussian.yaml").exists() and (Path(assets.WORLD_CLASSIFIER) / "model.safetensors").exists()
+    assert (REPO / "configs" / "dreamgaussian.yaml").exists() and (
+        Path(assets.WORLD_CLASSIFIER) / "model.safetensors"
+    ).exists()
     code = "import dream3d.assets as a; print(a.EMBEDDED_PRIOR, a.WORLD_CLASSIFIER, a.CONFIG_DIR, sep='\\n')"
     env = dict(os.environ, DREAM3D_ASSETS=str(tmp_path / "mine"))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == [str(tmp_path / "mine" / "prior"), str(tmp_path / "mine" / "world_classifier"), str(REPO / "configs")]
+    assert r.stdout.split() == [
+        str(tmp_path / "mine" / "prior"),
+        str(tmp_path / "mine" / "world_classifier"),
+        str(REPO / "configs"),
+    ]
 
 
 def test_the_readme_test_command_is_the_one_ci_runs_and_names_what_ci_adds():

@@ -30,7 +30,14 @@ def test_embedded_prior_samples_have_the_prompted_colour():
     from dream3d.world.classifier import load_classifier, predict
 
     pipe = load_pipeline()
-    prompts = ["a red cube, front view", "a blue sphere, side view", "a green cylinder", "a yellow cone", "a purple torus", "an orange pyramid"]
+    prompts = [
+        "a red cube, front view",
+        "a blue sphere, side view",
+        "a green cylinder",
+        "a yellow cone",
+        "a purple torus",
+        "an orange pyramid",
+    ]
     imgs = sample(pipe, prompts, per_prompt=2, steps=20, guidance_scale=7.5, seed=0)
     pred = predict(load_classifier(), torch.from_numpy(imgs))
     want = [p.split()[1] for p in prompts for _ in range(2)]
@@ -39,7 +46,9 @@ def test_embedded_prior_samples_have_the_prompted_colour():
 
 
 def test_tokenizer_keeps_each_world_word_whole(tmp_path):
-    captions = [p + s for p in all_prompts() for s in ("", ", front view", ", side view", ", back view", ", overhead view")]
+    captions = [
+        p + s for p in all_prompts() for s in ("", ", front view", ", side view", ", back view", ", overhead view")
+    ]
     tok = train_tokenizer(captions, str(tmp_path / "tok"), 16)
     for cap in captions[:50]:
         ids = tok(cap).input_ids
@@ -50,9 +59,23 @@ def test_tokenizer_keeps_each_world_word_whole(tmp_path):
 
 def _tiny(root):
     return PriorTrainConfig(
-        out=str(root / "prior"), work_dir=str(root / "work"),
-        arch=PriorArchConfig(vae_channels=(16, 16, 16), unet_channels=(32, 32, 32), unet_heads=2, text_width=32, text_layers=1, text_heads=2),
-        data=WorldDatasetConfig(per_prompt=1, size=32), vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=4, warmup=2, checkpoint_every=2,
+        out=str(root / "prior"),
+        work_dir=str(root / "work"),
+        arch=PriorArchConfig(
+            vae_channels=(16, 16, 16),
+            unet_channels=(32, 32, 32),
+            unet_heads=2,
+            text_width=32,
+            text_layers=1,
+            text_heads=2,
+        ),
+        data=WorldDatasetConfig(per_prompt=1, size=32),
+        vae_steps=4,
+        vae_batch=4,
+        unet_steps=4,
+        unet_batch=4,
+        warmup=2,
+        checkpoint_every=2,
     )
 
 
@@ -67,7 +90,11 @@ def test_tiny_training_resumes_exactly_as_an_uninterrupted_run(tmp_path):
     train_prior(_tiny(tmp_path / "b"), stop_after=3, log=logs.append)
     train_prior(_tiny(tmp_path / "b"), log=logs.append)
     assert any("resumed" in line for line in logs)
-    for sub in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+    for sub in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ):
         a, b = load_file(tmp_path / "a" / "prior" / sub), load_file(tmp_path / "b" / "prior" / sub)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
     info = json.loads((tmp_path / "a" / "prior" / "training.json").read_text())

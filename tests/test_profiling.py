@@ -1,5 +1,6 @@
 """The step's host-device synchronisations and operators, counted on the CPU (dream3d.profiling), and the speed
 benchmark at a tiny size."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -110,9 +111,34 @@ def test_speed_benchmark_runs_at_a_tiny_size(tiny_prior, tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "speed.json"
-    tiny = ["gaussians.num_points=300", "train.batch_size=2", "train.resolution=32", f"guidance.prior.model={tiny_prior}"]
-    result = bench.main(["--device", "cpu", "--sizes", "embedded", "--presets", "dreamgaussian,gaussian-vsd", "--steps", "2", "--warmup", "1",
-                         "--breakdown-steps", "1", "--work", str(tmp_path / "w"), "--out", str(out), "--set", *tiny])
+    tiny = [
+        "gaussians.num_points=300",
+        "train.batch_size=2",
+        "train.resolution=32",
+        f"guidance.prior.model={tiny_prior}",
+    ]
+    result = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--sizes",
+            "embedded",
+            "--presets",
+            "dreamgaussian,gaussian-vsd",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--breakdown-steps",
+            "1",
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+            "--set",
+            *tiny,
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert not result["errors"], result["errors"]
     by = {r["preset"]: r for r in result["cases"]}
@@ -120,7 +146,9 @@ def test_speed_benchmark_runs_at_a_tiny_size(tiny_prior, tmp_path):
     for r in by.values():
         assert r["steps_per_second"] > 0 and r["syncs"]["outside_renderer_per_step"] == 0 and r["ops_per_step"] > 100
         assert {"render", "encode", "unet", "backward", "optimizer", "overhead"} <= set(r["ms_per_step_phases"])
-    assert "lora" in by["gaussian-vsd"]["ms_per_step_phases"] and "lora" not in by["dreamgaussian"]["ms_per_step_phases"]
+    assert (
+        "lora" in by["gaussian-vsd"]["ms_per_step_phases"] and "lora" not in by["dreamgaussian"]["ms_per_step_phases"]
+    )
 
 
 # dynamo traces diffusers' U-Net slowly on a CPU: ~40 s for SDS, ~2 min more for VSD's student branch
@@ -131,15 +159,22 @@ def test_compiled_prior_trains_like_the_eager_one(tiny_prior, tmp_path, preset):
     torch._dynamo.reset()
     models = []
     for compile_mode in (None, "eager"):
-        extra = ["train.steps=20", "gaussians.densify_from_step=100"] + ([f"train.compile={compile_mode}"] if compile_mode else [])
+        extra = ["train.steps=20", "gaussians.densify_from_step=100"] + (
+            [f"train.compile={compile_mode}"] if compile_mode else []
+        )
         cfg = _cfg(tiny_prior, *extra, preset=preset)
-        tr = Trainer(cfg, cfg.prompt, str(tmp_path / str(compile_mode)), guidance=build_guidance(cfg), log=lambda m: None)
+        tr = Trainer(
+            cfg, cfg.prompt, str(tmp_path / str(compile_mode)), guidance=build_guidance(cfg), log=lambda m: None
+        )
         for _ in range(2):
             tr.train_step()
             tr.step += 1
         models.append(tr)
     eager, compiled = models
-    assert hasattr(compiled.guidance.prior.unet, "_compiled_call_impl") and compiled.guidance.prior.unet._compiled_call_impl is not None
+    assert (
+        hasattr(compiled.guidance.prior.unet, "_compiled_call_impl")
+        and compiled.guidance.prior.unet._compiled_call_impl is not None
+    )
     for k, v in eager.model.state_dict().items():
         if torch.is_tensor(v):
             torch.testing.assert_close(compiled.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)

@@ -1,5 +1,6 @@
 """The representation interface: the Trainer and the run folder know no representation by name, and a third
 one (the voxel grid) trains, resumes, saves and meshes through it alone."""
+
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,9 @@ TINY_VOXELS = ["representation=voxels", "voxels.resolution=16", "voxels.num_samp
 
 
 def _cfg(prior_dir, *extra):
-    return load_run_config("dreamgaussian", TINY_RUN + TINY_VOXELS + [f"guidance.prior.model={prior_dir}", "prompt=a red cube", *extra])
+    return load_run_config(
+        "dreamgaussian", TINY_RUN + TINY_VOXELS + [f"guidance.prior.model={prior_dir}", "prompt=a red cube", *extra]
+    )
 
 
 def test_the_loop_and_the_run_folder_never_branch_on_the_representation():
@@ -78,8 +81,19 @@ def test_nerf_regularizers_belong_to_the_nerf_and_old_names_still_load(tmp_path)
 def test_nerf_training_render_carries_its_weighted_regularizers():
     from dream3d.representations.nerf import NeRFConfig, NeRFModel
 
-    model = NeRFModel(NeRFConfig(levels=2, log2_table_size=8, max_resolution=16, hidden_dim=8, num_samples=8,
-                                 lambda_opacity=2.0, lambda_entropy=0.5, lambda_orientation=3.0, albedo_prob=1.0))
+    model = NeRFModel(
+        NeRFConfig(
+            levels=2,
+            log2_table_size=8,
+            max_resolution=16,
+            hidden_dim=8,
+            num_samples=8,
+            lambda_opacity=2.0,
+            lambda_entropy=0.5,
+            lambda_orientation=3.0,
+            albedo_prob=1.0,
+        )
+    )
     cams = orbit_cameras([10.0], [0.0], 2.5, 45.0, 8, 8)
     g = torch.Generator().manual_seed(0)
     out = model.render_views(cams, torch.ones(3), step=5, generator=g)

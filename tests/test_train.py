@@ -12,8 +12,14 @@ from conftest import TINY_RUN
 
 
 # a NeRF small enough for a few CPU steps (the dreamfusion / prolificdreamer presets otherwise)
-TINY_NERF = ["nerf.levels=4", "nerf.log2_table_size=10", "nerf.max_resolution=32", "nerf.hidden_dim=16", "nerf.num_samples=16",
-             "train.resolution=24"]
+TINY_NERF = [
+    "nerf.levels=4",
+    "nerf.log2_table_size=10",
+    "nerf.max_resolution=32",
+    "nerf.hidden_dim=16",
+    "nerf.num_samples=16",
+    "train.resolution=24",
+]
 
 
 def _cfg(prior_dir, *extra, preset="dreamgaussian"):
@@ -36,7 +42,10 @@ def test_resumed_run_reaches_the_same_parameters(tiny_prior, tmp_path, preset):
     sa, sc = a.model.state_dict(), c.model.state_dict()
     if cfg.representation == "gaussians":
         assert len(a.model) == len(c.model) and len(a.model) != cfg.gaussians.num_points, "densification ran"
-    assert not torch.equal(sa[next(iter(sa))], Trainer(cfg, cfg.prompt, str(tmp_path / "c"), log=lambda m: None).model.state_dict()[next(iter(sa))]), "it trained"
+    assert not torch.equal(
+        sa[next(iter(sa))],
+        Trainer(cfg, cfg.prompt, str(tmp_path / "c"), log=lambda m: None).model.state_dict()[next(iter(sa))],
+    ), "it trained"
     for k in sa:
         if isinstance(sa[k], torch.Tensor):
             assert torch.equal(sa[k], sc[k]), k
@@ -57,8 +66,15 @@ def test_nan_guard_skips_then_stops_keeping_the_last_good_checkpoint(tiny_prior,
 
 
 def test_densification_changes_the_count_during_training(tiny_prior, tmp_path):
-    cfg = _cfg(tiny_prior, "train.steps=4", "gaussians.densify_grad_threshold=0.0", "gaussians.split_size=10.0",
-               "gaussians.min_opacity=0.0", "gaussians.max_world_size=100.0", "train.val_every=0")
+    cfg = _cfg(
+        tiny_prior,
+        "train.steps=4",
+        "gaussians.densify_grad_threshold=0.0",
+        "gaussians.split_size=10.0",
+        "gaussians.min_opacity=0.0",
+        "gaussians.max_world_size=100.0",
+        "train.val_every=0",
+    )
     tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
     n0 = len(tr.model)
     tr.run(stop_after=2)  # densify at step 2 ... (the interval check sees step index 1 first)
@@ -67,14 +83,26 @@ def test_densification_changes_the_count_during_training(tiny_prior, tmp_path):
     assert len(tr.model) > n0
 
 
-@pytest.mark.parametrize("preset, model_file", [("dreamgaussian", "gaussians.ply"), ("dreamfusion", "nerf.safetensors")])
+@pytest.mark.parametrize(
+    "preset, model_file", [("dreamgaussian", "gaussians.ply"), ("dreamfusion", "nerf.safetensors")]
+)
 def test_generate_writes_every_file(tiny_prior, tmp_path, preset, model_file):
     import trimesh
 
     cfg = _cfg(tiny_prior, preset=preset)
     out = tmp_path / "run"
     m = generate(cfg, str(out), log=lambda msg: None)
-    for name in ("mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png", model_file, "turntable.mp4", "config.yaml", "metrics.json", "checkpoint.pt"):
+    for name in (
+        "mesh.glb",
+        "mesh.obj",
+        "mesh.mtl",
+        "mesh.png",
+        model_file,
+        "turntable.mp4",
+        "config.yaml",
+        "metrics.json",
+        "checkpoint.pt",
+    ):
         assert (out / name).exists(), name
     assert os.listdir(out / "val")
     glb = trimesh.load(out / "mesh.glb", force="mesh")
@@ -114,10 +142,16 @@ def test_resume_trains_longer_with_the_schedule_it_started_with_also_from_an_old
         yaml.safe_dump(_old_layout(short), f, sort_keys=False)
     from dream3d.pipeline import RunError
 
-    with pytest.warns(FutureWarning, match="config.yaml: translated from the old guidance layout"), \
-            pytest.raises(RunError, match="guidance.guidance_scale: 50.0 -> 3.0"):  # what it compares is the run's settings
-        generate(_cfg(tiny_prior, "train.steps=4", "train.val_every=0", "output.mesh=false", "guidance.guidance_scale=3"), out,
-                 resume=True, **quiet)
+    with (
+        pytest.warns(FutureWarning, match="config.yaml: translated from the old guidance layout"),
+        pytest.raises(RunError, match="guidance.guidance_scale: 50.0 -> 3.0"),
+    ):  # what it compares is the run's settings
+        generate(
+            _cfg(tiny_prior, "train.steps=4", "train.val_every=0", "output.mesh=false", "guidance.guidance_scale=3"),
+            out,
+            resume=True,
+            **quiet,
+        )
     longer = _cfg(tiny_prior, "train.steps=4", "train.val_every=0", "output.mesh=false")
     assert longer.guidance.timesteps.total_steps == 4
     assert generate(longer, out, resume=True, **quiet)["train"]["steps"] == 4
@@ -129,11 +163,19 @@ def test_resume_trains_longer_with_the_schedule_it_started_with_also_from_an_old
     kept = [f"{k}={schema_at(short, k)}" for k in short.follows_run_length]  # all settings that followed 2 steps
     ckpt = {}
     for name, extra in (("uninterrupted", kept), ("annealed_over_4", [])):
-        generate(_cfg(tiny_prior, "train.steps=4", "train.val_every=0", "output.mesh=false", *extra), str(tmp_path / name), **quiet)
+        generate(
+            _cfg(tiny_prior, "train.steps=4", "train.val_every=0", "output.mesh=false", *extra),
+            str(tmp_path / name),
+            **quiet,
+        )
         ckpt[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
     resumed = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
-    assert all(torch.equal(resumed[k], ckpt["uninterrupted"][k]) for k in resumed if isinstance(resumed[k], torch.Tensor))
-    assert not all(torch.equal(resumed[k], ckpt["annealed_over_4"][k]) for k in resumed if isinstance(resumed[k], torch.Tensor))
+    assert all(
+        torch.equal(resumed[k], ckpt["uninterrupted"][k]) for k in resumed if isinstance(resumed[k], torch.Tensor)
+    )
+    assert not all(
+        torch.equal(resumed[k], ckpt["annealed_over_4"][k]) for k in resumed if isinstance(resumed[k], torch.Tensor)
+    )
 
 
 def test_resumed_generate_counts_the_earlier_sitting(tiny_prior, tmp_path):
@@ -151,8 +193,17 @@ def test_resumed_generate_counts_the_earlier_sitting(tiny_prior, tmp_path):
 def test_sds_with_the_embedded_prior_lowers_the_distillation_gradient(tmp_path):
     """A short SDS run moves the Gaussians towards what the prior expects: the guided residual
     |eps_hat - eps| at fixed noise, t and cameras is smaller after training than before."""
-    cfg = load_run_config("dreamgaussian", ["prompt=a red sphere", "train.steps=40", "train.val_every=0", "train.checkpoint_every=0",
-                                            "gaussians.num_points=1000", "guidance.timesteps.schedule=random"])
+    cfg = load_run_config(
+        "dreamgaussian",
+        [
+            "prompt=a red sphere",
+            "train.steps=40",
+            "train.val_every=0",
+            "train.checkpoint_every=0",
+            "gaussians.num_points=1000",
+            "guidance.timesteps.schedule=random",
+        ],
+    )
     guidance = build_guidance(cfg)
     tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=guidance, log=lambda m: None)
     cams = orbit_cameras(15.0, torch.tensor([0.0, 90.0, 180.0, 270.0]), 2.9, 45.0, 64, 64)
@@ -180,8 +231,16 @@ def test_sds_with_the_embedded_prior_lowers_the_distillation_gradient(tmp_path):
 @pytest.mark.cuda
 def test_nerf_trains_on_cuda_through_the_occupancy_grid(tiny_prior, tmp_path):
     pytest.importorskip("nerfacc")
-    cfg = _cfg(tiny_prior, "train.steps=20", "train.val_every=0", "train.device=cuda", "nerf.num_samples=128",
-               "nerf.occupancy_resolution=32", "nerf.occupancy_every=4", preset="dreamfusion")
+    cfg = _cfg(
+        tiny_prior,
+        "train.steps=20",
+        "train.val_every=0",
+        "train.device=cuda",
+        "nerf.num_samples=128",
+        "nerf.occupancy_resolution=32",
+        "nerf.occupancy_every=4",
+        preset="dreamfusion",
+    )
     tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
     assert tr.occupancy is not None
     tr.run()
@@ -210,7 +269,10 @@ def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, 
         generate(_cfg(tiny_prior, "train.val_every=1", "prompt=a blue cube"), out, resume=True, **quiet)
     longer = _cfg(tiny_prior, "train.val_every=1", "train.steps=5")  # resuming to train longer is allowed
     assert generate(longer, out, resume=True, **quiet)["train"]["steps"] == 5
-    before = {name: open(os.path.join(out, name), "rb").read() for name in ("metrics.json", "checkpoint.pt", "config.yaml", "mesh.glb")}
+    before = {
+        name: open(os.path.join(out, name), "rb").read()
+        for name in ("metrics.json", "checkpoint.pt", "config.yaml", "mesh.glb")
+    }
     listing = sorted(os.listdir(out))
     # --overwrite with an input that cannot work fails before anything of the earlier run is touched
     with pytest.raises(RunError, match="does not exist"):
@@ -248,7 +310,14 @@ def test_stopping_right_after_a_read_leaves_a_checkpoint(tiny_prior, tmp_path):
 def test_nan_guard_with_reads_every_few_steps(tiny_prior, tmp_path):
     """Bad steps are found when the numbers are read (every log_every steps), counted one by one, recorded in
     the history, and the checkpoint on disk stays the last good one."""
-    cfg = _cfg(tiny_prior, "train.steps=12", "train.log_every=3", "train.checkpoint_every=0", "train.val_every=0", "train.max_nan_skips=4")
+    cfg = _cfg(
+        tiny_prior,
+        "train.steps=12",
+        "train.log_every=3",
+        "train.checkpoint_every=0",
+        "train.val_every=0",
+        "train.max_nan_skips=4",
+    )
     tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
     tr.run(stop_after=4)
     good = tr.model.means.detach().clone()

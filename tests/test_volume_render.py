@@ -1,4 +1,5 @@
 """Volume renderer: closed forms, nerfacc's own functions, finite differences, CUDA parity."""
+
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from renderers.volume import (
     render_volume,
     update_occupancy_grid,
 )
+
 
 def slab_field(sigma0: float, color, z0: float, z1: float):
     """Constant density sigma0 and colour between the planes z = z0 and z = z1, empty elsewhere."""
@@ -45,7 +47,9 @@ def test_constant_slab_matches_closed_form(stratified):
     o, d = slab_rays()
     # near/far 0..4 with 64 bins puts bin edges on the slab faces, so the quadrature is exact
     g = torch.Generator().manual_seed(0)
-    r = render_rays(slab_field(sigma0, c, 1.0, 3.0), o, d, 0.0, 4.0, 64, background=bg, stratified=stratified, generator=g)
+    r = render_rays(
+        slab_field(sigma0, c, 1.0, 3.0), o, d, 0.0, 4.0, 64, background=bg, stratified=stratified, generator=g
+    )
     T = math.exp(-sigma0 * L)
     torch.testing.assert_close(r.alpha, torch.full((5, 1), 1 - T, dtype=torch.float64), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(r.rgb, (c * (1 - T) + bg * T).expand(5, 3), rtol=1e-10, atol=1e-10)
@@ -199,7 +203,9 @@ def test_skipping_hidden_and_empty_samples_keeps_the_image():
     renders = {}
     for eps in (0.0, 1e-4):
         f = CountingField()
-        r = render_rays(f, o, d, near, far, 48, background=torch.ones(3, dtype=torch.float64), stratified=False, early_stop_eps=eps)
+        r = render_rays(
+            f, o, d, near, far, 48, background=torch.ones(3, dtype=torch.float64), stratified=False, early_stop_eps=eps
+        )
         r.rgb.sum().backward()
         renders[eps] = (r, f.evaluated, f.scale.grad)
     (full, n_full, g_full), (skip, n_skip, g_skip) = renders[0.0], renders[1e-4]
@@ -264,7 +270,9 @@ def test_render_volume_chunks_agree_and_shapes():
     cams = orbit_cameras(10.0, [0.0, 120.0], 3.0, 45.0, 12, 10)
     full = render_volume(blob_field, cams, radius=1.0, num_samples=16, background=torch.ones(3), chunk=1 << 20)
     chunked = render_volume(blob_field, cams, radius=1.0, num_samples=16, background=torch.ones(3), chunk=37)
-    assert full.rgb.shape == (2, 10, 12, 3) and full.alpha.shape == (2, 10, 12, 1) and full.depth.shape == (2, 10, 12, 1)
+    assert (
+        full.rgb.shape == (2, 10, 12, 3) and full.alpha.shape == (2, 10, 12, 1) and full.depth.shape == (2, 10, 12, 1)
+    )
     torch.testing.assert_close(full.rgb, chunked.rgb)
     torch.testing.assert_close(full.depth, chunked.depth)
     # the blob is centred: the middle pixels are the most opaque, the corners almost clear
@@ -416,10 +424,25 @@ def test_cuda_nerfacc_path_matches_dense_on_matched_samples():
     o, d = (x.reshape(-1, 3) for x in cams.rays())
     cond = 0.5 + torch.rand(o.shape[0], 2, device=dev)
     S, bg = 192, torch.tensor([0.2, 0.4, 0.6], device=dev)
-    ref = render_rays(shell_field, o, d, 1.5, 4.5, S, background=bg, stratified=False, ray_cond=cond, early_stop_eps=0.0)
+    ref = render_rays(
+        shell_field, o, d, 1.5, 4.5, S, background=bg, stratified=False, ray_cond=cond, early_stop_eps=0.0
+    )
     est = make_occupancy_grid(1.0, resolution=64, device=dev)
-    out = render_rays(shell_field, o, d, 1.5, 4.5, S, background=bg, stratified=False, ray_cond=cond,
-                      estimator=est, backend="nerfacc", early_stop_eps=0.0, alpha_thre=0.0)
+    out = render_rays(
+        shell_field,
+        o,
+        d,
+        1.5,
+        4.5,
+        S,
+        background=bg,
+        stratified=False,
+        ray_cond=cond,
+        estimator=est,
+        backend="nerfacc",
+        early_stop_eps=0.0,
+        alpha_thre=0.0,
+    )
     assert out.weights is None and 0 < out.ray_indices.numel() < o.shape[0] * S
     torch.testing.assert_close(out.rgb, ref.rgb, atol=1e-4, rtol=0)
     torch.testing.assert_close(out.alpha, ref.alpha, atol=1e-4, rtol=0)

@@ -1,6 +1,7 @@
 """Does the prior draw what it is asked? Sample every colour x shape prompt, and view prompts of the
 front-distinct objects, and let the world classifier judge the samples. Also: VAE reconstruction PSNR
 on held-out renders (rendered with another seed than the training set)."""
+
 from __future__ import annotations
 
 import time
@@ -21,14 +22,16 @@ def vae_psnr(pipe, per_prompt: int = 4, seed: int = 12345) -> float:
     x = torch.from_numpy(data["images"]).float().div(255)
     psnrs = []
     for i in range(0, len(x), 128):
-        xb = x[i:i + 128].permute(0, 3, 1, 2).to(pipe.device) * 2 - 1
+        xb = x[i : i + 128].permute(0, 3, 1, 2).to(pipe.device) * 2 - 1
         rec = pipe.vae.decode(pipe.vae.encode(xb).latent_dist.mean).sample.clamp(-1, 1)
         mse = ((rec - xb) / 2).pow(2).flatten(1).mean(1)
         psnrs.append(-10 * torch.log10(mse.clamp_min(1e-10)))
     return float(torch.cat(psnrs).mean())
 
 
-def evaluate_prior(pipe, per_prompt: int = 4, steps: int = 25, guidance_scale: float = 7.5, seed: int = 0, log=print) -> dict:
+def evaluate_prior(
+    pipe, per_prompt: int = 4, steps: int = 25, guidance_scale: float = 7.5, seed: int = 0, log=print
+) -> dict:
     """Accuracy of samples judged by the world classifier."""
     t0 = time.time()
     judge = load_classifier()
@@ -53,6 +56,8 @@ def evaluate_prior(pipe, per_prompt: int = 4, steps: int = 25, guidance_scale: f
         "guidance_scale": guidance_scale,
         "seconds": round(time.time() - t0, 1),
     }
-    log(f"prior samples judged by the world classifier: colour {res['color_accuracy']:.1%}, shape {res['shape_accuracy']:.1%}, "
-        f"view (front-distinct) {res['view_accuracy_front_distinct']:.1%} over {res['samples']} samples")
+    log(
+        f"prior samples judged by the world classifier: colour {res['color_accuracy']:.1%}, shape {res['shape_accuracy']:.1%}, "
+        f"view (front-distinct) {res['view_accuracy_front_distinct']:.1%} over {res['samples']} samples"
+    )
     return res | {"_images": imgs, "_prompts": prompts}

@@ -5,6 +5,7 @@ the text encoder together on the VAE's latents with classifier-free-guidance dro
 comes from one generator whose state is checkpointed, so a resumed run continues bit for bit as an
 uninterrupted one would. The result is written as a diffusers StableDiffusionPipeline folder.
 """
+
 from __future__ import annotations
 
 import copy
@@ -91,7 +92,9 @@ class _Trainer:
         torch.manual_seed(cfg.seed)  # module initialization
         self.data = load_or_make_dataset(cfg, log)
         self.images = torch.from_numpy(self.data["images"])  # uint8 (N, H, W, 3)
-        self.tokenizer = train_tokenizer(sorted(set(self.data["captions"])) + [""], os.path.join(cfg.work_dir, "tokenizer"), cfg.arch.max_tokens)
+        self.tokenizer = train_tokenizer(
+            sorted(set(self.data["captions"])) + [""], os.path.join(cfg.work_dir, "tokenizer"), cfg.arch.max_tokens
+        )
         tok = self.tokenizer
         self.vae = build_vae(cfg.arch)
         self.unet = build_unet(cfg.arch)
@@ -100,11 +103,19 @@ class _Trainer:
         self.ema_text = copy.deepcopy(self.text).requires_grad_(False)
         self.scheduler = build_scheduler()
         self.opt_vae = torch.optim.AdamW(self.vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-        self.opt_unet = torch.optim.AdamW(list(self.unet.parameters()) + list(self.text.parameters()), lr=cfg.unet_lr, weight_decay=0.01)
+        self.opt_unet = torch.optim.AdamW(
+            list(self.unet.parameters()) + list(self.text.parameters()), lr=cfg.unet_lr, weight_decay=0.01
+        )
         self.phase, self.step, self.scaling = "vae", 0, 1.0
         self.history: list[dict] = []
         self.elapsed = 0.0  # training seconds over all sessions
-        ids = tok(list(self.data["captions"]), padding="max_length", max_length=cfg.arch.max_tokens, truncation=True, return_tensors="pt").input_ids
+        ids = tok(
+            list(self.data["captions"]),
+            padding="max_length",
+            max_length=cfg.arch.max_tokens,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         self.caption_ids = ids
         self.empty_ids = tok([""], padding="max_length", max_length=cfg.arch.max_tokens, return_tensors="pt").input_ids
         if os.path.exists(self.ckpt_path):
@@ -113,11 +124,20 @@ class _Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {
-            "phase": self.phase, "step": self.step, "scaling": self.scaling, "elapsed": self.elapsed,
-            "generator": self.g.get_state(), "vae": self.vae.state_dict(), "opt_vae": self.opt_vae.state_dict(),
-            "unet": self.unet.state_dict(), "text": self.text.state_dict(), "ema_unet": self.ema_unet.state_dict(),
-            "ema_text": self.ema_text.state_dict(), "opt_unet": self.opt_unet.state_dict(),
-            "history": json.dumps(self.history), "config": json.dumps(asdict(self.cfg)),
+            "phase": self.phase,
+            "step": self.step,
+            "scaling": self.scaling,
+            "elapsed": self.elapsed,
+            "generator": self.g.get_state(),
+            "vae": self.vae.state_dict(),
+            "opt_vae": self.opt_vae.state_dict(),
+            "unet": self.unet.state_dict(),
+            "text": self.text.state_dict(),
+            "ema_unet": self.ema_unet.state_dict(),
+            "ema_text": self.ema_text.state_dict(),
+            "opt_unet": self.opt_unet.state_dict(),
+            "history": json.dumps(self.history),
+            "config": json.dumps(asdict(self.cfg)),
         }
 
     def save(self):
@@ -126,7 +146,9 @@ class _Trainer:
     def _load(self):
         s = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
         if json.loads(s["config"]) != json.loads(json.dumps(asdict(self.cfg))):
-            raise RuntimeError(f"{self.ckpt_path} was written by a different training config; use another --work-dir or delete it")
+            raise RuntimeError(
+                f"{self.ckpt_path} was written by a different training config; use another --work-dir or delete it"
+            )
         self.phase, self.step, self.scaling, self.elapsed = s["phase"], s["step"], s["scaling"], s["elapsed"]
         self.g.set_state(s["generator"])
         for name in ("vae", "opt_vae", "unet", "text", "ema_unet", "ema_text", "opt_unet"):
@@ -155,7 +177,7 @@ class _Trainer:
         """Posterior mean and std of every image (deterministic given the VAE)."""
         means, stds = [], []
         for i in range(0, len(self.images), 256):
-            post = self.vae.encode(_to_model_images(self.images[i:i + 256].numpy())).latent_dist
+            post = self.vae.encode(_to_model_images(self.images[i : i + 256].numpy())).latent_dist
             means.append(post.mean)
             stds.append(post.std)
         return torch.cat(means), torch.cat(stds)
@@ -198,14 +220,18 @@ class _Trainer:
             t0 = time.time()
             loss = step_fn()
             if not math.isfinite(loss):
-                raise FloatingPointError(f"{name} loss became {loss} at step {self.step}; the last good checkpoint is {self.ckpt_path}")
+                raise FloatingPointError(
+                    f"{name} loss became {loss} at step {self.step}; the last good checkpoint is {self.ckpt_path}"
+                )
             self.elapsed += time.time() - t0
             self.step += 1
             smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
             bar.update(1)
             bar.set_postfix(loss=f"{smooth:.4f}")
             if self.step % 50 == 0 or self.step == total:
-                self.history.append({"phase": name, "step": self.step, "loss": smooth, "elapsed_s": round(self.elapsed, 1)})
+                self.history.append(
+                    {"phase": name, "step": self.step, "loss": smooth, "elapsed_s": round(self.elapsed, 1)}
+                )
             if self.step % self.cfg.checkpoint_every == 0 or self.step == total:
                 self.save()
         bar.close()
@@ -221,7 +247,12 @@ class _Trainer:
                 self._run_phase("vae", self.cfg.vae_steps, self._vae_step)
                 self.vae.eval()
                 mean, std = self._encode_all()
-                self.scaling = float(1.0 / (mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(self.cfg.seed))).std())
+                self.scaling = float(
+                    1.0
+                    / (
+                        mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(self.cfg.seed))
+                    ).std()
+                )
                 self.phase, self.step = "unet", 0
                 self.save()
             if self.phase == "unet":
@@ -239,17 +270,31 @@ class _Trainer:
 
         self.vae.register_to_config(scaling_factor=self.scaling)
         pipe = StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.ema_text, tokenizer=self.tokenizer, unet=self.ema_unet, scheduler=self.scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=self.vae,
+            text_encoder=self.ema_text,
+            tokenizer=self.tokenizer,
+            unet=self.ema_unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
         tmp = self.cfg.out.rstrip("/") + ".tmp"
         pipe.save_pretrained(tmp, safe_serialization=True)
         # the prompts it knows travel with its weights (DiffusionPrior.outside_vocabulary warns about others)
         atomic_write_text(os.path.join(tmp, VOCABULARY_FILE), json.dumps(prior_vocabulary(), indent=1))
-        atomic_write_text(os.path.join(tmp, "training.json"), json.dumps({
-            "config": asdict(self.cfg), "train_seconds": round(self.elapsed, 1), "history": self.history,
-            "threads": torch.get_num_threads(),
-        }, indent=1))
+        atomic_write_text(
+            os.path.join(tmp, "training.json"),
+            json.dumps(
+                {
+                    "config": asdict(self.cfg),
+                    "train_seconds": round(self.elapsed, 1),
+                    "history": self.history,
+                    "threads": torch.get_num_threads(),
+                },
+                indent=1,
+            ),
+        )
         if os.path.exists(self.cfg.out):
             import shutil
 

@@ -16,7 +16,17 @@ Heavy libraries (diffusers, transformers, peft) are imported only when a model i
 it. A new rule is one file (a :class:`Guidance` subclass and its config, a :class:`GuidanceConfig` subclass
 that sets its defaults and adds its own settings) plus one line in ``RULES``.
 """
-from .base import WEIGHTINGS, Guidance, GuidanceConfig, GuidanceOutput, distillation_loss, guided_eps, timestep_weight, view_angles
+
+from .base import (
+    WEIGHTINGS,
+    Guidance,
+    GuidanceConfig,
+    GuidanceOutput,
+    distillation_loss,
+    guided_eps,
+    timestep_weight,
+    view_angles,
+)
 from .csd import CSD, CSDConfig
 from .ism import ISM, ISMConfig
 from .perpneg import PerpNegConfig, perpneg_combine, perpneg_conditioning, perpendicular
@@ -28,9 +38,36 @@ from .vsd import VSD, VSDConfig, camera_features
 RULES: dict[str, type[Guidance]] = {"sds": SDS, "vsd": VSD, "ism": ISM, "csd": CSD}
 
 __all__ = [
-    "CSD", "CSDConfig", "DiffusionPrior", "Guidance", "GuidanceConfig", "GuidanceOutput", "ISM", "ISMConfig",
-    "PerpNegConfig", "PriorConfig", "PriorNotFoundError", "RULES", "SDS", "SDSConfig", "TIMESTEP_SCHEDULES", "TextConditioning",
-    "TimestepConfig", "VSD", "VSDConfig", "ViewPromptConfig", "WEIGHTINGS", "camera_features", "distillation_loss",
-    "guided_eps", "perpendicular", "perpneg_combine", "perpneg_conditioning", "sample_timesteps", "scheduled",
-    "timestep_weight", "view_angles", "view_prompts",
+    "CSD",
+    "CSDConfig",
+    "DiffusionPrior",
+    "Guidance",
+    "GuidanceConfig",
+    "GuidanceOutput",
+    "ISM",
+    "ISMConfig",
+    "PerpNegConfig",
+    "PriorConfig",
+    "PriorNotFoundError",
+    "RULES",
+    "SDS",
+    "SDSConfig",
+    "TIMESTEP_SCHEDULES",
+    "TextConditioning",
+    "TimestepConfig",
+    "VSD",
+    "VSDConfig",
+    "ViewPromptConfig",
+    "WEIGHTINGS",
+    "camera_features",
+    "distillation_loss",
+    "guided_eps",
+    "perpendicular",
+    "perpneg_combine",
+    "perpneg_conditioning",
+    "sample_timesteps",
+    "scheduled",
+    "timestep_weight",
+    "view_angles",
+    "view_prompts",
 ]

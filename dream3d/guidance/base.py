@@ -9,6 +9,7 @@ The loss: ``0.5 * sum((latents - (latents - grad).detach())**2) / B`` has d loss
 exactly: each view's latents receive its own distillation gradient, averaged over the batch of views
 (so the learning rate does not depend on how many views are rendered per step).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -87,7 +88,9 @@ def view_angles(views: Views, batch: int) -> tuple[Tensor | None, Tensor | None]
         try:
             el, az = views
         except (TypeError, ValueError):
-            raise TypeError(f"views must be Cameras, an (elevation, azimuth) pair, or None; got {type(views).__name__}") from None
+            raise TypeError(
+                f"views must be Cameras, an (elevation, azimuth) pair, or None; got {type(views).__name__}"
+            ) from None
     el = torch.as_tensor(el, dtype=torch.float32).reshape(-1).cpu()
     az = torch.as_tensor(az, dtype=torch.float32).reshape(-1).cpu()
     el, az = torch.broadcast_tensors(el, az)
@@ -104,7 +107,9 @@ def distillation_loss(latents: Tensor, grad: Tensor) -> Tensor:
     return 0.5 * F.mse_loss(lat, (lat - grad).detach(), reduction="sum") / lat.shape[0]
 
 
-def guided_eps(prior: DiffusionPrior, x_t: Tensor, t: Tensor, text: TextConditioning, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+def guided_eps(
+    prior: DiffusionPrior, x_t: Tensor, t: Tensor, text: TextConditioning, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """(eps_hat, eps_cond, eps_uncond): CFG, or Perp-Neg when ``text`` carries negatives, from ONE batched
     U-Net call over [cond, uncond, negatives...]. Call under ``torch.no_grad()``."""
     embeds = [text.cond, text.uncond]
@@ -130,18 +135,24 @@ class Guidance:
 
     config_class = GuidanceConfig
 
-    def __init__(self, prior: DiffusionPrior, cfg: GuidanceConfig | None = None, generator: torch.Generator | None = None):
+    def __init__(
+        self, prior: DiffusionPrior, cfg: GuidanceConfig | None = None, generator: torch.Generator | None = None
+    ):
         self.prior = prior
         self.cfg = self.config_class() if cfg is None else cfg
         if not isinstance(self.cfg, self.config_class):
-            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(self.cfg).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(self.cfg).__name__}"
+            )
         self.generator = generator if generator is not None else torch.Generator().manual_seed(self.cfg.seed)
         # nonfinite="raise" checks the gradient on the host, a wait for the device on every call; the Trainer
         # turns this off and skips non-finite steps on the device instead.
         self.check_finite = True
         self.timer = PhaseTimer()  # off; the Trainer shares its own (benchmarks/speed.py's phase breakdown)
 
-    def __call__(self, rgb: Tensor, views: Views, prompt: str, step: int, *, noise: Tensor | None = None, t: Tensor | None = None) -> GuidanceOutput:
+    def __call__(
+        self, rgb: Tensor, views: Views, prompt: str, step: int, *, noise: Tensor | None = None, t: Tensor | None = None
+    ) -> GuidanceOutput:
         """rgb: (B, H, W, 3) in [0, 1], any size (resized to the model's native size)."""
         with self.timer("encode"):
             latents = self.prior.encode(rgb)
@@ -156,7 +167,9 @@ class Guidance:
 
     # ------------------------------------------------------------------ pieces
 
-    def conditioning(self, prompt: str, elevation: Tensor | None, azimuth: Tensor | None, batch: int) -> TextConditioning:
+    def conditioning(
+        self, prompt: str, elevation: Tensor | None, azimuth: Tensor | None, batch: int
+    ) -> TextConditioning:
         cfg = self.cfg
         if cfg.perpneg.enabled:
             if azimuth is None:
@@ -167,24 +180,41 @@ class Guidance:
         return TextConditioning(cond=cond, uncond=self.prior.text_embeddings([cfg.negative_prompt]).expand_as(cond))
 
     def sample_t(self, step: int, batch: int) -> Tensor:
-        return sample_timesteps(self.cfg.timesteps, step, batch, self.prior.num_train_timesteps, self.generator, self.prior.device)
+        return sample_timesteps(
+            self.cfg.timesteps, step, batch, self.prior.num_train_timesteps, self.generator, self.prior.device
+        )
 
     def sample_noise(self, shape) -> Tensor:
         # drawn on the host, so a run's random stream is the same on every device; the copy does not wait
         return torch.randn(shape, generator=self.generator).to(self.prior.device, non_blocking=True)
 
-    def residual(self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views) -> tuple[Tensor, dict]:
+    def residual(
+        self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views
+    ) -> tuple[Tensor, dict]:
         """The rule: the bracket of grad = w(t) * (...), for fp32 detached latents. Runs under no_grad."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the call
 
-    def latent_loss(self, latents: Tensor, views: Views, prompt: str, step: int, *, noise: Tensor | None = None, t: Tensor | None = None) -> GuidanceOutput:
+    def latent_loss(
+        self,
+        latents: Tensor,
+        views: Views,
+        prompt: str,
+        step: int,
+        *,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+    ) -> GuidanceOutput:
         """The distillation loss on (B, C, h, w) latents (differentiable w.r.t. them)."""
         B = latents.shape[0]
         el, az = view_angles(views, B)
         text = self.conditioning(prompt, el, az, B)
-        t = self.sample_t(step, B) if t is None else torch.as_tensor(t, device=self.prior.device).long().reshape(-1).expand(B)
+        t = (
+            self.sample_t(step, B)
+            if t is None
+            else torch.as_tensor(t, device=self.prior.device).long().reshape(-1).expand(B)
+        )
         noise = self.sample_noise(latents.shape) if noise is None else noise.to(self.prior.device, torch.float32)
         with torch.no_grad(), self.timer("unet"):
             res, extra = self.residual(latents.detach().float(), noise, t, text, step, views)

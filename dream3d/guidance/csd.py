@@ -5,6 +5,7 @@ prompt when one is given (the paper's negative-prompt variant), or Perp-Neg's gu
 is on. The default scale 100 gives it the magnitude of SDS at the same scale, so one learning rate serves
 both in ablations. Costs the same single batched U-Net call as SDS.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ class CSDConfig(GuidanceConfig):
 class CSD(Guidance):
     config_class = CSDConfig
 
-    def residual(self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views) -> tuple[Tensor, dict]:
+    def residual(
+        self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views
+    ) -> tuple[Tensor, dict]:
         x_t = self.prior.add_noise(latents, noise, t)
         eps_hat, _, eps_u = guided_eps(self.prior, x_t, t, text, scheduled(self.cfg.guidance_scale, step))
         return eps_hat - eps_u, {}

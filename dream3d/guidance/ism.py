@@ -15,6 +15,7 @@ evaluations of the batch plus the one batched CFG evaluation, i.e. up to 6 + 2 a
 The random noise of SDS plays no part (the ``noise`` argument is ignored). The CFG branch uses the negative
 prompt as usual; the inversion always uses the empty prompt.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,9 @@ def ddim_move(x: Tensor, eps: Tensor, abar_from: Tensor, abar_to: Tensor) -> Ten
 class ISM(Guidance):
     config_class = ISMConfig
 
-    def residual(self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views) -> tuple[Tensor, dict]:
+    def residual(
+        self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views
+    ) -> tuple[Tensor, dict]:
         prior, cfg = self.prior, self.cfg
         B = latents.shape[0]
         ac = prior.alphas_cumprod

@@ -16,6 +16,7 @@ opposite end (back for the front half, front for the back half). The side negati
 camera turns to the side (where it would equal the positive); the opposite one keeps ``opposite_weight``.
 Elevation is not used: the overhead word plays no part here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ def perpneg_conditioning(
     """Interpolated positive embeddings and two weighted negatives per view (see the module docstring)."""
     az = torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1).to(prior.device, non_blocking=True)
     a = ((az + 180.0) % 360.0 - 180.0).abs()  # [0, 180]
-    front, side, back = prior.text_embeddings([view_cfg.template.format(prompt=prompt, view=v) for v in ("front", "side", "back")])
+    front, side, back = prior.text_embeddings(
+        [view_cfg.template.format(prompt=prompt, view=v) for v in ("front", "side", "back")]
+    )
     in_front = (a <= 90.0).view(-1, 1, 1)
     u = torch.where(a <= 90.0, a / 90.0, (a - 90.0) / 90.0).view(-1, 1, 1)  # position within the half
     pos = torch.where(in_front, (1 - u) * front + u * side, (1 - u) * side + u * back)

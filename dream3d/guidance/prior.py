@@ -12,6 +12,7 @@ returns is fp32, so the rules do their arithmetic in fp32 regardless of the back
 Also here: prompt processing that every rule needs: DreamFusion's view-dependent prompts and negative
 prompts (the unconditional branch of classifier-free guidance).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,21 @@ from ..devices import resolve_device
 
 # A model folder may list the prompts it was trained on (the embedded prior does): see outside_vocabulary.
 VOCABULARY_FILE = "vocabulary.json"
-_REQUIRED = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json", "scheduler": "scheduler_config.json", "tokenizer": None}
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+_REQUIRED = {
+    "unet": "config.json",
+    "vae": "config.json",
+    "text_encoder": "config.json",
+    "scheduler": "scheduler_config.json",
+    "tokenizer": None,
+}
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 class PriorNotFoundError(FileNotFoundError):
@@ -82,7 +96,10 @@ def resolve_model(cfg: PriorConfig) -> tuple[str, bool]:
             if c.is_dir() and not _missing_parts(c):
                 return str(c), True
         raise PriorNotFoundError(
-            "The embedded diffusion prior was not found; looked in: " + ", ".join(str(c) for c in cands) + ". " + _how_to_provide()
+            "The embedded diffusion prior was not found; looked in: "
+            + ", ".join(str(c) for c in cands)
+            + ". "
+            + _how_to_provide()
         )
     model = os.path.expanduser(str(cfg.model))
     p = Path(model)
@@ -90,7 +107,8 @@ def resolve_model(cfg: PriorConfig) -> tuple[str, bool]:
         missing = _missing_parts(p)
         if missing:
             raise PriorNotFoundError(
-                f"{p.resolve()} is not a Stable-Diffusion-format diffusers folder: missing {', '.join(missing)}. " + _how_to_provide()
+                f"{p.resolve()} is not a Stable-Diffusion-format diffusers folder: missing {', '.join(missing)}. "
+                + _how_to_provide()
             )
         return str(p), True
     looks_like_path = p.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1 or p.exists()
@@ -118,7 +136,12 @@ class ViewPromptConfig:
     template: str = "{prompt}, {view} view"
 
 
-def view_prompts(prompt: str, elevation: Tensor | Sequence[float], azimuth: Tensor | Sequence[float], cfg: ViewPromptConfig = ViewPromptConfig()) -> list[str]:
+def view_prompts(
+    prompt: str,
+    elevation: Tensor | Sequence[float],
+    azimuth: Tensor | Sequence[float],
+    cfg: ViewPromptConfig = ViewPromptConfig(),
+) -> list[str]:
     """One prompt per camera: ``"a red cube, front view"`` etc. (angles in degrees, the conventions of
     :mod:`renderers.cameras`: azimuth 0 looks at the object's front)."""
     el = torch.as_tensor(elevation, dtype=torch.float32).reshape(-1)
@@ -151,13 +174,28 @@ class DiffusionPrior:
     Build one with :meth:`load` (from a folder or hub id) or directly from loaded components.
     """
 
-    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 source: str | None = None):
+    def __init__(
+        self,
+        vae,
+        unet,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        source: str | None = None,
+    ):
         self.device, self.dtype = torch.device(device), dtype
         self.source = source  # the folder or hub id it was loaded from (None: built from components)
         vocab = os.path.join(source, VOCABULARY_FILE) if source and os.path.isdir(source) else None
         self.vocabulary = json.load(open(vocab)) if vocab and os.path.exists(vocab) else None
-        self.vae, self.unet, self.text_encoder, self.tokenizer, self.scheduler = vae, unet, text_encoder, tokenizer, scheduler
+        self.vae, self.unet, self.text_encoder, self.tokenizer, self.scheduler = (
+            vae,
+            unet,
+            text_encoder,
+            tokenizer,
+            scheduler,
+        )
         for m in (vae, unet, text_encoder):
             if m.dtype != dtype:  # (diffusers warns on any dtype-carrying .to(); load() already cast them)
                 m.to(dtype=dtype)
@@ -200,8 +238,14 @@ class DiffusionPrior:
         except OSError as e:
             if is_local:
                 raise
-            where = "is not in the local Hugging Face cache and downloads are off" if not cfg.allow_download else "could not be downloaded"
-            raise PriorNotFoundError(f"The diffusion model {source!r} {where} ({type(e).__name__}: {e}). " + _how_to_provide()) from e
+            where = (
+                "is not in the local Hugging Face cache and downloads are off"
+                if not cfg.allow_download
+                else "could not be downloaded"
+            )
+            raise PriorNotFoundError(
+                f"The diffusion model {source!r} {where} ({type(e).__name__}: {e}). " + _how_to_provide()
+            ) from e
         prior = cls(vae, unet, text_encoder, tokenizer, scheduler, device=device, dtype=dtype, source=source)
         if cfg.channels_last:
             for m in (prior.unet, prior.vae):
@@ -246,8 +290,13 @@ class DiffusionPrior:
             x = F.interpolate(x.float(), size=(S, S), mode="bilinear", align_corners=False, antialias=shrink)
         x = (x * 2 - 1).to(device=self.device, dtype=self.dtype)
         dist = self.vae.encode(x).latent_dist
-        z = dist.mean if generator is None else dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean)
-        return ((z.float() - self.shift_factor) * self.scaling_factor)
+        z = (
+            dist.mean
+            if generator is None
+            else dist.mean
+            + dist.std * torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean)
+        )
+        return (z.float() - self.shift_factor) * self.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
         """(B, C, h, w) latents -> (B, H, W, 3) fp32 images in [0, 1]."""
@@ -265,11 +314,20 @@ class DiffusionPrior:
         for p in new:
             n = len(self.tokenizer(p).input_ids)
             if n > self.max_length:
-                warnings.warn(f"the prompt {p!r} is {n} tokens long; the text encoder reads only the first {self.max_length}, "
-                              "so the rest is ignored", stacklevel=2)
+                warnings.warn(
+                    f"the prompt {p!r} is {n} tokens long; the text encoder reads only the first {self.max_length}, "
+                    "so the rest is ignored",
+                    stacklevel=2,
+                )
         if new:
-            tok = self.tokenizer(list(new), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
-            mask = tok.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+            tok = self.tokenizer(
+                list(new), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+            )
+            mask = (
+                tok.attention_mask.to(self.device)
+                if getattr(self.text_encoder.config, "use_attention_mask", False)
+                else None
+            )
             with torch.no_grad():
                 h = self.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0].float()
             for p, e in zip(new, h):
@@ -290,15 +348,23 @@ class DiffusionPrior:
         a = self._abar(self._t(t, latents.shape[0]))
         return a.sqrt() * latents.float() + (1 - a).sqrt() * noise.float()
 
-    def model_output(self, noisy_latents: Tensor, t: Tensor | int, text_embeds: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def model_output(
+        self, noisy_latents: Tensor, t: Tensor | int, text_embeds: Tensor, class_labels: Tensor | None = None
+    ) -> Tensor:
         """The U-Net's raw fp32 output (epsilon, v or x0, per ``prediction_type``)."""
         t = self._t(t, noisy_latents.shape[0])
         out = self.unet(
-            noisy_latents.to(self.dtype), t, encoder_hidden_states=text_embeds.to(self.dtype), class_labels=class_labels, return_dict=False
+            noisy_latents.to(self.dtype),
+            t,
+            encoder_hidden_states=text_embeds.to(self.dtype),
+            class_labels=class_labels,
+            return_dict=False,
         )[0]
         return out.float()
 
-    def predict_noise(self, noisy_latents: Tensor, t: Tensor | int, text_embeds: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def predict_noise(
+        self, noisy_latents: Tensor, t: Tensor | int, text_embeds: Tensor, class_labels: Tensor | None = None
+    ) -> Tensor:
         """fp32 epsilon prediction, converted from v or x0 for models trained on those.
 
         ``class_labels`` reach the U-Net's class-embedding input; a U-Net without a class embedding

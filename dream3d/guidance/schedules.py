@@ -21,6 +21,7 @@ Timesteps are fractions of the model's training steps in the config (``t_min=0.0
 
 Randomness only comes from the ``torch.Generator`` passed in, so a run with a seeded generator replays.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,9 @@ TIMESTEP_SCHEDULES = ("random", "linear", "sqrt", "dreamtime", "random_decreasin
 def scheduled(value: Scheduled, step: int) -> float:
     """The value of a scheduled scalar at ``step`` (see the module docstring for the forms)."""
     if isinstance(value, bool):
-        raise TypeError(f"a scheduled scalar must be a number or [start_step, start_value, end_value, end_step], got {value!r}")
+        raise TypeError(
+            f"a scheduled scalar must be a number or [start_step, start_value, end_value, end_step], got {value!r}"
+        )
     if isinstance(value, (int, float)):
         return float(value)
     try:
@@ -74,7 +77,9 @@ class TimestepConfig:
 
     def __post_init__(self):
         if self.schedule not in TIMESTEP_SCHEDULES:
-            raise ValueError(f"unknown timestep schedule {self.schedule!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
+            raise ValueError(
+                f"unknown timestep schedule {self.schedule!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}"
+            )
         if self.total_steps is not None and self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
 
@@ -84,7 +89,9 @@ def timestep_bounds(cfg: TimestepConfig, step: int, num_train_timesteps: int) ->
     T = num_train_timesteps
     lo_f, hi_f = scheduled(cfg.t_min, step), scheduled(cfg.t_max, step)
     if not (0.0 <= lo_f <= hi_f <= 1.0):
-        raise ValueError(f"timestep range must satisfy 0 <= t_min <= t_max <= 1; at step {step} it is [{lo_f:g}, {hi_f:g}]")
+        raise ValueError(
+            f"timestep range must satisfy 0 <= t_min <= t_max <= 1; at step {step} it is [{lo_f:g}, {hi_f:g}]"
+        )
     lo = min(max(int(round(lo_f * T)), 0), T - 1)
     hi = min(max(int(round(hi_f * T)), lo), T - 1)
     return lo, hi
@@ -102,7 +109,9 @@ def sample_timesteps(
     lo, hi = timestep_bounds(cfg, step, num_train_timesteps)
     kind = cfg.schedule
     if kind != "random" and cfg.total_steps is None:
-        raise ValueError(f"the {kind!r} timestep schedule needs total_steps (the run length); a run config sets it to train.steps")
+        raise ValueError(
+            f"the {kind!r} timestep schedule needs total_steps (the run length); a run config sets it to train.steps"
+        )
     r = min(max(step / cfg.total_steps, 0.0), 1.0) if kind != "random" else 0.0  # run progress
     if kind == "random":
         t = torch.randint(lo, hi + 1, (batch,), generator=generator)
@@ -113,7 +122,9 @@ def sample_timesteps(
         upper = int(round(hi - (hi - lo) * r))
         t = torch.randint(lo, upper + 1, (batch,), generator=generator)
     else:  # dreamtime
-        ts, tail = _dreamtime_table(lo, hi, num_train_timesteps, cfg.dreamtime_m1, cfg.dreamtime_m2, cfg.dreamtime_s1, cfg.dreamtime_s2)
+        ts, tail = _dreamtime_table(
+            lo, hi, num_train_timesteps, cfg.dreamtime_m1, cfg.dreamtime_m2, cfg.dreamtime_s1, cfg.dreamtime_s2
+        )
         # The t whose tail mass is closest to the run progress (ties go to the larger t).
         i = int(torch.argmin((tail - r).abs()))
         t = torch.full((batch,), int(ts[i]), dtype=torch.long)

@@ -4,6 +4,7 @@ Noise the render's latents to x_t = sqrt(abar) x + sqrt(1 - abar) eps, predict e
 guidance (cond and uncond in one batched U-Net call, no gradient through the U-Net), and push the latents
 along grad = w(t) (eps_hat - eps). The U-Net Jacobian is dropped, as in the paper.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ class SDSConfig(GuidanceConfig):
 class SDS(Guidance):
     config_class = SDSConfig
 
-    def residual(self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views) -> tuple[Tensor, dict]:
+    def residual(
+        self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views
+    ) -> tuple[Tensor, dict]:
         x_t = self.prior.add_noise(latents, noise, t)
         eps_hat, _, _ = guided_eps(self.prior, x_t, t, text, scheduled(self.cfg.guidance_scale, step))
         return eps_hat - noise, {}

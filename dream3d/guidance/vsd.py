@@ -24,6 +24,7 @@ Design choices:
   probability ``camera_dropout``, which lets ``lora_guidance_scale != 1`` use the camera-free student as
   the unconditional branch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -85,10 +86,15 @@ class VSD(Guidance):
 
         cfg, unet = self.cfg, prior.unet
         if cfg.camera_condition and unet.class_embedding is not None:
-            raise ValueError("this U-Net already has a class embedding, so VSD cannot attach its camera MLP there; set camera_condition=False")
+            raise ValueError(
+                "this U-Net already has a class embedding, so VSD cannot attach its camera MLP there; set camera_condition=False"
+            )
         self.adapter_name = f"vsd{next(VSD._ids)}"  # unique, so several VSD rules can share one prior
         alpha = cfg.lora_rank if cfg.lora_alpha is None else cfg.lora_alpha
-        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, target_modules=LORA_TARGETS, init_lora_weights=True), adapter_name=self.adapter_name)
+        unet.add_adapter(
+            LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, target_modules=LORA_TARGETS, init_lora_weights=True),
+            adapter_name=self.adapter_name,
+        )
         unet.disable_adapters()  # outside the student branch the shared U-Net is the pretrained model
         self.lora_parameters = [p for n, p in unet.named_parameters() if f".{self.adapter_name}." in n]
         for p in self.lora_parameters:
@@ -115,7 +121,9 @@ class VSD(Guidance):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if len(state["lora"]) != len(self.lora_parameters):
-            raise ValueError(f"checkpoint holds {len(state['lora'])} LoRA tensors, this VSD has {len(self.lora_parameters)}: different U-Net or LoRA targets")
+            raise ValueError(
+                f"checkpoint holds {len(state['lora'])} LoRA tensors, this VSD has {len(self.lora_parameters)}: different U-Net or LoRA targets"
+            )
         with torch.no_grad():
             for p, v in zip(self.lora_parameters, state["lora"]):
                 p.copy_(v)
@@ -145,17 +153,33 @@ class VSD(Guidance):
                 return self.prior.predict_noise(x_t, t, cond)
             if s == 1.0:
                 return self.prior.predict_noise(x_t, t, cond, class_labels=cam)
-            e = self.prior.predict_noise(x_t.repeat(2, 1, 1, 1), t.repeat(2), cond.repeat(2, 1, 1), class_labels=torch.cat([cam, torch.zeros_like(cam)]))
+            e = self.prior.predict_noise(
+                x_t.repeat(2, 1, 1, 1),
+                t.repeat(2),
+                cond.repeat(2, 1, 1),
+                class_labels=torch.cat([cam, torch.zeros_like(cam)]),
+            )
             e_c, e_u = e.chunk(2)
             return e_u + s * (e_c - e_u)
 
-    def residual(self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views) -> tuple[Tensor, dict]:
+    def residual(
+        self, latents: Tensor, noise: Tensor, t: Tensor, text: TextConditioning, step: int, views: Views
+    ) -> tuple[Tensor, dict]:
         x_t = self.prior.add_noise(latents, noise, t)
         eps_pre, _, _ = guided_eps(self.prior, x_t, t, text, scheduled(self.cfg.guidance_scale, step))
         eps_lora = self.student_eps(x_t, t, text.cond, camera_features(views, latents.shape[0], self.prior.device))
         return eps_pre - eps_lora, {}
 
-    def latent_loss(self, latents: Tensor, views: Views, prompt: str, step: int, *, noise: Tensor | None = None, t: Tensor | None = None) -> GuidanceOutput:
+    def latent_loss(
+        self,
+        latents: Tensor,
+        views: Views,
+        prompt: str,
+        step: int,
+        *,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+    ) -> GuidanceOutput:
         """The VSD loss on latents, then ``lora_steps_per_call`` student updates on them (the gradient is
         computed with the student as it was before the update)."""
         out = super().latent_loss(latents, views, prompt, step, noise=noise, t=t)
@@ -179,7 +203,11 @@ class VSD(Guidance):
         x_t = prior.add_noise(x0, noise, t)
         cam = None
         if cfg.camera_condition:
-            keep = (torch.rand(B, generator=self.generator) >= cfg.camera_dropout).float().to(prior.device, non_blocking=True)
+            keep = (
+                (torch.rand(B, generator=self.generator) >= cfg.camera_dropout)
+                .float()
+                .to(prior.device, non_blocking=True)
+            )
             cam = camera_features(views, B, prior.device) * keep[:, None]
         for g in self.optimizer.param_groups:
             g["lr"] = scheduled(cfg.lora_lr, step)

@@ -10,6 +10,7 @@ It is evaluated block by block (DreamGaussian's local density query): each block
 meets only the Gaussians whose cutoff boxes overlap it, so memory stays bounded at 256^3 and the cost
 grows with the number of (Gaussian, block) overlaps rather than with samples x Gaussians.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -87,9 +88,15 @@ def _quadratic_coefficients(precision: Tensor, centred_means: Tensor) -> Tensor:
     Am = (A @ m[:, :, None])[..., 0]
     return torch.stack(
         [
-            A[:, 0, 0], A[:, 1, 1], A[:, 2, 2],
-            2 * A[:, 0, 1], 2 * A[:, 0, 2], 2 * A[:, 1, 2],
-            -2 * Am[:, 0], -2 * Am[:, 1], -2 * Am[:, 2],
+            A[:, 0, 0],
+            A[:, 1, 1],
+            A[:, 2, 2],
+            2 * A[:, 0, 1],
+            2 * A[:, 0, 2],
+            2 * A[:, 1, 2],
+            -2 * Am[:, 0],
+            -2 * Am[:, 1],
+            -2 * Am[:, 2],
             (m * Am).sum(-1),
         ],
         -1,
@@ -120,7 +127,9 @@ def gaussian_density_grid(
     """
     N = means.shape[0]
     if quats.shape != (N, 4) or scales.shape != (N, 3):
-        raise ValueError(f"expected means (N,3), quats (N,4) wxyz, scales (N,3); got {tuple(means.shape)}, {tuple(quats.shape)}, {tuple(scales.shape)}")
+        raise ValueError(
+            f"expected means (N,3), quats (N,4) wxyz, scales (N,3); got {tuple(means.shape)}, {tuple(quats.shape)}, {tuple(scales.shape)}"
+        )
     opacities = opacities.reshape(-1)
     if opacities.shape[0] != N:
         raise ValueError(f"opacities hold {opacities.shape[0]} values for {N} Gaussians")
@@ -182,7 +191,9 @@ def gaussian_density_grid(
 
 
 @torch.no_grad()
-def function_density_grid(density_fn: Callable[[Tensor], Tensor], grid: Grid, chunk: int = 1 << 18, device=None) -> Tensor:
+def function_density_grid(
+    density_fn: Callable[[Tensor], Tensor], grid: Grid, chunk: int = 1 << 18, device=None
+) -> Tensor:
     """``density_fn(points (M, 3)) -> (M,)`` (a NeRF's density, or any field) on ``grid``, ``chunk`` points a call."""
     R = grid.resolution
     axes = grid.axes(device)
@@ -193,6 +204,8 @@ def function_density_grid(density_fn: Callable[[Tensor], Tensor], grid: Grid, ch
         p = torch.stack([axes[0][flat // (R * R)], axes[1][(flat // R) % R], axes[2][flat % R]], -1)
         d = density_fn(p)
         if d.shape not in ((p.shape[0],), (p.shape[0], 1)):
-            raise ValueError(f"density_fn must map (M, 3) points to (M,) densities; got {tuple(d.shape)} for M={p.shape[0]}")
+            raise ValueError(
+                f"density_fn must map (M, 3) points to (M,) densities; got {tuple(d.shape)} for M={p.shape[0]}"
+            )
         out[s : s + p.shape[0]] = d.reshape(-1).float().to(out.device)
     return out.reshape(R, R, R)

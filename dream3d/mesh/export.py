@@ -8,6 +8,7 @@ left, so v is flipped on the way out; OBJ keeps it at the bottom left, like this
 
 Every file goes to a temporary name in the target folder first and is renamed into place once complete.
 """
+
 from __future__ import annotations
 
 import io
@@ -88,7 +89,9 @@ def _check(vertices, faces, uv, texture) -> tuple[np.ndarray, np.ndarray, np.nda
     return v, f, t, tex
 
 
-def glb_bytes(vertices, faces, uv, texture, roughness: float = 0.9, metallic: float = 0.0, name: str = "dream3d") -> bytes:
+def glb_bytes(
+    vertices, faces, uv, texture, roughness: float = 0.9, metallic: float = 0.0, name: str = "dream3d"
+) -> bytes:
     """A complete .glb (glTF 2.0 binary) holding one textured triangle mesh."""
     v, f, t, tex = _check(vertices, faces, uv, texture)
     pos = v.astype(np.float32)
@@ -110,11 +113,32 @@ def glb_bytes(vertices, faces, uv, texture, roughness: float = 0.9, metallic: fl
         return len(views) - 1
 
     accessors = [
-        {"bufferView": add_view(pos.tobytes(), _ARRAY_BUFFER), "componentType": _FLOAT, "count": len(pos), "type": "VEC3",
-         "min": pos.min(0).tolist(), "max": pos.max(0).tolist()},
-        {"bufferView": add_view(nrm.tobytes(), _ARRAY_BUFFER), "componentType": _FLOAT, "count": len(nrm), "type": "VEC3"},
-        {"bufferView": add_view(tc.tobytes(), _ARRAY_BUFFER), "componentType": _FLOAT, "count": len(tc), "type": "VEC2"},
-        {"bufferView": add_view(idx.tobytes(), _ELEMENT_ARRAY_BUFFER), "componentType": _UINT32, "count": int(idx.size), "type": "SCALAR"},
+        {
+            "bufferView": add_view(pos.tobytes(), _ARRAY_BUFFER),
+            "componentType": _FLOAT,
+            "count": len(pos),
+            "type": "VEC3",
+            "min": pos.min(0).tolist(),
+            "max": pos.max(0).tolist(),
+        },
+        {
+            "bufferView": add_view(nrm.tobytes(), _ARRAY_BUFFER),
+            "componentType": _FLOAT,
+            "count": len(nrm),
+            "type": "VEC3",
+        },
+        {
+            "bufferView": add_view(tc.tobytes(), _ARRAY_BUFFER),
+            "componentType": _FLOAT,
+            "count": len(tc),
+            "type": "VEC2",
+        },
+        {
+            "bufferView": add_view(idx.tobytes(), _ELEMENT_ARRAY_BUFFER),
+            "componentType": _UINT32,
+            "count": int(idx.size),
+            "type": "SCALAR",
+        },
     ]
     image_view = add_view(png, None)
     blob.extend(b"\x00" * (-len(blob) % 4))
@@ -123,9 +147,29 @@ def glb_bytes(vertices, faces, uv, texture, roughness: float = 0.9, metallic: fl
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0, "name": name}],
-        "meshes": [{"name": name, "primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2}, "indices": 3, "material": 0, "mode": 4}]}],
-        "materials": [{"name": "material0", "pbrMetallicRoughness": {"baseColorTexture": {"index": 0, "texCoord": 0},
-                       "metallicFactor": float(metallic), "roughnessFactor": float(roughness)}}],
+        "meshes": [
+            {
+                "name": name,
+                "primitives": [
+                    {
+                        "attributes": {"POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2},
+                        "indices": 3,
+                        "material": 0,
+                        "mode": 4,
+                    }
+                ],
+            }
+        ],
+        "materials": [
+            {
+                "name": "material0",
+                "pbrMetallicRoughness": {
+                    "baseColorTexture": {"index": 0, "texCoord": 0},
+                    "metallicFactor": float(metallic),
+                    "roughnessFactor": float(roughness),
+                },
+            }
+        ],
         "textures": [{"sampler": 0, "source": 0}],
         "samplers": [{"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}],
         "images": [{"bufferView": image_view, "mimeType": "image/png"}],
@@ -136,11 +180,15 @@ def glb_bytes(vertices, faces, uv, texture, roughness: float = 0.9, metallic: fl
     js = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
     js += b" " * (-len(js) % 4)  # the JSON chunk is padded with spaces
     total = 12 + 8 + len(js) + 8 + len(blob)
-    return b"".join([
-        struct.pack("<III", _GLB_MAGIC, 2, total),
-        struct.pack("<II", len(js), _CHUNK_JSON), js,
-        struct.pack("<II", len(blob), _CHUNK_BIN), bytes(blob),
-    ])
+    return b"".join(
+        [
+            struct.pack("<III", _GLB_MAGIC, 2, total),
+            struct.pack("<II", len(js), _CHUNK_JSON),
+            js,
+            struct.pack("<II", len(blob), _CHUNK_BIN),
+            bytes(blob),
+        ]
+    )
 
 
 def write_glb(path, vertices, faces, uv, texture, roughness: float = 0.9, metallic: float = 0.0) -> Path:
@@ -171,8 +219,16 @@ def write_obj(path, vertices, faces, uv, texture) -> Path:
 # --------------------------------------------------------------------------------------------- turntable
 
 
-def render_turntable(mesh: TexturedMesh, n_frames: int = 60, resolution: int = 256, elevation: float = 15.0, fov_y: float = 40.0,
-                     ambient: float = 0.35, background=(1.0, 1.0, 1.0), batch: int = 4) -> np.ndarray:
+def render_turntable(
+    mesh: TexturedMesh,
+    n_frames: int = 60,
+    resolution: int = 256,
+    elevation: float = 15.0,
+    fov_y: float = 40.0,
+    ambient: float = 0.35,
+    background=(1.0, 1.0, 1.0),
+    batch: int = 4,
+) -> np.ndarray:
     """(n_frames, H, W, 3) uint8 frames of the textured mesh on a full turn, Lambert + ambient shading with a
     light above and behind each camera, so the visible side is always lit."""
 
@@ -209,7 +265,9 @@ def write_video(path, frames: np.ndarray, fps: int = 24) -> Path:
     os.close(fd)
     try:
         try:
-            imageio.mimwrite(tmp, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1, format="FFMPEG")
+            imageio.mimwrite(
+                tmp, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1, format="FFMPEG"
+            )
             os.replace(tmp, path)
             return path
         except Exception as e:  # no ffmpeg binary, or no H.264 encoder in it
@@ -223,8 +281,14 @@ def write_video(path, frames: np.ndarray, fps: int = 24) -> Path:
             os.unlink(tmp)
 
 
-def export_mesh(mesh: TexturedMesh, out_dir, name: str = "mesh", turntable: bool = True, turntable_frames: int = 60,
-                turntable_resolution: int = 256) -> dict[str, Path]:
+def export_mesh(
+    mesh: TexturedMesh,
+    out_dir,
+    name: str = "mesh",
+    turntable: bool = True,
+    turntable_frames: int = 60,
+    turntable_resolution: int = 256,
+) -> dict[str, Path]:
     """``name.glb``, ``name.obj`` (+ .mtl, .png) and optionally ``turntable.mp4`` in ``out_dir``."""
     out = Path(out_dir)
     files = {

@@ -10,6 +10,7 @@ light Taubin smoothing on the dense mesh (it removes the voxel staircase without
 way plain Laplacian smoothing does), and the decimation to ``target_faces`` comes last, so the UV unwrap that
 follows (xatlas, seconds per 10k faces) never sees the raw marching-cubes mesh.
 """
+
 from __future__ import annotations
 
 import math
@@ -112,7 +113,9 @@ def _signed_volume(v: np.ndarray, f: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
-def remove_small_components(v: np.ndarray, f: np.ndarray, min_diameter: float, min_faces: int) -> tuple[np.ndarray, np.ndarray]:
+def remove_small_components(
+    v: np.ndarray, f: np.ndarray, min_diameter: float, min_faces: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Drop connected pieces with fewer than ``min_faces`` faces or a bounding-box diagonal below
     ``min_diameter`` x that of the largest piece (floaters). The largest piece always stays."""
     import trimesh
@@ -187,7 +190,9 @@ def decimate(v: np.ndarray, f: np.ndarray, target_faces: int) -> tuple[np.ndarra
     if target_faces <= 0 or len(f) <= target_faces:
         return v, f
     # Ask for a little less than the target: the collapse may stop a few faces above the count it is given.
-    v2, f2 = fast_simplification.simplify(v.astype(np.float64), f.astype(np.int32), target_count=int(target_faces * 0.98))
+    v2, f2 = fast_simplification.simplify(
+        v.astype(np.float64), f.astype(np.int32), target_count=int(target_faces * 0.98)
+    )
     return np.asarray(v2, np.float64), np.asarray(f2, np.int64)
 
 
@@ -245,7 +250,9 @@ def fill_hidden(field: Tensor, grid: Grid, level: float, views: int = 26, max_vi
     pts = grid.points(dev).reshape(-1, 3)
     surf = occupied.reshape(-1)
     seen = torch.zeros(pts.shape[0], dtype=torch.int32, device=dev)
-    margin = 2.0 * float(grid.spacing.max())  # a pixel spans ~2 samples: nearer than this behind the surface is not hidden
+    margin = 2.0 * float(
+        grid.spacing.max()
+    )  # a pixel spans ~2 samples: nearer than this behind the surface is not hidden
     for b in range(len(cams)):
         xy, z = project_points(pts, cams[b : b + 1])
         pix, z = pixel_bins(xy[0], res, res), z[0]
@@ -258,7 +265,9 @@ def fill_hidden(field: Tensor, grid: Grid, level: float, views: int = 26, max_vi
     return torch.where(hidden.reshape(field.shape), torch.full_like(field, 2.0 * level if level > 0 else 1.0), field)
 
 
-def extract_mesh(field: Tensor, grid: Grid, cfg: ExtractConfig | None = None, level: float | None = None) -> tuple[Tensor, Tensor, float]:
+def extract_mesh(
+    field: Tensor, grid: Grid, cfg: ExtractConfig | None = None, level: float | None = None
+) -> tuple[Tensor, Tensor, float]:
     """Density grid to a cleaned mesh: vertices (V, 3) float32, faces (F, 3) int64 (CPU tensors) and the
     threshold used: ``level`` if given, else :func:`choose_threshold`. Raises ValueError when the field is
     empty or full at that threshold."""
@@ -271,5 +280,7 @@ def extract_mesh(field: Tensor, grid: Grid, cfg: ExtractConfig | None = None, le
     v, f = marching_cubes(field, grid, level)
     v, f = clean_mesh(v, f, cfg, float(grid.spacing.min()))
     if len(f) == 0:
-        raise ValueError(f"cleanup removed every face of the isosurface at threshold {level:.4g}; lower min_component_* settings")
+        raise ValueError(
+            f"cleanup removed every face of the isosurface at threshold {level:.4g}; lower min_component_* settings"
+        )
     return torch.from_numpy(v).float(), torch.from_numpy(f).long(), level

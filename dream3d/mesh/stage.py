@@ -4,6 +4,7 @@ It takes plain tensors and callables, not representation classes: Gaussians as (
 opacities), or a NeRF as ``density_fn(points (M, 3)) -> (M,)``, and colour from ``render_fn(cameras) ->
 (rgb premultiplied, alpha)``.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,14 +19,26 @@ from renderers.gaussians import rasterize_gaussians
 
 from .density import Grid, function_density_grid, gaussian_bounds, gaussian_density_grid, make_grid
 from .extract import ExtractConfig, extract_mesh
-from .texture import LossFn, RefineConfig, RenderFn, TextureConfig, TexturedMesh, bake_cameras, refine_texture, target_loss, texture_mesh
+from .texture import (
+    LossFn,
+    RefineConfig,
+    RenderFn,
+    TextureConfig,
+    TexturedMesh,
+    bake_cameras,
+    refine_texture,
+    target_loss,
+    texture_mesh,
+)
 
 
 @dataclass
 class MeshConfig:
     resolution: int = 128  # density samples per axis
     bound: float | None = None  # grid over [-bound, bound]^3; None: the Gaussians' cutoff box (1.0 for a density_fn)
-    block: int = 8  # samples per block edge in the Gaussian density query (8 measured fastest for 20k Gaussians at 128^3)
+    block: int = (
+        8  # samples per block edge in the Gaussian density query (8 measured fastest for 20k Gaussians at 128^3)
+    )
     cutoff: float = 3.0  # Gaussian kernels end at this many standard deviations
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     texture: TextureConfig = field(default_factory=TextureConfig)
@@ -33,18 +46,31 @@ class MeshConfig:
     refine_loss: str = "l1"  # when refining against render_fn without a custom loss_fn
 
 
-def gaussian_render_fn(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, sh_degree: int | None = None) -> RenderFn:
+def gaussian_render_fn(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, sh_degree: int | None = None
+) -> RenderFn:
     """A premultiplied ``render_fn`` for Gaussians (rendered over black by ``renderers.gaussians``)."""
+
     def render_fn(cameras: Cameras) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            out = rasterize_gaussians(means, quats, scales, opacities.reshape(-1), colors, cameras,
-                                      background=torch.zeros(3, device=means.device), sh_degree=sh_degree)
+            out = rasterize_gaussians(
+                means,
+                quats,
+                scales,
+                opacities.reshape(-1),
+                colors,
+                cameras,
+                background=torch.zeros(3, device=means.device),
+                sh_degree=sh_degree,
+            )
         return out.rgb, out.alpha
 
     return render_fn
 
 
-def _run(field_fn: Callable[[Grid], Tensor], grid: Grid, render_fn: RenderFn, cfg: MeshConfig, loss_fn: LossFn | None) -> tuple[TexturedMesh, dict]:
+def _run(
+    field_fn: Callable[[Grid], Tensor], grid: Grid, render_fn: RenderFn, cfg: MeshConfig, loss_fn: LossFn | None
+) -> tuple[TexturedMesh, dict]:
     info: dict = {}
     t = time.perf_counter()
     dens = field_fn(grid)
@@ -72,8 +98,15 @@ def gaussian_grid(means: Tensor, quats: Tensor, scales: Tensor, cfg: MeshConfig)
     return make_grid(box, cfg.resolution)
 
 
-def mesh_from_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, render_fn: RenderFn,
-                        cfg: MeshConfig | None = None, loss_fn: LossFn | None = None) -> tuple[TexturedMesh, dict]:
+def mesh_from_gaussians(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    render_fn: RenderFn,
+    cfg: MeshConfig | None = None,
+    loss_fn: LossFn | None = None,
+) -> tuple[TexturedMesh, dict]:
     """Textured mesh of N Gaussians (quats wxyz, scales linear, opacities in [0, 1]) and an info dict
     (threshold, face counts, seconds per stage)."""
     cfg = cfg or MeshConfig()
@@ -82,8 +115,13 @@ def mesh_from_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities:
     return _run(field_fn, grid, render_fn, cfg, loss_fn)
 
 
-def mesh_from_density_fn(density_fn: Callable[[Tensor], Tensor], render_fn: RenderFn, cfg: MeshConfig | None = None,
-                         loss_fn: LossFn | None = None, device=None) -> tuple[TexturedMesh, dict]:
+def mesh_from_density_fn(
+    density_fn: Callable[[Tensor], Tensor],
+    render_fn: RenderFn,
+    cfg: MeshConfig | None = None,
+    loss_fn: LossFn | None = None,
+    device=None,
+) -> tuple[TexturedMesh, dict]:
     """Textured mesh of a density field (a NeRF's ``density(points)``) over ``[-bound, bound]^3``."""
     cfg = cfg or MeshConfig()
     grid = make_grid(cfg.bound if cfg.bound is not None else 1.0, cfg.resolution)

@@ -15,6 +15,7 @@ of the nearest covered texel in the image, so bilinear and mipmap lookups at cha
 
 UV convention (OBJ/trimesh, as in ``renderers.mesh``): u right, v up, texel row 0 at v = 1.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,9 @@ class TextureConfig:
     views_per_batch: int = 4  # cameras per render_fn / rasterizer call
     angle_power: float = 2.0
     min_cos: float = 0.1  # views more grazing than this contribute nothing
-    depth_tolerance: float = 0.01  # x the mesh's bounding diagonal: how far behind the depth buffer still counts as visible
+    depth_tolerance: float = (
+        0.01  # x the mesh's bounding diagonal: how far behind the depth buffer still counts as visible
+    )
 
 
 @dataclass
@@ -78,7 +81,9 @@ class RefineConfig:
 # ----------------------------------------------------------------------------------------------- unwrap
 
 
-def unwrap_uv(vertices: Tensor, faces: Tensor, texture_size: int = 1024, padding: int = 4) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def unwrap_uv(
+    vertices: Tensor, faces: Tensor, texture_size: int = 1024, padding: int = 4
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """xatlas UV atlas. Returns (vertices (V', 3), faces (F, 3), uv (V', 2), vmapping (V',)): vertices on chart
     seams are split, and ``vmapping`` maps each new vertex to its original one."""
     import xatlas
@@ -96,7 +101,12 @@ def unwrap_uv(vertices: Tensor, faces: Tensor, texture_size: int = 1024, padding
         raise RuntimeError(f"xatlas made {atlas.atlas_count} atlases; expected one (texels_per_unit must stay 0)")
     vmap, idx, uv = atlas[0]
     vmap = torch.from_numpy(vmap.astype(np.int64))
-    return vertices.detach().cpu()[vmap], torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(uv.astype(np.float32)), vmap
+    return (
+        vertices.detach().cpu()[vmap],
+        torch.from_numpy(idx.astype(np.int64)),
+        torch.from_numpy(uv.astype(np.float32)),
+        vmap,
+    )
 
 
 # ------------------------------------------------------------------------------------------- bake views
@@ -128,7 +138,9 @@ def _sample_image(img: Tensor, xy: Tensor) -> Tensor:
     """Bilinear samples of images (B, H, W, C) at pixel coordinates xy (B, T, 2) -> (B, T, C)."""
     H, W = img.shape[1:3]
     grid = torch.stack([xy[..., 0] / W * 2 - 1, xy[..., 1] / H * 2 - 1], -1)[:, :, None]
-    out = F.grid_sample(img.permute(0, 3, 1, 2), grid.to(img.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        img.permute(0, 3, 1, 2), grid.to(img.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out[..., 0].transpose(1, 2)
 
 
@@ -224,7 +236,9 @@ def fill_texture(tex: Tensor, seen: Tensor, covered: Tensor, pos: Tensor) -> Ten
     out = tex.detach().cpu().numpy().copy()
     seen_np, cov_np = seen.cpu().numpy(), covered.cpu().numpy()
     if not seen_np.any():
-        raise ValueError("no bake view saw any texel of the mesh: check that render_fn renders the object in the bake cameras")
+        raise ValueError(
+            "no bake view saw any texel of the mesh: check that render_fn renders the object in the bake cameras"
+        )
     seen_in_cov = seen_np[cov_np]  # (T,)
     pos_np = pos.detach().cpu().numpy()
     if not seen_in_cov.all():
@@ -239,13 +253,24 @@ def fill_texture(tex: Tensor, seen: Tensor, covered: Tensor, pos: Tensor) -> Ten
     return torch.from_numpy(out).to(tex.device)
 
 
-def texture_mesh(vertices: Tensor, faces: Tensor, render_fn: RenderFn, cfg: TextureConfig | None = None, cameras: Cameras | None = None) -> TexturedMesh:
+def texture_mesh(
+    vertices: Tensor,
+    faces: Tensor,
+    render_fn: RenderFn,
+    cfg: TextureConfig | None = None,
+    cameras: Cameras | None = None,
+) -> TexturedMesh:
     """Unwrap (after decimating to ``cfg.max_faces`` if needed) and bake the source's colours into a texture."""
     cfg = cfg or TextureConfig()
     if faces.shape[0] > cfg.max_faces:
-        warnings.warn(f"decimating the mesh from {faces.shape[0]} to {cfg.max_faces} faces before the UV unwrap", stacklevel=2)
+        warnings.warn(
+            f"decimating the mesh from {faces.shape[0]} to {cfg.max_faces} faces before the UV unwrap", stacklevel=2
+        )
         v, f = decimate(vertices.detach().cpu().double().numpy(), faces.cpu().numpy(), cfg.max_faces)
-        vertices, faces = torch.from_numpy(v).float().to(vertices.device), torch.from_numpy(f).long().to(vertices.device)
+        vertices, faces = (
+            torch.from_numpy(v).float().to(vertices.device),
+            torch.from_numpy(f).long().to(vertices.device),
+        )
     v, f, uv, _ = unwrap_uv(vertices, faces, cfg.texture_size, cfg.uv_padding)
     dev = vertices.device
     v, f, uv = v.to(dev), f.to(dev), uv.to(dev)
@@ -258,7 +283,13 @@ def texture_mesh(vertices: Tensor, faces: Tensor, render_fn: RenderFn, cfg: Text
 # ------------------------------------------------------------------------------------------------ refine
 
 
-def render_albedo(mesh: TexturedMesh, cameras: Cameras, background=(0.0, 0.0, 0.0), vertices: Tensor | None = None, texture: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def render_albedo(
+    mesh: TexturedMesh,
+    cameras: Cameras,
+    background=(0.0, 0.0, 0.0),
+    vertices: Tensor | None = None,
+    texture: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Unlit textured render: rgb (B, H, W, 3) over ``background`` and alpha (B, H, W, 1)."""
     v = mesh.vertices if vertices is None else vertices
     tex = mesh.texture if texture is None else texture

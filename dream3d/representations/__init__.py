@@ -1,4 +1,5 @@
 """The 3D representations, by the name ``representation:`` takes in a run config (see base.py for the interface)."""
+
 from .base import Render, Representation
 from .gaussians import GaussianModel
 from .nerf import NeRFModel

@@ -14,6 +14,7 @@ One training step, as the Trainer drives it::
     optimizer.step()
     rep.after_step(step, optimizer, g, valid)         # changes of structure (densify / prune)
 """
+
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
@@ -50,8 +51,15 @@ class Representation(nn.Module, metaclass=ABCMeta):
         """A fused optimizer over the parameters (fused: the Trainer skips a non-finite step with ``found_inf``)."""
 
     @abstractmethod
-    def render_views(self, cameras: Cameras, background: Tensor, *, step: int | None = None,
-                     generator: torch.Generator | None = None, shading: str | None = None) -> Render:
+    def render_views(
+        self,
+        cameras: Cameras,
+        background: Tensor,
+        *,
+        step: int | None = None,
+        generator: torch.Generator | None = None,
+        shading: str | None = None,
+    ) -> Render:
         """Render the cameras. ``step`` is given for training renders (random shading, regularizers, jittered
         samples); without it the render is deterministic and plainly coloured (validation, reference view)."""
 
@@ -71,7 +79,9 @@ class Representation(nn.Module, metaclass=ABCMeta):
     def after_backward(self, render: Render, valid: Tensor, batch_size: int) -> None:
         """After ``loss.backward()``; ``valid`` is a device bool, False on a non-finite (skipped) step."""
 
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer, generator: torch.Generator, valid: Tensor) -> None:
+    def after_step(
+        self, step: int, optimizer: torch.optim.Optimizer, generator: torch.Generator, valid: Tensor
+    ) -> None:
         """After ``optimizer.step()``; ``valid`` as in :meth:`after_backward` (read it only where a change of
         structure is due anyway: reading it makes the host wait for the device)."""
 

@@ -15,6 +15,7 @@ are far larger and noisier than a photometric loss's, so the threshold is 0.01 r
 Every change of the Gaussian count rewrites the optimiser's state with the same rows (kept rows keep
 their Adam moments, new rows start at zero), so training continues without rebuilding the optimiser.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,7 +107,7 @@ def nearest_neighbour_scale(points: Tensor, k: int = 3, chunk: int = 2048) -> Te
     k = min(k, n - 1)
     out = []
     for i in range(0, n, chunk):
-        d2 = torch.cdist(points[i:i + chunk], points).square()
+        d2 = torch.cdist(points[i : i + chunk], points).square()
         d2 = d2.topk(k + 1, dim=1, largest=False).values[:, 1:]  # drop the point itself
         out.append(d2.mean(1))
     return torch.cat(out).clamp_min(1e-14).sqrt()
@@ -121,7 +122,9 @@ class GaussianModel(Representation):
     ``max_radii`` (N,).
     """
 
-    def __init__(self, cfg: GaussianConfig | None = None, generator: torch.Generator | None = None, num_points: int | None = None):
+    def __init__(
+        self, cfg: GaussianConfig | None = None, generator: torch.Generator | None = None, num_points: int | None = None
+    ):
         super().__init__()
         self.cfg = cfg = cfg or GaussianConfig()
         self.active_sh_degree = 0
@@ -143,7 +146,9 @@ class GaussianModel(Representation):
     def from_points(cls, points: Tensor, colors: Tensor, cfg: GaussianConfig | None = None) -> "GaussianModel":
         """Gaussians at ``points`` (N, 3) with RGB ``colors`` (N, 3) in [0, 1]."""
         if points.ndim != 2 or points.shape[1] != 3 or colors.shape != points.shape:
-            raise ValueError(f"points and colors must both be (N, 3), got {tuple(points.shape)} and {tuple(colors.shape)}")
+            raise ValueError(
+                f"points and colors must both be (N, 3), got {tuple(points.shape)} and {tuple(colors.shape)}"
+            )
         model = cls(cfg, num_points=0)
         model._init_from(points.detach().float(), colors.detach().float())
         return model
@@ -160,7 +165,9 @@ class GaussianModel(Representation):
         self.means = nn.Parameter(means.clone())
         self.features_dc = nn.Parameter(dc[:, None, :].clone())
         self.features_rest = nn.Parameter(torch.zeros(n, k - 1, 3, device=dev))
-        self.opacity_logits = nn.Parameter(torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity)), device=dev))
+        self.opacity_logits = nn.Parameter(
+            torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity)), device=dev)
+        )
         self.log_scales = nn.Parameter(torch.log(scale)[:, None].repeat(1, 3))
         self.quats = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0], device=dev).repeat(n, 1))
         for name in ("grad_accum", "grad_count", "max_radii"):
@@ -201,7 +208,14 @@ class GaussianModel(Representation):
             colors, degree = self.get_sh()[:, :k], self.active_sh_degree
         else:
             colors, degree = torch.sigmoid(self.features_dc[:, 0]), None
-        return dict(means=self.means, quats=self.quats, scales=self.get_scales(), opacities=self.get_opacities(), colors=colors, sh_degree=degree)
+        return dict(
+            means=self.means,
+            quats=self.quats,
+            scales=self.get_scales(),
+            opacities=self.get_opacities(),
+            colors=colors,
+            sh_degree=degree,
+        )
 
     def render(self, cameras: Cameras, background: Tensor | None = None, backend: str = "auto", **kw) -> GaussianRender:
         """Render every camera; ``means2d`` keeps its gradient for :meth:`add_densification_stats`."""
@@ -212,8 +226,15 @@ class GaussianModel(Representation):
 
     # -- the Trainer's interface (representations/base.py) ---------------------------------------
 
-    def render_views(self, cameras: Cameras, background: Tensor, *, step: int | None = None,
-                     generator: torch.Generator | None = None, shading: str | None = None) -> Render:
+    def render_views(
+        self,
+        cameras: Cameras,
+        background: Tensor,
+        *,
+        step: int | None = None,
+        generator: torch.Generator | None = None,
+        shading: str | None = None,
+    ) -> Render:
         out = self.render(cameras, background=background)
         return Render(out.rgb, out.alpha, raw=out)
 
@@ -223,10 +244,15 @@ class GaussianModel(Representation):
     def after_backward(self, render: Render, valid: Tensor, batch_size: int) -> None:
         self.add_densification_stats(render.raw, grad_scale=batch_size, valid=valid)
 
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer, generator: torch.Generator, valid: Tensor) -> None:
+    def after_step(
+        self, step: int, optimizer: torch.optim.Optimizer, generator: torch.Generator, valid: Tensor
+    ) -> None:
         c = self.cfg
-        due = c.densify_from_step <= step <= c.densify_until_step and step > 0 and (
-            step % c.densify_interval == 0 or (c.opacity_reset_interval and step % c.opacity_reset_interval == 0))
+        due = (
+            c.densify_from_step <= step <= c.densify_until_step
+            and step > 0
+            and (step % c.densify_interval == 0 or (c.opacity_reset_interval and step % c.opacity_reset_interval == 0))
+        )
         if due and bool(valid):  # (densifying reads the statistics on the host anyway) not after a skipped step
             self.densify_step(step, optimizer, generator)
 
@@ -242,7 +268,9 @@ class GaussianModel(Representation):
     def extract_mesh(self, mesh_cfg):
         """DreamGaussian's mesh stage: the Gaussians' density on a grid, their renders for the colours."""
         inp = {k: v.detach() if torch.is_tensor(v) else v for k, v in self.render_inputs().items()}
-        render_fn = gaussian_render_fn(inp["means"], inp["quats"], inp["scales"], inp["opacities"], inp["colors"], inp["sh_degree"])
+        render_fn = gaussian_render_fn(
+            inp["means"], inp["quats"], inp["scales"], inp["opacities"], inp["colors"], inp["sh_degree"]
+        )
         return mesh_from_gaussians(inp["means"], inp["quats"], inp["scales"], inp["opacities"], render_fn, mesh_cfg)
 
     def oneup_sh_degree(self) -> None:
@@ -285,7 +313,9 @@ class GaussianModel(Representation):
     # densification
 
     @torch.no_grad()
-    def add_densification_stats(self, render: GaussianRender, grad_scale: float = 1.0, valid: Tensor | None = None) -> None:
+    def add_densification_stats(
+        self, render: GaussianRender, grad_scale: float = 1.0, valid: Tensor | None = None
+    ) -> None:
         """Accumulate view-space gradient norms after ``loss.backward()``.
 
         ``render.means2d.grad`` is in pixels; it is converted to NDC units (x W/2, x H/2) as 3DGS measures
@@ -295,7 +325,9 @@ class GaussianModel(Representation):
         """
         g = render.means2d.grad
         if g is None:
-            raise RuntimeError("render.means2d has no gradient: render with GaussianModel.render (or call means2d.retain_grad()) and run loss.backward() first")
+            raise RuntimeError(
+                "render.means2d has no gradient: render with GaussianModel.render (or call means2d.retain_grad()) and run loss.backward() first"
+            )
         H, W = render.rgb.shape[1:3]
         g = torch.stack([g[..., 0] * (W / 2), g[..., 1] * (H / 2)], -1) * grad_scale  # (B, N, 2)
         seen = render.radii > 0  # (B, N)
@@ -308,14 +340,18 @@ class GaussianModel(Representation):
 
     def mean_grads(self) -> Tensor:
         """(N,) average accumulated view-space gradient norm (0 where never seen)."""
-        return torch.where(self.grad_count > 0, self.grad_accum / self.grad_count.clamp_min(1), torch.zeros_like(self.grad_accum))
+        return torch.where(
+            self.grad_count > 0, self.grad_accum / self.grad_count.clamp_min(1), torch.zeros_like(self.grad_accum)
+        )
 
     def reset_densification_stats(self) -> None:
         for name in ("grad_accum", "grad_count", "max_radii"):
             getattr(self, name).zero_()
 
     @torch.no_grad()
-    def _edit_rows(self, keep: Tensor | None, new_rows: dict[str, Tensor] | None, optimizer: torch.optim.Optimizer | None) -> None:
+    def _edit_rows(
+        self, keep: Tensor | None, new_rows: dict[str, Tensor] | None, optimizer: torch.optim.Optimizer | None
+    ) -> None:
         """Keep rows ``keep`` (bool, or all when None) of every per-Gaussian tensor and append ``new_rows``;
         the optimiser's per-parameter state gets the same edit (zeros for new rows)."""
         n_new = 0 if not new_rows else next(iter(new_rows.values())).shape[0]
@@ -328,9 +364,16 @@ class GaussianModel(Representation):
 
         for name in PARAM_NAMES:
             old = getattr(self, name)
-            new_param = nn.Parameter(edit(old.data, None if not new_rows else new_rows[name].to(old.dtype)), requires_grad=old.requires_grad)
+            new_param = nn.Parameter(
+                edit(old.data, None if not new_rows else new_rows[name].to(old.dtype)), requires_grad=old.requires_grad
+            )
             if optimizer is not None:
-                _swap_in_optimizer(optimizer, old, new_param, lambda v, o=old: edit(v) if torch.is_tensor(v) and v.shape == o.shape else v)
+                _swap_in_optimizer(
+                    optimizer,
+                    old,
+                    new_param,
+                    lambda v, o=old: edit(v) if torch.is_tensor(v) and v.shape == o.shape else v,
+                )
             setattr(self, name, new_param)
         for name in ("grad_accum", "grad_count", "max_radii"):
             setattr(self, name, edit(getattr(self, name)))
@@ -341,7 +384,9 @@ class GaussianModel(Representation):
         self._edit_rows(None, {name: getattr(self, name).detach()[mask] for name in PARAM_NAMES}, optimizer)
         return int(mask.sum())
 
-    def split(self, mask: Tensor, optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> int:
+    def split(
+        self, mask: Tensor, optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None
+    ) -> int:
         """Replace every Gaussian in ``mask`` by ``cfg.split_count`` Gaussians sampled from it, with scales
         divided by 0.8 x count (1.6 for two); returns how many were split."""
         mask = self._check_mask(mask)
@@ -364,11 +409,15 @@ class GaussianModel(Representation):
     def _check_mask(self, mask: Tensor) -> Tensor:
         mask = torch.as_tensor(mask, device=self.means.device)
         if mask.dtype != torch.bool or mask.shape != (len(self),):
-            raise ValueError(f"mask must be a bool tensor of shape ({len(self)},), got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be a bool tensor of shape ({len(self)},), got {mask.dtype} {tuple(mask.shape)}"
+            )
         return mask
 
     @torch.no_grad()
-    def densify_and_prune(self, optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> dict[str, int]:
+    def densify_and_prune(
+        self, optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, int]:
         """One 3DGS densification round from the accumulated statistics, then reset them.
 
         Clone the small high-gradient Gaussians, split the large ones, then prune the faint
@@ -399,10 +448,17 @@ class GaussianModel(Representation):
         old = self.opacity_logits
         new_param = nn.Parameter(new)
         if optimizer is not None:
-            _swap_in_optimizer(optimizer, old, new_param, lambda x: torch.zeros_like(x) if torch.is_tensor(x) and x.shape == old.shape else x)
+            _swap_in_optimizer(
+                optimizer,
+                old,
+                new_param,
+                lambda x: torch.zeros_like(x) if torch.is_tensor(x) and x.shape == old.shape else x,
+            )
         self.opacity_logits = new_param
 
-    def densify_step(self, step: int, optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> dict[str, int] | None:
+    def densify_step(
+        self, step: int, optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, int] | None:
         """The schedule: call once per step after :meth:`add_densification_stats` and ``optimizer.step()``.
         Densifies every ``densify_interval`` steps within [densify_from_step, densify_until_step] and resets
         opacities every ``opacity_reset_interval`` steps in that window. Returns the counts when it densified."""
@@ -421,7 +477,11 @@ class GaussianModel(Representation):
 
     def ply_property_names(self) -> list[str]:
         n_rest = self.features_rest.shape[1] * 3
-        return ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(n_rest)] + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+        return (
+            ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+            + [f"f_rest_{i}" for i in range(n_rest)]
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+        )
 
     @torch.no_grad()
     def save_ply(self, path: str | os.PathLike) -> None:
@@ -445,7 +505,10 @@ class GaussianModel(Representation):
         data = torch.cat(cols, 1).numpy().astype("<f4")
         names = self.ply_property_names()
         assert data.shape[1] == len(names)
-        header = "ply\nformat binary_little_endian 1.0\n" f"element vertex {n}\n" + "".join(f"property float {p}\n" for p in names) + "end_header\n"
+        header = (
+            "ply\nformat binary_little_endian 1.0\n"
+            f"element vertex {n}\n" + "".join(f"property float {p}\n" for p in names) + "end_header\n"
+        )
         path = os.fspath(path)
         tmp = path + ".tmp"
         with open(tmp, "wb") as fh:
@@ -466,7 +529,9 @@ class GaussianModel(Representation):
         if cfg is None:
             cfg = GaussianConfig(sh_degree=degree)
         elif cfg.sh_degree < degree:
-            raise ValueError(f"{path} holds SH degree {degree} but cfg.sh_degree is {cfg.sh_degree}; raise cfg.sh_degree")
+            raise ValueError(
+                f"{path} holds SH degree {degree} but cfg.sh_degree is {cfg.sh_degree}; raise cfg.sh_degree"
+            )
         col = {p: i for i, p in enumerate(names)}
 
         def take(*props):
@@ -482,10 +547,16 @@ class GaussianModel(Representation):
             dc = torch.logit(sh_dc_to_rgb(dc).clamp(1e-6, 1 - 1e-6))
         rest = torch.zeros(n, k - 1, 3)
         if n_rest:
-            rest[:, : (degree + 1) ** 2 - 1] = take(*[f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, -1).transpose(1, 2)
+            rest[:, : (degree + 1) ** 2 - 1] = (
+                take(*[f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, -1).transpose(1, 2)
+            )
         tensors = dict(
-            means=take("x", "y", "z"), features_dc=dc, features_rest=rest, opacity_logits=take("opacity")[:, 0],
-            log_scales=take("scale_0", "scale_1", "scale_2"), quats=take("rot_0", "rot_1", "rot_2", "rot_3"),
+            means=take("x", "y", "z"),
+            features_dc=dc,
+            features_rest=rest,
+            opacity_logits=take("opacity")[:, 0],
+            log_scales=take("scale_0", "scale_1", "scale_2"),
+            quats=take("rot_0", "rot_1", "rot_2", "rot_3"),
         )
         model._set_tensors(tensors)
         model.active_sh_degree = cfg.sh_degree
@@ -512,7 +583,12 @@ class GaussianModel(Representation):
         if "means" in state_dict:
             n = state_dict["means"].shape[0]
             shapes = {name: state_dict[name].shape for name in PARAM_NAMES if name in state_dict}
-            self._set_tensors({name: torch.zeros(shapes.get(name, (n,) + tuple(getattr(self, name).shape[1:]))) for name in PARAM_NAMES})
+            self._set_tensors(
+                {
+                    name: torch.zeros(shapes.get(name, (n,) + tuple(getattr(self, name).shape[1:])))
+                    for name in PARAM_NAMES
+                }
+            )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
@@ -552,7 +628,9 @@ def _read_ply(path) -> tuple[list[str], int, np.ndarray]:
                     raise ValueError(f"{path}: the vertex element must come first in the PLY")
             elif words[0] == "property" and in_vertex:
                 if words[1] != "float" and words[1] != "float32":
-                    raise ValueError(f"{path}: vertex property {words[-1]} is {words[1]}; only float properties (3DGS layout) are supported")
+                    raise ValueError(
+                        f"{path}: vertex property {words[-1]} is {words[1]}; only float properties (3DGS layout) are supported"
+                    )
                 names.append(words[-1])
             elif words[0] == "end_header":
                 break

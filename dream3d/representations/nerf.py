@@ -15,6 +15,7 @@ On CUDA with nerfacc installed, training marches rays through nerfacc's occupanc
 (:func:`occupancy_grid_for`, :func:`refresh_occupancy_grid`), skipping empty cells; elsewhere every ray
 gets ``num_samples`` dense samples.
 """
+
 from __future__ import annotations
 
 import math
@@ -115,7 +116,14 @@ class HashGrid(nn.Module):
     All levels live in one parameter, level l at rows ``offsets[l]:offsets[l+1]``.
     """
 
-    def __init__(self, levels: int = 16, log2_table_size: int = 19, features: int = 2, base_resolution: int = 16, max_resolution: int = 2048):
+    def __init__(
+        self,
+        levels: int = 16,
+        log2_table_size: int = 19,
+        features: int = 2,
+        base_resolution: int = 16,
+        max_resolution: int = 2048,
+    ):
         super().__init__()
         growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / (levels - 1)) if levels > 1 else 1.0
         self.resolutions = [int(math.floor(base_resolution * growth**l + 1e-6)) for l in range(levels)]
@@ -145,7 +153,9 @@ class HashGrid(nn.Module):
             m = n + 1
             idx = c[:, 0, :, None, None] * (m * m) + c[:, 1, None, :, None] * m + c[:, 2, None, None, :]
         else:
-            h = torch.stack([c[:, axis] * prime for axis, prime in enumerate(HASH_PRIMES)], 1)  # (python ints: no copy to the device)
+            h = torch.stack(
+                [c[:, axis] * prime for axis, prime in enumerate(HASH_PRIMES)], 1
+            )  # (python ints: no copy to the device)
             idx = (h[:, 0, :, None, None] ^ h[:, 1, None, :, None] ^ h[:, 2, None, None, :]) & (self.table_size - 1)
         w = torch.stack([1 - frac, frac], -1)  # (P, 3, 2)
         w = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
@@ -264,7 +274,9 @@ def sample_light_positions(cameras: Cameras, cfg: NeRFConfig, generator: torch.G
     o = cameras.origins
     B = o.shape[0]
     if cfg.light_direction is not None:
-        light = torch.tensor(cfg.light_direction, dtype=o.dtype).to(o.device, non_blocking=True)  # made on the host, copied without a wait
+        light = torch.tensor(cfg.light_direction, dtype=o.dtype).to(
+            o.device, non_blocking=True
+        )  # made on the host, copied without a wait
         return F.normalize(light, dim=0).expand(B, 3) * 1e4
     noise = torch.randn(B, 3, generator=generator).to(o, non_blocking=True)
     direction = F.normalize(F.normalize(o, dim=-1) + cfg.light_jitter * noise, dim=-1)
@@ -286,8 +298,14 @@ def occupancy_grid_for(cfg: NeRFConfig, device) -> object | None:
 def refresh_occupancy_grid(estimator, model: "NeRFModel", step: int) -> None:
     """Re-mark the grid's occupied cells from the model's current density (every ``occupancy_every`` steps)."""
     cfg = model.cfg
-    update_occupancy_grid(estimator, model.density, step, step_size=2 * cfg.bound / cfg.num_samples,
-                          every=cfg.occupancy_every, occ_thre=cfg.occupancy_threshold)
+    update_occupancy_grid(
+        estimator,
+        model.density,
+        step,
+        step_size=2 * cfg.bound / cfg.num_samples,
+        every=cfg.occupancy_every,
+        occ_thre=cfg.occupancy_threshold,
+    )
 
 
 def pick_shading(step: int, cfg: NeRFConfig, generator: torch.Generator | None = None) -> str:
@@ -330,11 +348,15 @@ class NeRFModel(Representation):
         super().__init__()
         self.cfg = cfg = cfg or NeRFConfig()
         self.occupancy = None  # nerfacc's occupancy grid on CUDA (see create); not a submodule: not in the weights
-        self.encoding = HashGrid(cfg.levels, cfg.log2_table_size, cfg.features_per_level, cfg.base_resolution, cfg.max_resolution)
+        self.encoding = HashGrid(
+            cfg.levels, cfg.log2_table_size, cfg.features_per_level, cfg.base_resolution, cfg.max_resolution
+        )
         self.density_net = _mlp(self.encoding.out_dim, cfg.hidden_dim, 1, cfg.hidden_layers)
         self.albedo_net = _mlp(self.encoding.out_dim, cfg.hidden_dim, 3, cfg.hidden_layers)
         self.background_net = _mlp(3 + 3 * 2 * 4, 32, 3, 1) if cfg.background == "mlp" else None
-        self.register_buffer("background_color", torch.tensor(cfg.background_color, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "background_color", torch.tensor(cfg.background_color, dtype=torch.float32), persistent=False
+        )
 
     # -- fields -----------------------------------------------------------------------------------
 
@@ -396,9 +418,13 @@ class NeRFModel(Representation):
             return self.background_color.to(dirs).expand(*dirs.shape[:-1], 3)
         return torch.sigmoid(self.background_net(_freq_encode(dirs, 4)))
 
-    def field(self, shading: str = "albedo", ambient_ratio: float | None = None, with_normals: bool = False) -> "ShadedField":
+    def field(
+        self, shading: str = "albedo", ambient_ratio: float | None = None, with_normals: bool = False
+    ) -> "ShadedField":
         """A field callable for :mod:`renderers.volume` that shades as asked."""
-        return ShadedField(self, shading, self.cfg.ambient_ratio if ambient_ratio is None else ambient_ratio, with_normals)
+        return ShadedField(
+            self, shading, self.cfg.ambient_ratio if ambient_ratio is None else ambient_ratio, with_normals
+        )
 
     # -- rendering --------------------------------------------------------------------------------
 
@@ -435,13 +461,24 @@ class NeRFModel(Representation):
         fld = self.field(shading, ambient_ratio, with_normals)
 
         def per_ray(r, rays_o, rays_d):
-            pen = orientation_per_ray(r.sample_weights, r.sample_extras["normal"], rays_d[r.ray_indices], r.ray_indices, rays_o.shape[0])
+            pen = orientation_per_ray(
+                r.sample_weights, r.sample_extras["normal"], rays_d[r.ray_indices], r.ray_indices, rays_o.shape[0]
+            )
             return {"orientation": pen[:, None]}
 
         imgs = render_volume(
-            fld, cameras, radius=self.cfg.bound, num_samples=num_samples or self.cfg.num_samples, background=background,
-            stratified=stratified, generator=generator, backend=backend, estimator=estimator,
-            ray_cond=light_positions, per_ray=per_ray if orientation else None, chunk=chunk,
+            fld,
+            cameras,
+            radius=self.cfg.bound,
+            num_samples=num_samples or self.cfg.num_samples,
+            background=background,
+            stratified=stratified,
+            generator=generator,
+            backend=backend,
+            estimator=estimator,
+            ray_cond=light_positions,
+            per_ray=per_ray if orientation else None,
+            chunk=chunk,
             detail_eps=self.cfg.normal_weight_eps if with_normals else 0.0,
         )
         return NeRFRender(imgs.rgb, imgs.alpha, imgs.depth, imgs.extras.get("normal"), imgs.extras.get("orientation"))
@@ -467,17 +504,35 @@ class NeRFModel(Representation):
         if self.occupancy is not None:
             refresh_occupancy_grid(self.occupancy, self, step)
 
-    def render_views(self, cameras: Cameras, background: Tensor, *, step: int | None = None,
-                     generator: torch.Generator | None = None, shading: str | None = None) -> Render:
+    def render_views(
+        self,
+        cameras: Cameras,
+        background: Tensor,
+        *,
+        step: int | None = None,
+        generator: torch.Generator | None = None,
+        shading: str | None = None,
+    ) -> Render:
         """Training renders (``step`` given) draw their shading and lights from ``generator``, jitter their
         samples and carry the regularizers; others are albedo unless ``shading`` says otherwise. The NeRF
         renders over its own background (``nerf.background``), not ``background``."""
         cfg, training = self.cfg, step is not None
         if shading is None:
             shading = pick_shading(step, cfg, generator) if training else "albedo"
-        lights = sample_light_positions(cameras.to(self.encoding.table.device), cfg, generator) if shading in ("lambertian", "textureless") else None
-        out = self.render(cameras, shading=shading, light_positions=lights, orientation=cfg.lambda_orientation > 0 and training,
-                          stratified=training, generator=generator, estimator=self.occupancy)
+        lights = (
+            sample_light_positions(cameras.to(self.encoding.table.device), cfg, generator)
+            if shading in ("lambertian", "textureless")
+            else None
+        )
+        out = self.render(
+            cameras,
+            shading=shading,
+            light_positions=lights,
+            orientation=cfg.lambda_orientation > 0 and training,
+            stratified=training,
+            generator=generator,
+            estimator=self.occupancy,
+        )
         losses = {}
         if training:
             reg = out.regularizers()
@@ -516,10 +571,16 @@ class NeRFModel(Representation):
         """Optimizer groups with the config's learning rates (grid, MLP heads, background)."""
         groups = [
             {"params": [self.encoding.table], "lr": self.cfg.lr_grid, "name": "grid"},
-            {"params": list(self.density_net.parameters()) + list(self.albedo_net.parameters()), "lr": self.cfg.lr_mlp, "name": "mlp"},
+            {
+                "params": list(self.density_net.parameters()) + list(self.albedo_net.parameters()),
+                "lr": self.cfg.lr_mlp,
+                "name": "mlp",
+            },
         ]
         if self.background_net is not None:
-            groups.append({"params": list(self.background_net.parameters()), "lr": self.cfg.lr_background, "name": "background"})
+            groups.append(
+                {"params": list(self.background_net.parameters()), "lr": self.cfg.lr_background, "name": "background"}
+            )
         return groups
 
 

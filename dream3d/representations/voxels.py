@@ -5,6 +5,7 @@ parameter grids over the cube [-bound, bound]^3, read by trilinear interpolation
 ``softplus(raw + blob)`` and colour ``sigmoid``. It starts from a blob, as the NeRF does, and renders through
 the same volume renderer. Cheap and easy to read; its resolution limits detail.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,11 +70,25 @@ class VoxelGrid(Representation):
         rgb = torch.sigmoid(self._sample(self.color_raw, points.reshape(-1, 3)))
         return self.density(points), rgb.reshape(*points.shape[:-1], 3)
 
-    def render_views(self, cameras: Cameras, background: Tensor, *, step: int | None = None,
-                     generator: torch.Generator | None = None, shading: str | None = None) -> Render:
+    def render_views(
+        self,
+        cameras: Cameras,
+        background: Tensor,
+        *,
+        step: int | None = None,
+        generator: torch.Generator | None = None,
+        shading: str | None = None,
+    ) -> Render:
         bg = torch.tensor(self.cfg.background_color).to(self.density_raw.device, non_blocking=True)
-        out = render_volume(self, cameras.to(self.density_raw.device), radius=self.cfg.bound, num_samples=self.cfg.num_samples,
-                            background=bg, stratified=step is not None, generator=generator)
+        out = render_volume(
+            self,
+            cameras.to(self.density_raw.device),
+            radius=self.cfg.bound,
+            num_samples=self.cfg.num_samples,
+            background=bg,
+            stratified=step is not None,
+            generator=generator,
+        )
         return Render(out.rgb, out.alpha, raw=out)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -92,8 +107,13 @@ class VoxelGrid(Representation):
         device = self.density_raw.device
 
         def render_fn(cameras):
-            out = render_volume(self, cameras.to(device), radius=self.cfg.bound, num_samples=self.cfg.num_samples,
-                                background=torch.zeros(3, device=device))
+            out = render_volume(
+                self,
+                cameras.to(device),
+                radius=self.cfg.bound,
+                num_samples=self.cfg.num_samples,
+                background=torch.zeros(3, device=device),
+            )
             return out.rgb, out.alpha
 
         return mesh_from_density_fn(self.density, render_fn, mesh_cfg, device=device)

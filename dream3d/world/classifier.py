@@ -3,6 +3,7 @@
 It is the independent judge of everything generated here: prior samples, 2D score-distillation results
 and renders of text-to-3D objects. It is trained on world renders only, never on generated images.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,15 @@ class WorldClassifier(nn.Module):
         w = width
 
         def block(i, o):
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.GroupNorm(8, o), nn.SiLU(), nn.Conv2d(o, o, 3, padding=1), nn.GroupNorm(8, o), nn.SiLU(), nn.MaxPool2d(2))
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1),
+                nn.GroupNorm(8, o),
+                nn.SiLU(),
+                nn.Conv2d(o, o, 3, padding=1),
+                nn.GroupNorm(8, o),
+                nn.SiLU(),
+                nn.MaxPool2d(2),
+            )
 
         self.features = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 4 * w))
         self.color = nn.Linear(4 * w * 16, len(COLORS))
@@ -56,7 +65,9 @@ def predict(model: WorldClassifier, rgb: torch.Tensor) -> Prediction:
         logits = model(rgb.float())
     probs = {k: v.softmax(-1) for k, v in logits.items()}
     names = {"color": list(COLORS), "shape": list(SHAPES), "view": list(VIEWS)}
-    return Prediction(*([names[k][i] for i in probs[k].argmax(-1).tolist()] for k in ("color", "shape", "view")), probs=probs)
+    return Prediction(
+        *([names[k][i] for i in probs[k].argmax(-1).tolist()] for k in ("color", "shape", "view")), probs=probs
+    )
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -73,7 +84,9 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def train_classifier(data: dict, steps: int = 1500, batch: int = 64, seed: int = 0, log=print) -> tuple[WorldClassifier, dict]:
+def train_classifier(
+    data: dict, steps: int = 1500, batch: int = 64, seed: int = 0, log=print
+) -> tuple[WorldClassifier, dict]:
     """Train on world renders; hold out every 10th image and report accuracy on it."""
     from tqdm.auto import tqdm
 
@@ -113,7 +126,9 @@ def train_classifier(data: dict, steps: int = 1500, batch: int = 64, seed: int =
     acc = {
         "color": float(np.mean([p == data["colors"][i] for p, i in zip(pred.color, hidx.tolist())])),
         "shape": float(np.mean([p == data["shapes"][i] for p, i in zip(pred.shape, hidx.tolist())])),
-        "view_composites": float(np.mean([p == data["views"][i] for p, i in zip(pred.view, hidx.tolist()) if view_known[i]])),
+        "view_composites": float(
+            np.mean([p == data["views"][i] for p, i in zip(pred.view, hidx.tolist()) if view_known[i]])
+        ),
         "held_out": int(len(hidx)),
     }
     log(f"world classifier held-out accuracy: {acc}")
@@ -123,11 +138,15 @@ def train_classifier(data: dict, steps: int = 1500, batch: int = 64, seed: int =
 def save_classifier(model: WorldClassifier, acc: dict, path: str = DEFAULT_PATH) -> None:
     from safetensors.torch import save_file
 
-
     os.makedirs(path, exist_ok=True)
     with atomic_path(os.path.join(path, "model.safetensors")) as tmp:
         save_file(model.state_dict(), tmp)
-    atomic_write_text(os.path.join(path, "info.json"), json.dumps({"colors": list(COLORS), "shapes": list(SHAPES), "views": list(VIEWS), "held_out_accuracy": acc}, indent=1))
+    atomic_write_text(
+        os.path.join(path, "info.json"),
+        json.dumps(
+            {"colors": list(COLORS), "shapes": list(SHAPES), "views": list(VIEWS), "held_out_accuracy": acc}, indent=1
+        ),
+    )
 
 
 def load_classifier(path: str = DEFAULT_PATH) -> WorldClassifier:
@@ -135,7 +154,9 @@ def load_classifier(path: str = DEFAULT_PATH) -> WorldClassifier:
 
     f = os.path.join(path, "model.safetensors")
     if not os.path.exists(f):
-        raise FileNotFoundError(f"no world classifier at {os.path.abspath(f)}; train one with `dream3d prior train-classifier`")
+        raise FileNotFoundError(
+            f"no world classifier at {os.path.abspath(f)}; train one with `dream3d prior train-classifier`"
+        )
     model = WorldClassifier()
     model.load_state_dict(load_file(f))
     return model.eval()

@@ -1,5 +1,6 @@
 """Renders of the shape world: Lambertian shading with a fixed world light, on a white background,
 from the same random camera distribution that text-to-3D uses, with DreamFusion-style captions."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,11 +17,20 @@ LIGHT_DIR = (0.35, 0.85, 0.45)  # world space, pointing from the object to the l
 AMBIENT = 0.45
 
 
-def render_colored_mesh(mesh: ColoredMesh, cameras: Cameras, background=(1.0, 1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+def render_colored_mesh(
+    mesh: ColoredMesh, cameras: Cameras, background=(1.0, 1.0, 1.0)
+) -> tuple[torch.Tensor, torch.Tensor]:
     """rgb (B, H, W, 3) and alpha (B, H, W, 1) of a world mesh, flat-shaded."""
     v, f, c = mesh.flat()
-    return render_mesh(torch.from_numpy(v), torch.from_numpy(f), cameras, vertex_colors=torch.from_numpy(c),
-                       light_dir=LIGHT_DIR, ambient=AMBIENT, background=background)
+    return render_mesh(
+        torch.from_numpy(v),
+        torch.from_numpy(f),
+        cameras,
+        vertex_colors=torch.from_numpy(c),
+        light_dir=LIGHT_DIR,
+        ambient=AMBIENT,
+        background=background,
+    )
 
 
 def caption(color: str, shape: str, view: str | None) -> str:
@@ -49,7 +59,7 @@ def make_dataset(cfg: WorldDatasetConfig, progress=None) -> dict:
         el, az, _ = cams.spherical()
         names = view_names(el, az)
         for start in range(0, len(cams), 100):
-            rgb, _ = render_colored_mesh(mesh, cams[start:start + 100])
+            rgb, _ = render_colored_mesh(mesh, cams[start : start + 100])
             images.append((rgb.clamp(0, 1) * 255).round().to(torch.uint8))
         drop = torch.rand(cfg.per_prompt, generator=g) < cfg.no_view_fraction
         for i in range(cfg.per_prompt):

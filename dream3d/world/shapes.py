@@ -5,6 +5,7 @@ colour; composite objects have a colour body and dark details that mark their fr
 handle on the right, a chair's open side), so view-dependent prompting and the Janus problem can be
 measured on them.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,9 @@ class ColoredMesh:
 
     def to_trimesh(self) -> trimesh.Trimesh:
         rgba = np.concatenate([self.face_colors, np.ones((len(self.faces), 1))], 1)
-        return trimesh.Trimesh(self.vertices, self.faces, face_colors=(rgba * 255).round().astype(np.uint8), process=False)
+        return trimesh.Trimesh(
+            self.vertices, self.faces, face_colors=(rgba * 255).round().astype(np.uint8), process=False
+        )
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Unshared vertices (3 per face) with per-vertex colours, for flat-coloured rendering."""
@@ -42,7 +45,11 @@ def _part(mesh: trimesh.Trimesh, color, translate=(0, 0, 0), rotate=None) -> Col
         axis, deg = rotate
         m.apply_transform(trimesh.transformations.rotation_matrix(np.deg2rad(deg), axis))
     m.apply_translation(translate)
-    return ColoredMesh(np.asarray(m.vertices, np.float32), np.asarray(m.faces, np.int64), np.tile(np.asarray(color, np.float32), (len(m.faces), 1)))
+    return ColoredMesh(
+        np.asarray(m.vertices, np.float32),
+        np.asarray(m.faces, np.int64),
+        np.tile(np.asarray(color, np.float32), (len(m.faces), 1)),
+    )
 
 
 def _join(parts: list[ColoredMesh]) -> ColoredMesh:
@@ -75,7 +82,12 @@ def _prism_roof(width: float, depth: float, height: float) -> trimesh.Trimesh:
 
 
 def _cylinder_y(radius: float, height: float, sections: int = 32) -> trimesh.Trimesh:
-    return trimesh.creation.cylinder(radius=radius, height=height, sections=sections, transform=trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
+    return trimesh.creation.cylinder(
+        radius=radius,
+        height=height,
+        sections=sections,
+        transform=trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]),
+    )
 
 
 def build_shape(shape: str, color: tuple[float, float, float]) -> ColoredMesh:
@@ -88,42 +100,66 @@ def build_shape(shape: str, color: tuple[float, float, float]) -> ColoredMesh:
     if shape == "cylinder":
         return _part(_cylinder_y(0.55, 1.15), c)
     if shape == "cone":
-        cone = trimesh.creation.cone(radius=0.65, height=1.3, sections=32, transform=trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
+        cone = trimesh.creation.cone(
+            radius=0.65,
+            height=1.3,
+            sections=32,
+            transform=trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]),
+        )
         return _part(cone, c, translate=(0, -0.55, 0))
     if shape == "torus":
-        return _part(trimesh.creation.torus(major_radius=0.56, minor_radius=0.24, major_sections=40, minor_sections=16), c, rotate=([1, 0, 0], 90))
+        return _part(
+            trimesh.creation.torus(major_radius=0.56, minor_radius=0.24, major_sections=40, minor_sections=16),
+            c,
+            rotate=([1, 0, 0], 90),
+        )
     if shape == "pyramid":
         return _part(_pyramid(1.15, 1.0), c, translate=(0, -0.45, 0))
     if shape == "house":
-        return _join([
-            _part(trimesh.creation.box((1.0, 0.62, 0.8)), c, translate=(0, -0.26, 0)),
-            _part(_prism_roof(1.12, 0.92, 0.5), DETAIL, translate=(0, 0.05, 0)),
-            _part(trimesh.creation.box((0.26, 0.42, 0.04)), DETAIL, translate=(0, -0.36, 0.41)),
-        ])
+        return _join(
+            [
+                _part(trimesh.creation.box((1.0, 0.62, 0.8)), c, translate=(0, -0.26, 0)),
+                _part(_prism_roof(1.12, 0.92, 0.5), DETAIL, translate=(0, 0.05, 0)),
+                _part(trimesh.creation.box((0.26, 0.42, 0.04)), DETAIL, translate=(0, -0.36, 0.41)),
+            ]
+        )
     if shape == "mug":
-        return _join([
-            _part(_cylinder_y(0.42, 0.95), c),
-            _part(trimesh.creation.torus(major_radius=0.25, minor_radius=0.07, major_sections=24, minor_sections=10), DETAIL, translate=(0.44, 0.0, 0)),
-        ])
+        return _join(
+            [
+                _part(_cylinder_y(0.42, 0.95), c),
+                _part(
+                    trimesh.creation.torus(major_radius=0.25, minor_radius=0.07, major_sections=24, minor_sections=10),
+                    DETAIL,
+                    translate=(0.44, 0.0, 0),
+                ),
+            ]
+        )
     if shape == "chair":
-        parts = [_part(trimesh.creation.box((0.8, 0.12, 0.75)), c, translate=(0, -0.05, 0)),
-                 _part(trimesh.creation.box((0.8, 0.75, 0.12)), c, translate=(0, 0.38, -0.32))]
+        parts = [
+            _part(trimesh.creation.box((0.8, 0.12, 0.75)), c, translate=(0, -0.05, 0)),
+            _part(trimesh.creation.box((0.8, 0.75, 0.12)), c, translate=(0, 0.38, -0.32)),
+        ]
         for x in (-0.33, 0.33):
             for z in (-0.3, 0.3):
                 parts.append(_part(trimesh.creation.box((0.1, 0.55, 0.1)), DETAIL, translate=(x, -0.38, z)))
         return _join(parts)
     if shape == "snowman":
-        return _join([
-            _part(trimesh.creation.icosphere(subdivisions=3, radius=0.42), c, translate=(0, -0.38, 0)),
-            _part(trimesh.creation.icosphere(subdivisions=3, radius=0.3), c, translate=(0, 0.28, 0)),
-            _part(trimesh.creation.icosphere(subdivisions=1, radius=0.055), DETAIL, translate=(-0.1, 0.36, 0.26)),
-            _part(trimesh.creation.icosphere(subdivisions=1, radius=0.055), DETAIL, translate=(0.1, 0.36, 0.26)),
-            _part(trimesh.creation.cone(radius=0.06, height=0.22, sections=12), DETAIL, translate=(0, 0.27, 0.27)),
-        ])
+        return _join(
+            [
+                _part(trimesh.creation.icosphere(subdivisions=3, radius=0.42), c, translate=(0, -0.38, 0)),
+                _part(trimesh.creation.icosphere(subdivisions=3, radius=0.3), c, translate=(0, 0.28, 0)),
+                _part(trimesh.creation.icosphere(subdivisions=1, radius=0.055), DETAIL, translate=(-0.1, 0.36, 0.26)),
+                _part(trimesh.creation.icosphere(subdivisions=1, radius=0.055), DETAIL, translate=(0.1, 0.36, 0.26)),
+                _part(trimesh.creation.cone(radius=0.06, height=0.22, sections=12), DETAIL, translate=(0, 0.27, 0.27)),
+            ]
+        )
     raise ValueError(f"unknown shape {shape!r}; the world knows: {', '.join(SHAPES)}")
 
 
-_PROMPT = re.compile(r"^\s*(?:an?\s+)?(?P<color>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?P<view>front|side|back|overhead)\s+view)?\s*\.?\s*$", re.I)
+_PROMPT = re.compile(
+    r"^\s*(?:an?\s+)?(?P<color>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?P<view>front|side|back|overhead)\s+view)?\s*\.?\s*$",
+    re.I,
+)
 
 
 def parse_prompt(prompt: str) -> tuple[str, str, str | None]:

@@ -19,8 +19,10 @@ def prior_vocabulary() -> dict:
     """The prompts a prior trained on this world knows, as its folder ships them (``vocabulary.json``): a pattern
     whose named groups must take one of their listed words, and a sentence for the user."""
     return {
-        "pattern": r"^\s*(?:an?\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?:" + "|".join(VIEWS) + r")\s+view)?\s*\.?\s*$",
+        "pattern": r"^\s*(?:an?\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?:"
+        + "|".join(VIEWS)
+        + r")\s+view)?\s*\.?\s*$",
         "words": {"colour": list(COLORS), "shape": list(SHAPES)},
         "description": f"'a <colour> <shape>' with colour in {{{', '.join(COLORS)}}} and shape in {{{', '.join(SHAPES)}}}, "
-                       f"optionally followed by ', front view' (or {', '.join(VIEWS[1:])})",
+        f"optionally followed by ', front view' (or {', '.join(VIEWS[1:])})",
     }
