@@ -29,6 +29,7 @@ def _prior_train(args) -> None:
 
 def _prior_sample(args) -> None:
     from .embedded_prior.sample import load_pipeline, sample, save_samples
+    from .guidance.prior import PriorConfig, caption_for, read_vocabulary, resolve_model
 
     prompts = [p for p in args.prompts if p.strip()]
     if not prompts:
@@ -40,7 +41,9 @@ def _prior_sample(args) -> None:
             f"--n must be at least 1 and --steps between 1 and 1000 (the training timesteps); got {args.n} and {args.steps}"
         )
     pipe = load_pipeline(args.model, allow_download=args.allow_download)
-    images = sample(pipe, prompts, per_prompt=args.n, steps=args.steps, guidance_scale=args.cfg, seed=args.seed)
+    vocabulary = read_vocabulary(resolve_model(PriorConfig(model=args.model, allow_download=args.allow_download))[0])
+    captions = [caption_for(vocabulary, p) for p in prompts]  # "an orange torus" -> "a orange torus", as trained
+    images = sample(pipe, captions, per_prompt=args.n, steps=args.steps, guidance_scale=args.cfg, seed=args.seed)
     grid = save_samples(images, prompts, args.n, args.output)
     print(f"wrote {len(images)} samples and {grid}")
 

@@ -324,6 +324,8 @@ def generate(
         why := guidance.prior.outside_vocabulary(cfg.prompt)
     ):  # the embedded prior knows its world's words only
         log(f"warning: {why}; for other prompts give a real checkpoint with guidance.prior.model=...")
+    elif cfg.prompt and (read := guidance.prior.caption(cfg.prompt)) != cfg.prompt:
+        log(f"the prior reads {cfg.prompt!r} as {read!r}, the form of the captions it was trained on")
     if overwrite:
         clear_run(out_dir)
     os.makedirs(out_dir, exist_ok=True)

@@ -52,6 +52,37 @@ def test_prompts_outside_the_embedded_priors_world_are_warned_about(tiny_prior, 
     assert DiffusionPrior.load(PriorConfig(model=tiny_prior)).outside_vocabulary("a photo of a corgi") is None
 
 
+def test_the_embedded_prior_reads_a_prompt_in_the_form_of_its_captions(tiny_prior):
+    """Its captions are always "a <colour> <shape>[, <view> view]" (lower case); its tokenizer never saw "an", so
+    "an orange torus" must reach the text encoder as "a orange torus". Models without captions in their
+    vocabulary.json (every real checkpoint) read every prompt as written."""
+    from dream3d.guidance.prior import DiffusionPrior, PriorConfig
+
+    embedded = DiffusionPrior.load(PriorConfig())
+    assert embedded.caption("an orange torus") == "a orange torus"
+    assert embedded.caption("  An Orange Torus, Back View. ") == "a orange torus, back view"
+    assert embedded.caption("a red cube") == "a red cube"
+    for other in ("a photo of a corgi", "an orange dragon", ""):
+        assert embedded.caption(other) == other
+    tok = embedded.tokenizer
+    assert tok("an orange torus").input_ids != tok("a orange torus").input_ids  # as written, it would differ
+    e = embedded.text_embeddings(["an orange torus", "a orange torus", "An orange torus, front view"])
+    assert torch.equal(e[0], e[1]) and not torch.equal(e[0], e[2])
+    assert torch.equal(e[2], embedded.text_embeddings("a orange torus, front view")[0])
+    plain = DiffusionPrior.load(PriorConfig(model=tiny_prior))
+    assert plain.caption("an orange torus") == "an orange torus"
+
+
+def test_prior_sample_reads_an_as_the_captions_do(tmp_path):
+    from dream3d.cli import main
+
+    main(["prior", "sample", "an orange torus", "--n", "1", "--steps", "2", "-o", str(tmp_path / "an")])
+    main(["prior", "sample", "a orange torus", "--n", "1", "--steps", "2", "-o", str(tmp_path / "a")])
+    (an,) = sorted(p for p in os.listdir(tmp_path / "an") if p != "grid.png")
+    (a,) = sorted(p for p in os.listdir(tmp_path / "a") if p != "grid.png")
+    assert (tmp_path / "an" / an).read_bytes() == (tmp_path / "a" / a).read_bytes()
+
+
 def test_generate_warns_before_training_on_a_prompt_the_prior_does_not_know(tmp_path, monkeypatch):
     import dream3d.pipeline as pipeline
 
@@ -65,6 +96,12 @@ def test_generate_warns_before_training_on_a_prompt_the_prior_does_not_know(tmp_
             load_run_config("dreamgaussian", ["prompt=a photo of a corgi"]), str(tmp_path / "run"), log=said.append
         )
     assert len(said) == 1 and "outside the prompts" in said[0] and "guidance.prior.model" in said[0], said
+    said.clear()  # a prompt the prior knows in another form: one line says how it is read
+    with pytest.raises(RuntimeError, match="stop before training"):
+        pipeline.generate(
+            load_run_config("dreamgaussian", ["prompt=an orange torus"]), str(tmp_path / "run2"), log=said.append
+        )
+    assert said == ["the prior reads 'an orange torus' as 'a orange torus', the form of the captions it was trained on"]
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_about(tiny_prior):

@@ -168,6 +168,29 @@ class TextConditioning:
     neg_weights: Tensor | None = None  # (B, K)
 
 
+def read_vocabulary(source: str | None) -> dict | None:
+    """The prompts a model folder says it was trained on (its vocabulary.json), or None."""
+    path = os.path.join(source, VOCABULARY_FILE) if source and os.path.isdir(source) else None
+    if path is None or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def caption_for(vocabulary: dict | None, prompt: str) -> str:
+    """``prompt`` in the form of the training captions that ``vocabulary`` gives (its "caption" and, for a prompt
+    with a view, "view_caption", filled from the pattern's named groups); unchanged where there is none or the
+    prompt does not match."""
+    v = vocabulary
+    if v is None or "caption" not in v:
+        return prompt
+    m = re.match(v["pattern"], prompt, re.IGNORECASE)
+    if not m or not all(m[group].lower() in words for group, words in v["words"].items()):
+        return prompt
+    groups = {k: x.lower() for k, x in m.groupdict().items() if x is not None}
+    return (v["view_caption"] if groups.get("view") else v["caption"]).format(**groups)
+
+
 class DiffusionPrior:
     """A frozen latent diffusion model: VAE, text encoder, U-Net and its noise schedule.
 
@@ -187,8 +210,7 @@ class DiffusionPrior:
     ):
         self.device, self.dtype = torch.device(device), dtype
         self.source = source  # the folder or hub id it was loaded from (None: built from components)
-        vocab = os.path.join(source, VOCABULARY_FILE) if source and os.path.isdir(source) else None
-        self.vocabulary = json.load(open(vocab)) if vocab and os.path.exists(vocab) else None
+        self.vocabulary = read_vocabulary(source)
         self.vae, self.unet, self.text_encoder, self.tokenizer, self.scheduler = (
             vae,
             unet,
@@ -261,6 +283,12 @@ class DiffusionPrior:
         self.unet.compile(**kw)
         self.vae.encoder.compile(**kw)
 
+    def caption(self, prompt: str) -> str:
+        """``prompt`` as the model's training captions write it, where its vocabulary.json gives their form (the
+        embedded prior's captions are always "a <colour> <shape>": its tokenizer never saw "an", and "an orange
+        torus" read as written makes a red ball); any other prompt, and every prompt of other models, unchanged."""
+        return caption_for(self.vocabulary, prompt)
+
     def outside_vocabulary(self, prompt: str) -> str | None:
         """Why ``prompt`` lies outside the prompts this model was trained on, where its folder lists them in
         vocabulary.json (the embedded prior's does); None when it lies inside, or nothing is listed."""
@@ -307,12 +335,13 @@ class DiffusionPrior:
     # ---------------------------------------------------------------- text
 
     def text_embeddings(self, prompts: Sequence[str]) -> Tensor:
-        """(B, L, D) fp32 CLIP hidden states, one per prompt; each distinct prompt is encoded once."""
+        """(B, L, D) fp32 CLIP hidden states, one per prompt, each read in the form of the model's captions
+        (:meth:`caption`); each distinct prompt is encoded once."""
         if isinstance(prompts, str):
             prompts = [prompts]
         new = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
         for p in new:
-            n = len(self.tokenizer(p).input_ids)
+            n = len(self.tokenizer(self.caption(p)).input_ids)
             if n > self.max_length:
                 warnings.warn(
                     f"the prompt {p!r} is {n} tokens long; the text encoder reads only the first {self.max_length}, "
@@ -321,7 +350,11 @@ class DiffusionPrior:
                 )
         if new:
             tok = self.tokenizer(
-                list(new), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+                [self.caption(p) for p in new],
+                padding="max_length",
+                max_length=self.max_length,
+                truncation=True,
+                return_tensors="pt",
             )
             mask = (
                 tok.attention_mask.to(self.device)

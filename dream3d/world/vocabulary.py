@@ -17,12 +17,16 @@ VIEWS = ("front", "side", "back", "overhead")
 
 def prior_vocabulary() -> dict:
     """The prompts a prior trained on this world knows, as its folder ships them (``vocabulary.json``): a pattern
-    whose named groups must take one of their listed words, and a sentence for the user."""
+    whose named groups must take one of their listed words, the form its captions take, and a sentence for the user."""
     return {
-        "pattern": r"^\s*(?:an?\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?:"
+        "pattern": r"^\s*(?:an?\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?P<view>"
         + "|".join(VIEWS)
         + r")\s+view)?\s*\.?\s*$",
         "words": {"colour": list(COLORS), "shape": list(SHAPES)},
+        # how the training captions write a prompt (always "a", lower case; world/render.py caption): a prompt
+        # that matches the pattern is read in this form, so "an orange torus" means what "a orange torus" does
+        "caption": "a {colour} {shape}",
+        "view_caption": "a {colour} {shape}, {view} view",
         "description": f"'a <colour> <shape>' with colour in {{{', '.join(COLORS)}}} and shape in {{{', '.join(SHAPES)}}}, "
         f"optionally followed by ', front view' (or {', '.join(VIEWS[1:])})",
     }
