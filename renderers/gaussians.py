@@ -329,6 +329,13 @@ def _finish(acc: Tensor, T: Tensor, background: Tensor, D: int):
     return rgb, alpha, depth
 
 
+def _rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for a long index of any shape. Its backward sums the rows with ``index_add_``, which is
+    deterministic on CPU; the backward of ``x[index]`` (``index_put_`` with accumulate) sums repeated indices in
+    an order that changes from run to run, so two runs with the same seed would drift apart."""
+    return x.index_select(0, index.reshape(-1)).reshape(*index.shape, *x.shape[1:])
+
+
 def _rasterize_torch(
     means, quats, scales, opacities, colors, cameras, background, sh_degree, near, tile_size, pairs_per_step=1 << 20
 ):
@@ -392,13 +399,13 @@ def _rasterize_torch(
             in_range = slot < (start + per_tile)[act, None]
             gid = pair_gid[slot.clamp(max=pair_gid.numel() - 1)]
         # exponent coefficients per (tile, Gaussian) relative to the tile centre
-        a, b, c = con[gid].unbind(-1)  # (A, k)
-        mu, mv = (m2[gid] - centre[act, None]).unbind(-1)
-        const = 0.5 * (a * mu * mu + c * mv * mv) + b * mu * mv - log_opa[gid]
+        a, b, c = _rows(con, gid).unbind(-1)  # (A, k)
+        mu, mv = (_rows(m2, gid) - centre[act, None]).unbind(-1)
+        const = 0.5 * (a * mu * mu + c * mv * mv) + b * mu * mv - _rows(log_opa, gid)
         coef = torch.stack([0.5 * a, 0.5 * c, b, -(a * mu + b * mv), -(c * mv + b * mu), const], 1)  # (A, 6, k)
         pad = torch.tensor([0, 0, 0, 0, 0, 1e4], dtype=coef.dtype).to(coef.device, non_blocking=True)[:, None]
         coef = torch.where(in_range[:, None, :], coef, pad)  # padding slots: alpha = exp(-1e4) = 0
-        a_acc, a_T, a_free = _CompositeChunk.apply(basis, coef, vals[gid], T[act], T_free[act])
+        a_acc, a_T, a_free = _CompositeChunk.apply(basis, coef, _rows(vals, gid), T[act], T_free[act])
         acc = acc.index_copy(0, act, acc[act] + a_acc)
         T = T.index_copy(0, act, a_T)
         T_free = T_free.index_copy(0, act, a_free)

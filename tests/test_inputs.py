@@ -73,14 +73,28 @@ def test_the_embedded_prior_reads_a_prompt_in_the_form_of_its_captions(tiny_prio
     assert plain.caption("an orange torus") == "an orange torus"
 
 
-def test_prior_sample_reads_an_as_the_captions_do(tmp_path):
-    from dream3d.cli import main
+def test_prompts_as_people_write_them_sample_what_the_canonical_prompt_does(tmp_path):
+    """dream3d prior sample with the embedded prior: each phrasing gives the canonical prompt's samples, and the
+    world classifier names them as it names the canonical ones (an orange torus)."""
+    import imageio.v3 as iio
 
-    main(["prior", "sample", "an orange torus", "--n", "1", "--steps", "2", "-o", str(tmp_path / "an")])
-    main(["prior", "sample", "a orange torus", "--n", "1", "--steps", "2", "-o", str(tmp_path / "a")])
-    (an,) = sorted(p for p in os.listdir(tmp_path / "an") if p != "grid.png")
-    (a,) = sorted(p for p in os.listdir(tmp_path / "a") if p != "grid.png")
-    assert (tmp_path / "an" / an).read_bytes() == (tmp_path / "a" / a).read_bytes()
+    from dream3d.cli import main
+    from dream3d.world.classifier import load_classifier, predict
+
+    def samples(prompt, name):
+        main(["prior", "sample", prompt, "--n", "2", "--steps", "20", "--seed", "3", "-o", str(tmp_path / name)])
+        files = sorted(f for f in os.listdir(tmp_path / name) if f != "grid.png")
+        return torch.stack([torch.from_numpy(iio.imread(tmp_path / name / f)[..., :3] / 255.0) for f in files])
+
+    judge = load_classifier()
+    canonical = samples("a orange torus", "canonical")
+    a = predict(judge, canonical)
+    assert a.color.count("orange") == 2 and a.shape.count("torus") >= 1, (a.color, a.shape)
+    for k, phrasing in enumerate(["an orange torus", "An orange torus.", "orange torus", "the orange torus"]):
+        said = samples(phrasing, f"phrasing{k}")
+        assert torch.equal(said, canonical), phrasing
+        b = predict(judge, said)
+        assert (a.color, a.shape) == (b.color, b.shape), phrasing
 
 
 def test_generate_warns_before_training_on_a_prompt_the_prior_does_not_know(tmp_path, monkeypatch):

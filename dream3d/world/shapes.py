@@ -157,7 +157,7 @@ def build_shape(shape: str, color: tuple[float, float, float]) -> ColoredMesh:
 
 
 _PROMPT = re.compile(
-    r"^\s*(?:an?\s+)?(?P<color>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?P<view>front|side|back|overhead)\s+view)?\s*\.?\s*$",
+    r"^\s*(?:(?:an?|the)\s+)?(?P<color>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?P<view>front|side|back|overhead)\s+view)?\s*\.?\s*$",
     re.I,
 )
 

@@ -19,7 +19,7 @@ def prior_vocabulary() -> dict:
     """The prompts a prior trained on this world knows, as its folder ships them (``vocabulary.json``): a pattern
     whose named groups must take one of their listed words, the form its captions take, and a sentence for the user."""
     return {
-        "pattern": r"^\s*(?:an?\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?P<view>"
+        "pattern": r"^\s*(?:(?:an?|the)\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)\s*(?:,\s*(?P<view>"
         + "|".join(VIEWS)
         + r")\s+view)?\s*\.?\s*$",
         "words": {"colour": list(COLORS), "shape": list(SHAPES)},
