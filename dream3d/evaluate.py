@@ -1,12 +1,18 @@
 """Quality of a generated object against the shape world's ground truth.
 
-Three questions, each answered from the exported mesh (``mesh.glb``, +Y up, front +Z, like the world):
+The questions, each answered from the exported mesh (``mesh.glb``, +Y up, front +Z, like the world):
 
 - **Geometry**: volumetric IoU with the ground-truth mesh on a shared voxel grid.
 - **Colour**: the mean albedo of the object against the ground truth's from the same cameras, and which of
   the world's colours most of its surface is closest to.
 - **The judge's view**: the world classifier (trained on world renders only) names colour, shape and view of
   renders from every side, lit as the prior's training images were.
+- **Surface** (the reconstruction field's standard measures, as in Occupancy Networks and ConvONet): Chamfer-L1
+  distance, F-score at 1 % and 2 % of the object's size and normal consistency, from points sampled on the
+  generated surface and on the ground truth's visible surface (:func:`surface_measures`).
+- **Appearance**: PSNR and SSIM of the mesh rendered lit under the world's light, against the ground truth, from
+  held-out views (:func:`heldout_cameras`, :func:`appearance`); and the colour noise, the spread of the rendered
+  albedo inside the ground truth's uniformly coloured parts (:func:`color_noise`).
 - **Janus**: for front-distinct objects, is the front feature there once or twice? The generated renders are
   compared with the ground truth and with its two-faced twin where those two differ (:func:`janus_check`).
   The classifier's own answer (a back-half view judged "front") is kept beside it, but its view head learned
@@ -31,6 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from skimage.metrics import structural_similarity
 
 from renderers.cameras import Cameras, orbit_cameras
 from renderers.mesh import face_normals, interpolate, rasterize_mesh, sample_texture, shade_lambert
@@ -53,6 +62,18 @@ class EvalConfig:
     fov_y: float = 45.0  # the middle of 40..50
     back_azimuths: tuple[float, ...] = (135.0, 180.0, 225.0)  # views the classifier must not judge "front"
     janus_image_size: int = 128  # the front features are small: a snowman's eyes are ~1 px at 64
+    # surface measures (surface_measures)
+    surface_points: int = 100_000  # points sampled on each surface (Occupancy Networks' count)
+    surface_seed: int = 0  # the sampling seed: the same mesh always gets the same points
+    fscore_fractions: tuple[float, ...] = (0.01, 0.02)  # F-score thresholds, fractions of the object's size
+    exact_within: float = 0.04  # nearest neighbours are exact up to this fraction of the size (nearest_points)
+    far_step: int = 16  # farther, the nearest of every far_step-th sample is taken
+    # appearance and colour noise (heldout_cameras, appearance, color_noise)
+    heldout_elevation: float = 30.0  # neither the judged ring (15) nor a bake ring's azimuths (texture.py)
+    heldout_azimuths: tuple[float, ...] = (22.5, 67.5, 112.5, 157.5, 202.5, 247.5, 292.5, 337.5)
+    heldout_image_size: int = 128  # pixels per side (rendered at supersample times that, averaged down)
+    noise_erode: int = 2  # pixels the ground truth's uniformly coloured region is eroded by (edges left out)
+    noise_tolerance: float = 0.02  # a ground-truth pixel is "the body colour" within this, per channel
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -264,6 +285,230 @@ def colour_error(gen: dict[str, torch.Tensor], gt: dict[str, torch.Tensor]) -> d
     return out
 
 
+# ---------------------------------------------------------------------------------------------- surface
+
+
+def fscore_key(fraction: float) -> str:
+    """The result key of the F-score at ``fraction`` of the object's size: 0.01 -> ``fscore_1pct``."""
+    return f"fscore_{100 * fraction:g}pct"
+
+
+def object_size(mesh: trimesh.Trimesh) -> float:
+    """The size F-score thresholds are fractions of: the largest side of the axis-aligned bounding box (the
+    normalisation of Occupancy Networks and ConvONet, which scale each object to a unit longest side)."""
+    return float(np.ptp(np.asarray(mesh.vertices, np.float64), axis=0).max())
+
+
+def sample_surface(mesh: trimesh.Trimesh, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` points drawn uniformly by area on the mesh (trimesh.sample.sample_surface with ``seed``, so the
+    same mesh gets the same points), with the unit normal of the face each lies on and that face's index.
+    Returns (points (N, 3), normals (N, 3), faces (N,)), float64; empty arrays for a mesh without area."""
+    if len(mesh.faces) == 0 or not mesh.area > 0:
+        return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, np.int64)
+    points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return np.asarray(points, np.float64), np.asarray(mesh.face_normals, np.float64)[faces], np.asarray(faces)
+
+
+def winding_number(points: np.ndarray, triangles: np.ndarray, chunk: int = 200_000) -> np.ndarray:
+    """Generalised winding number of each point (N, 3) with respect to triangles (F, 3, 3): 1 inside a closed
+    outward-wound surface, 0 outside, 1/2 on it. The sum of the triangles' signed solid angles (Van Oosterom and
+    Strackee's formula) over 4 pi, in float32 (ample to tell 0 from 1), ``chunk`` point-triangle pairs at a time."""
+    out = np.zeros(len(points))
+    if len(triangles) == 0:
+        return out
+    tri = np.asarray(triangles, np.float32)
+    per = max(1, chunk // len(tri))
+    for s in range(0, len(points), per):
+        p = np.asarray(points[s : s + per, None], np.float32)
+        ax, ay, az = (tri[None, :, 0, k] - p[..., k] for k in range(3))
+        bx, by, bz = (tri[None, :, 1, k] - p[..., k] for k in range(3))
+        cx, cy, cz = (tri[None, :, 2, k] - p[..., k] for k in range(3))
+        la, lb, lc = (
+            np.sqrt(ax * ax + ay * ay + az * az),
+            np.sqrt(bx * bx + by * by + bz * bz),
+            np.sqrt(cx * cx + cy * cy + cz * cz),
+        )
+        det = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
+        div = la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
+        div += (cx * ax + cy * ay + cz * az) * lb
+        out[s : s + per] = np.arctan2(det, div).sum(1, dtype=np.float64) / (2 * np.pi)
+    return out
+
+
+def visible_surface(mesh: trimesh.Trimesh, points: np.ndarray, normals: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Which sampled points (from :func:`sample_surface`) lie on the surface of the union of the mesh's parts.
+
+    The world's composites are unions of closed, outward-wound parts that overlap (a snowman's spheres, a
+    door half inside a house, a roof resting on the walls): the parts' faces inside another part are not
+    surface, and a reconstruction cannot have them. A point is kept unless, moved 1e-4 of the object's size
+    along its outward normal, it is inside another part (winding number >= 0.5): the offset decides the
+    points where two parts touch face to face (both sides hidden) instead of rounding. Parts are the mesh's
+    connected components; only a part whose bounding box holds a point is tested against it."""
+    label = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    keep = np.ones(len(points), bool)
+    if label.max(initial=0) == 0:
+        return keep
+    moved = points + 1e-4 * object_size(mesh) * normals
+    tri = np.asarray(mesh.triangles, np.float64)
+    point_part = label[faces]
+    for k in range(int(label.max()) + 1):
+        part = tri[label == k]
+        lo, hi = part.reshape(-1, 3).min(0), part.reshape(-1, 3).max(0)
+        test = (point_part != k) & np.all((moved >= lo) & (moved <= hi), axis=1) & keep
+        if test.any():
+            keep[test] = winding_number(moved[test], part) < 0.5
+    return keep
+
+
+@dataclass
+class SurfaceMatch:
+    """Points sampled on the generated surface and on the ground truth, and each one's nearest point on the other."""
+
+    gen_normals: np.ndarray  # (N, 3)
+    gt_normals: np.ndarray  # (M, 3)
+    accuracy: np.ndarray  # (N,) distance of each generated point to the nearest ground-truth point
+    gen_nearest: np.ndarray  # (N,) index of that ground-truth point
+    completeness: np.ndarray  # (M,) distance of each ground-truth point to the nearest generated point
+    gt_nearest: np.ndarray  # (M,) index of that generated point
+
+
+def nearest_points(points: np.ndarray, query: np.ndarray, exact_within: float, far_step: int = 16):
+    """(distance, index) of the nearest of ``points`` to each ``query`` point (scipy's cKDTree, Euclidean).
+
+    Exact wherever some point lies within ``exact_within``. Farther, the nearest of every ``far_step``-th point
+    (a uniform subset: trimesh's samples come in random order) is taken: a query near the centre of a curved
+    sampled surface (a ball inside a sphere, a filled torus hole) is nearly as far from all of its points, and
+    an exact search would visit them all (minutes for a grey ball against a snowman). The subset's nearest is
+    an upper bound of the distance, too large by about lateral_offset^2 / (2 distance): for a radius-0.5 ball
+    against the snowman or the chair, where three quarters of the points are far, by 0.3-0.9 % of those points'
+    distances on average, 0.2-0.5 % of the mean distance (tests/test_evaluate.py bounds it). No F-score changes
+    as long as ``exact_within`` exceeds its threshold."""
+    tree = cKDTree(points)
+    dist, index = tree.query(query, distance_upper_bound=exact_within)
+    far = ~np.isfinite(dist)
+    if far.any():
+        sub = np.arange(0, len(points), max(1, far_step))
+        d, i = cKDTree(points[sub]).query(query[far])
+        dist[far], index[far] = d, sub[i]
+    return dist, index
+
+
+def match_surfaces(
+    gen: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.ndarray], exact_within: float, far_step: int = 16
+) -> SurfaceMatch:
+    """Nearest neighbours both ways (:func:`nearest_points`) between (points, normals) samples."""
+    acc, gen_nearest = nearest_points(gt[0], gen[0], exact_within, far_step)
+    comp, gt_nearest = nearest_points(gen[0], gt[0], exact_within, far_step)
+    return SurfaceMatch(gen[1], gt[1], acc, gen_nearest, comp, gt_nearest)
+
+
+def chamfer_fscore(match: SurfaceMatch, size: float, fractions=(0.01, 0.02)) -> dict:
+    """Chamfer-L1 as Occupancy Networks define it: the mean of accuracy (the mean Euclidean, not squared,
+    distance from the generated points to the nearest ground-truth point) and completeness (the same from the
+    ground truth to the generated points), in world units. F-score at threshold t = fraction x ``size``: the
+    harmonic mean of precision (generated points within t of the ground truth) and recall (ground-truth points
+    within t of the generated ones); 0 when either is 0."""
+    out = {
+        "chamfer_accuracy": float(match.accuracy.mean()),
+        "chamfer_completeness": float(match.completeness.mean()),
+    }
+    out["chamfer_l1"] = (out["chamfer_accuracy"] + out["chamfer_completeness"]) / 2
+    for fraction in fractions:
+        t = fraction * size
+        precision, recall = float((match.accuracy < t).mean()), float((match.completeness < t).mean())
+        out[fscore_key(fraction)] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return out
+
+
+def normal_consistency(match: SurfaceMatch) -> float:
+    """Occupancy Networks' normal consistency: the mean absolute cosine between the normal at each generated
+    point and the normal at its nearest ground-truth point, and the same from the ground truth, averaged. The
+    absolute value makes it blind to orientation (a flipped face counts as aligned); 1 for matching surfaces."""
+    acc = np.abs((match.gen_normals * match.gt_normals[match.gen_nearest]).sum(-1)).mean()
+    comp = np.abs((match.gt_normals * match.gen_normals[match.gt_nearest]).sum(-1)).mean()
+    return float((acc + comp) / 2)
+
+
+def surface_measures(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, cfg: EvalConfig) -> dict:
+    """Chamfer-L1, F-scores and normal consistency of a generated mesh against the ground truth, both in the
+    world frame, from ``cfg.surface_points`` points sampled on each (:func:`sample_surface`). The generated mesh
+    is taken as exported (all of it); the ground truth's points are those on its visible surface
+    (:func:`visible_surface`). ``object_size``: the ground truth's largest side (:func:`object_size`). An empty
+    mesh gets F-scores 0 and no Chamfer distance or normal consistency (None)."""
+    size = object_size(gt)
+    gp, gn, gf = sample_surface(gt, cfg.surface_points, cfg.surface_seed)
+    keep = visible_surface(gt, gp, gn, gf)
+    out = {"object_size": size}
+    mp, mn, _ = sample_surface(mesh, cfg.surface_points, cfg.surface_seed)
+    if len(mp) == 0:
+        out.update({"chamfer_l1": None, "chamfer_accuracy": None, "chamfer_completeness": None})
+        out.update({fscore_key(f): 0.0 for f in cfg.fscore_fractions})
+        out["normal_consistency"] = None
+        return out
+    match = match_surfaces((mp, mn), (gp[keep], gn[keep]), cfg.exact_within * size, cfg.far_step)
+    out.update(chamfer_fscore(match, size, cfg.fscore_fractions))
+    out["normal_consistency"] = normal_consistency(match)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- appearance
+
+
+def heldout_cameras(cfg: EvalConfig) -> Cameras:
+    """The appearance views: a ring at ``cfg.heldout_elevation`` over ``cfg.heldout_azimuths`` (30 deg, 22.5 +
+    45 k by default), at the judged views' distance and field of view. No camera of a run was placed there:
+    training draws its cameras at random, the judged ring is at 15 deg, and the texture bake's 30 deg ring
+    is at multiples of 45 deg (around the mesh's own centre)."""
+    n, size = len(cfg.heldout_azimuths), cfg.heldout_image_size
+    el = torch.full((n,), float(cfg.heldout_elevation))
+    return orbit_cameras(el, torch.tensor(cfg.heldout_azimuths), cfg.radius, cfg.fov_y, size, size)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio of two images, 10 log10(data_range^2 / MSE) in dB. Equal images would give
+    infinity; the MSE is floored at 1e-10 data_range^2, so the largest value is 100 dB."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float(10 * np.log10(data_range**2 / max(mse, 1e-10 * data_range**2)))
+
+
+def appearance(gen_shaded: torch.Tensor, gt_shaded: torch.Tensor) -> dict:
+    """PSNR and SSIM of renders (B, H, W, 3) in [0, 1] against the ground truth's, whole images (object and
+    white background), each the mean over the B views. SSIM is scikit-image's (7x7 window, per channel
+    then averaged, data_range 1)."""
+    gen, gt = gen_shaded.clamp(0, 1).numpy().astype(np.float64), gt_shaded.clamp(0, 1).numpy().astype(np.float64)
+    return {
+        "psnr": float(np.mean([psnr(a, b) for a, b in zip(gen, gt)])),
+        "ssim": float(np.mean([structural_similarity(a, b, channel_axis=-1, data_range=1.0) for a, b in zip(gen, gt)])),
+    }
+
+
+def color_noise(
+    gen: dict[str, torch.Tensor], gt: dict[str, torch.Tensor], body: tuple, erode: int = 2, tolerance: float = 0.02
+) -> float | None:
+    """How uneven the generated colour is where the ground truth is one colour (renders of :func:`render_views`
+    from the same cameras).
+
+    The region: pixels fully covered by the ground truth (alpha > 0.99) whose albedo is the body colour
+    ``body`` (the prompt's colour, not the dark detail colour) within ``tolerance`` in every channel, eroded by
+    ``erode`` pixels (3x3 square, per view) so that anti-aliased edges and the borders of details do not count,
+    and fully covered by the generated render. The value: the root mean square over those pixels of all views
+    and the three channels of the generated albedo's deviation from its own mean colour there, i.e. the RMS
+    RGB distance from the mean divided by sqrt 3, so that independent noise of standard deviation s in every
+    channel gives s. 0 for a perfectly uniform colour, whatever colour it is (a wrong but uniform colour is
+    colour_distance's business). None where the region is empty."""
+    gt_alpha, gen_alpha = gt["alpha"][..., 0], gen["alpha"][..., 0]
+    gt_colour = gt["albedo"] / gt["alpha"].clamp_min(1e-6)
+    on_body = (gt_alpha > 0.99) & ((gt_colour - torch.tensor(body, dtype=gt_colour.dtype)).abs().amax(-1) < tolerance)
+    region = on_body.numpy()
+    if erode > 0:
+        region = np.stack([ndimage.binary_erosion(r, np.ones((3, 3), bool), iterations=erode) for r in region])
+    region = torch.from_numpy(region) & (gen_alpha > 0.99)
+    if not region.any():
+        return None
+    pix = (gen["albedo"] / gen["alpha"].clamp_min(1e-6))[region].double()
+    return float(((pix - pix.mean(0)) ** 2).mean().sqrt())
+
+
 # ---------------------------------------------------------------------------------------------- judge
 
 
@@ -398,14 +643,16 @@ def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None =
     color, shape, _ = parse_prompt(prompt)
     mesh = _as_trimesh(mesh)
     gt = scene_for_prompt(prompt)
+    gt_mesh = gt.to_trimesh()
     out = {
         "prompt": prompt,
         "color": color,
         "shape": shape,
         "vertices": int(len(mesh.vertices)),
         "faces": int(len(mesh.faces)),
-        "iou": volumetric_iou(mesh, gt.to_trimesh(), cfg.iou_resolution, cfg.bound),
+        "iou": volumetric_iou(mesh, gt_mesh, cfg.iou_resolution, cfg.bound),
     }
+    out.update(surface_measures(mesh, gt_mesh, cfg))
     cams = judge_cameras(cfg)
     gt_views = render_views(surface_from_colored(gt), cams, cfg.supersample)
     surface = surface_from_trimesh(mesh) if len(mesh.faces) else None
@@ -415,6 +662,14 @@ def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None =
         gen_views = {k: torch.zeros_like(v) for k, v in gt_views.items()}
         gen_views["shaded"] = torch.ones_like(gt_views["shaded"])
     out.update(colour_error(gen_views, gt_views))
+    held = heldout_cameras(cfg)
+    gt_held = render_views(surface_from_colored(gt), held, cfg.supersample)
+    if surface is not None:
+        gen_held = render_views(surface, held, cfg.supersample)
+    else:  # nothing rendered: white
+        gen_held = {k: torch.zeros_like(v) for k, v in gt_held.items()} | {"shaded": torch.ones_like(gt_held["shaded"])}
+    out.update(appearance(gen_held["shaded"], gt_held["shaded"]))
+    out["color_noise"] = color_noise(gen_held, gt_held, COLORS[color], cfg.noise_erode, cfg.noise_tolerance)
     out["palette_color_correct"] = out["palette_color"] == color
     if classifier == "auto":
         classifier = default_classifier()
@@ -476,8 +731,9 @@ def evaluate_run(run_dir: str, classifier="auto", cfg: EvalConfig | None = None)
 
 
 def summarize(results: list[dict]) -> dict:
-    """Means over objects. The Janus rate is over front-distinct objects (:func:`janus_check`); the classifier's
-    Janus rate (a back-half view judged "front") is reported beside it."""
+    """Means over objects, of those that have the value (an empty mesh has no Chamfer distance). The Janus rate
+    is over front-distinct objects (:func:`janus_check`); the classifier's Janus rate (a back-half view judged
+    "front") is reported beside it."""
 
     def mean(key, rows=results):
         vals = [r[key] for r in rows if r.get(key) is not None]
@@ -487,9 +743,16 @@ def summarize(results: list[dict]) -> dict:
     runs = [r.get("run") or {} for r in results]
     secs = [x["total_seconds"] for x in runs if x.get("total_seconds") is not None]
     sps = [x["steps_per_second"] for x in runs if x.get("steps_per_second") is not None]
+    fscores = list(dict.fromkeys(k for r in results for k in r if k.startswith("fscore_")))
     return {
         "objects": len(results),
         "iou": mean("iou"),
+        "chamfer_l1": mean("chamfer_l1"),
+        **{k: mean(k) for k in fscores},
+        "normal_consistency": mean("normal_consistency"),
+        "psnr": mean("psnr"),
+        "ssim": mean("ssim"),
+        "color_noise": mean("color_noise"),
         "color_accuracy": mean("color_accuracy"),
         "shape_accuracy": mean("shape_accuracy"),
         "palette_color_accuracy": mean("palette_color_correct"),

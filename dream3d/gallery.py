@@ -53,8 +53,15 @@ RUN_FILES = (
     "metrics.json",
     "generate.log",
 )
-SCORES = (
+SCORES = (  # score key, label, format (a format string, a function, or None for yes / no)
     ("iou", "IoU", "{:.3f}"),
+    ("chamfer_l1", "Chamfer ×100", lambda v: f"{100 * v:.2f}"),
+    ("fscore_1pct", "F@1%", "{:.3f}"),
+    ("fscore_2pct", "F@2%", "{:.3f}"),
+    ("normal_consistency", "NC", "{:.3f}"),
+    ("psnr", "PSNR", "{:.2f}"),
+    ("ssim", "SSIM", "{:.3f}"),
+    ("color_noise", "colour noise", "{:.4f}"),
     ("color_accuracy", "colour acc", "{:.2f}"),
     ("shape_accuracy", "shape acc", "{:.2f}"),
     ("palette_color", "palette colour", "{}"),
@@ -229,7 +236,8 @@ def _card(row: dict, k: int, out_dir: str, viewer: bool) -> str:
     for field, label, spec in SCORES:
         v = scores.get(field)
         if v is not None:
-            facts.append((label, ("yes" if v else "no") if spec is None else spec.format(v)))
+            text = ("yes" if v else "no") if spec is None else spec(v) if callable(spec) else spec.format(v)
+            facts.append((label, text))
     dl = "".join(f"<dt>{e(str(a))}</dt><dd>{e(str(b))}</dd>" for a, b in facts if b not in (None, ""))
     links = " ".join(f'<a href="{href(f)}">{e(f)}</a>' for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f)))
     error = f'<pre class="error">{e(str(row.get("error") or status))}</pre>' if failed or row.get("error") else ""

@@ -2,20 +2,32 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from scipy.spatial import cKDTree
 
 from dream3d.evaluate import (
     EvalConfig,
+    Surface,
+    appearance,
+    color_noise,
     colour_error,
     default_classifier,
     evaluate_mesh,
     evaluate_run,
+    heldout_cameras,
     judge_cameras,
+    match_surfaces,
+    nearest_points,
+    object_size,
     occupancy_grid,
+    psnr,
     render_views,
     janus_twin,
+    sample_surface,
     summarize,
     surface_from_colored,
     surface_from_trimesh,
+    surface_measures,
+    visible_surface,
     volumetric_iou,
 )
 from dream3d.mesh.export import write_glb
@@ -23,6 +35,9 @@ from dream3d.world.render import render_colored_mesh
 from dream3d.world.shapes import COLORS, COMPOSITES, DETAIL, PRIMITIVES, SHAPES, ColoredMesh, scene_for_prompt
 
 STEP = 2.0 / 64  # voxel size of the default grid
+# For the tests of the judge and Janus, which call evaluate_mesh dozens of times and look at neither: the surface and
+# appearance measures at small sizes (the judged views and the Janus check keep their sizes)
+QUICK = EvalConfig(surface_points=2_000, heldout_image_size=32)
 
 
 def cube(size=1.0, at=(0.0, 0.0, 0.0)) -> trimesh.Trimesh:
@@ -145,6 +160,13 @@ def test_ground_truth_run_folder_scores_perfectly(tmp_path, prompt):
     assert r["color_distance"] < 0.01 and r["color_pixel_error"] < 0.01
     assert r["palette_color_correct"]
     assert r["classifier"] is False and r["color_accuracy"] is None
+    # The exported ground truth renders as the ground truth does (palette texture in 8 bits: not exactly)
+    assert r["psnr"] > 50 and r["ssim"] > 0.999 and r["color_noise"] < 1e-3
+    # Every visible ground-truth point is on the export; the export also holds the faces that the snowman's
+    # overlapping parts hide inside each other (a reconstruction has none), so only its accuracy is not 0.
+    assert r["chamfer_completeness"] < 1e-6 and r["fscore_2pct"] > 0.97 and r["normal_consistency"] > 0.98
+    if "torus" in prompt:
+        assert r["chamfer_l1"] < 1e-6 and r["fscore_1pct"] == 1.0 and r["normal_consistency"] > 0.999
 
 
 def test_run_folder_errors_name_the_problem(tmp_path):
@@ -159,6 +181,11 @@ def test_run_folder_errors_name_the_problem(tmp_path):
 
 
 def test_summary_rates():
+    measures = [
+        {"chamfer_l1": 0.02, "fscore_1pct": 0.5, "fscore_2pct": 0.8, "normal_consistency": 0.9, "psnr": 20.0},
+        {"chamfer_l1": 0.04, "fscore_1pct": 0.3, "fscore_2pct": 0.6, "normal_consistency": 0.8, "psnr": 30.0},
+        {"chamfer_l1": None, "fscore_1pct": 0.0, "fscore_2pct": 0.0, "normal_consistency": None, "psnr": 40.0},
+    ]
     rows = [
         {
             "iou": 0.5,
@@ -194,6 +221,190 @@ def test_summary_rates():
     assert s["iou"] == pytest.approx(0.7) and s["palette_color_accuracy"] == pytest.approx(2 / 3)
     assert s["janus_rate"] == 0.5 and s["janus_objects"] == 2
     assert s["seconds"] == 20.0 and s["steps_per_second"] == 3.0
+    assert s["chamfer_l1"] is None and s["color_noise"] is None  # nothing to average
+    # an empty mesh (third row) has F-scores 0 but no Chamfer distance or normal consistency: means over those that do
+    s = summarize([r | m for r, m in zip(rows, measures)])
+    assert s["chamfer_l1"] == pytest.approx(0.03) and s["normal_consistency"] == pytest.approx(0.85)
+    assert s["fscore_1pct"] == pytest.approx(0.8 / 3) and s["fscore_2pct"] == pytest.approx(1.4 / 3)
+    assert s["psnr"] == pytest.approx(30.0) and s["ssim"] is None
+
+
+# ------------------------------------------------------------------------------------------- surface measures
+
+
+def sphere(radius=1.0, subdivisions=4) -> trimesh.Trimesh:
+    return trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+
+
+def resampled(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The same surface with its faces in the opposite order: the same seed then draws other points on it."""
+    return trimesh.Trimesh(mesh.vertices, mesh.faces[::-1], process=False)
+
+
+@pytest.mark.parametrize("shape", ["sphere", "cube", "torus"])
+def test_ground_truth_against_itself_is_within_sampling_noise(shape):
+    gt = scene_for_prompt(f"a red {shape}").to_trimesh()
+    cfg = EvalConfig()
+    r = surface_measures(resampled(gt), gt, cfg)
+    # Two independent uniform samplings of N points on area A: the mean distance from a point of one to the
+    # nearest of the other is 1 / (2 sqrt(N / A)) (nearest neighbour in a planar Poisson process).
+    noise = 0.5 * np.sqrt(gt.area / cfg.surface_points)
+    assert 0.7 * noise < r["chamfer_l1"] < 1.3 * noise, (r["chamfer_l1"], noise)
+    assert r["fscore_1pct"] > 0.99 and r["fscore_2pct"] > 0.999
+    assert r["normal_consistency"] > 0.99
+    assert surface_measures(gt, gt, cfg)["chamfer_l1"] == 0.0, "the same mesh gets the same points"
+
+
+def test_chamfer_and_fscore_of_concentric_spheres():
+    """A unit sphere against one of radius 1.05: every point is 0.05 from the other surface."""
+    gt, gen = sphere(1.0), sphere(1.05)
+    size = object_size(gt)
+    assert size == pytest.approx(2.0, abs=0.01)
+    cfg = EvalConfig(fscore_fractions=(0.045 / size, 0.055 / size))
+    r = surface_measures(gen, gt, cfg)
+    # The facets lie up to 0.0005 inside each sphere; the nearest sample is a little off the foot of the normal.
+    assert r["chamfer_accuracy"] == pytest.approx(0.05, abs=0.002)
+    assert r["chamfer_completeness"] == pytest.approx(0.05, abs=0.002)
+    assert r["chamfer_l1"] == pytest.approx(0.05, abs=0.002)
+    f_below, f_above = (r[k] for k in r if k.startswith("fscore_"))
+    assert f_below == 0.0 and f_above > 0.99
+    assert r["normal_consistency"] > 0.995
+    # an empty mesh has nothing to measure, and matches nothing
+    empty = surface_measures(trimesh.Trimesh(), gt, cfg)
+    assert empty["chamfer_l1"] is None and empty["normal_consistency"] is None
+    assert all(empty[k] == 0.0 for k in empty if k.startswith("fscore_"))
+
+
+@pytest.mark.parametrize(
+    "offset, union, kept",
+    [((0.5, 0, 0), (1.5, 1, 1), 10 / 12), ((0, 1, 0), (1, 2, 1), 10 / 12)],
+    ids=["overlapping", "touching"],
+)
+def test_hidden_faces_of_a_union_of_parts_are_not_surface(offset, union, kept):
+    """Two unit cubes, overlapping by half or stacked face to face (as the house's roof sits on its walls), are
+    one box to a reconstruction: the two faces inside the other cube (or against it) are not its surface; where
+    the side faces overlap in one plane, both are."""
+    parts = trimesh.util.concatenate([cube(), cube(at=offset)])
+    points, normals, faces = sample_surface(parts, 40_000, 0)
+    keep = visible_surface(parts, points, normals, faces)
+    assert keep.mean() == pytest.approx(kept, abs=0.01)  # of the parts' area of 12
+    box = trimesh.creation.box(union)
+    box.apply_translation(np.asarray(offset) / 2)
+    lo, hi = box.bounds
+    on_box = np.isclose(points[keep], lo, atol=1e-6) | np.isclose(points[keep], hi, atol=1e-6)
+    assert on_box.any(1).all(), "every kept point is on the union's boundary"
+    cfg = EvalConfig()
+    r = surface_measures(box, parts, cfg)
+    noise = 0.5 * np.sqrt(box.area / (kept * cfg.surface_points))  # as in the test above, the sparser side's
+    assert r["chamfer_l1"] < 1.3 * noise and r["fscore_1pct"] > 0.99 and r["normal_consistency"] > 0.99
+
+
+def test_far_nearest_neighbours_are_close_to_exact():
+    """A ball inside the snowman: most points are far from the other surface, where the nearest of a subset is
+    taken; the subset is as dense as the default's (100,000 / 16 samples: here 20,000 / 3)."""
+    cfg = EvalConfig()
+    gt = scene_for_prompt("a red snowman").to_trimesh()
+    p, n, f = sample_surface(gt, 20_000, 0)
+    p = p[visible_surface(gt, p, n, f)]
+    q, _, _ = sample_surface(sphere(0.5, 3), 20_000, 0)
+    bound = cfg.exact_within * object_size(gt)
+    for points, query in ((p, q), (q, p)):
+        d, i = nearest_points(points, query, bound, far_step=3)
+        exact, _ = cKDTree(points).query(query)
+        near = exact < bound
+        assert near.any() and (~near).mean() > 0.5
+        assert np.array_equal(d[near], exact[near]), "exact within the bound"
+        assert np.allclose(d, np.linalg.norm(points[i] - query, axis=1)), "the distance is to the point named"
+        over = d[~near] / exact[~near] - 1
+        assert over.min() >= 0 and over.mean() < 0.01, over.mean()
+
+
+def test_normal_consistency_ignores_orientation_and_sees_bumps():
+    gt = scene_for_prompt("a red sphere").to_trimesh()  # radius 0.72
+    cfg = EvalConfig(surface_points=30_000)
+    flipped = resampled(gt)
+    flipped.invert()
+    r = surface_measures(flipped, gt, cfg)
+    assert r["normal_consistency"] > 0.99, "an inward-facing copy has the same surface"
+    gp, gn, _ = sample_surface(gt, 30_000, 0)
+    fp, fn, _ = sample_surface(flipped, 30_000, 0)
+    m = match_surfaces((fp, fn), (gp, gn), 1.0)
+    assert (m.gen_normals * m.gt_normals[m.gen_nearest]).sum(-1).mean() < -0.99  # what the absolute value undoes
+    smooth = sphere(0.72, 4)
+    bumpy = smooth.copy()
+    rng = np.random.default_rng(0)
+    bumpy.vertices = bumpy.vertices * (1 + rng.normal(0, 0.015, (len(bumpy.vertices), 1)))  # 0.011 radial noise
+    rs, rb = surface_measures(smooth, gt, cfg), surface_measures(bumpy, gt, cfg)
+    assert rs["normal_consistency"] > 0.99
+    assert rb["normal_consistency"] < rs["normal_consistency"] - 0.05, (rb, rs)
+    assert rb["chamfer_l1"] < 0.015, "a fine bumpiness barely moves the surface: the Chamfer distance hardly sees it"
+
+
+# ------------------------------------------------------------------------------------------- appearance
+
+
+def test_psnr_against_a_hand_computed_value_and_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    a = np.zeros((8, 8, 3))
+    assert psnr(a, a + 0.1) == pytest.approx(20.0)  # MSE 0.01: 10 log10(1 / 0.01)
+    assert psnr(a, a) == pytest.approx(100.0)  # equal images: the cap
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(size=(2, 16, 16, 3))
+    assert psnr(x, y) == pytest.approx(peak_signal_noise_ratio(x, y, data_range=1.0), abs=1e-9)
+    # appearance(): the mean over views of each view's PSNR (MSE 0.01 and 1e-4: 20 and 40 dB)
+    gt = torch.zeros(2, 16, 16, 3)
+    gen = torch.stack([torch.full((16, 16, 3), 0.1), torch.full((16, 16, 3), 0.01)])
+    out = appearance(gen, gt)
+    assert out["psnr"] == pytest.approx(30.0, abs=1e-4)
+    assert appearance(gt, gt)["ssim"] == pytest.approx(1.0)
+    noisy = (gt + 0.3 * torch.from_numpy(rng.uniform(size=gt.shape)).float()).clamp(0, 1)
+    assert appearance(noisy, gt)["ssim"] < 0.5
+
+
+def test_heldout_views_are_not_the_judged_ones():
+    cfg = EvalConfig()
+    held, judged = heldout_cameras(cfg), judge_cameras(cfg)
+    assert len(held) == 8 and held.width == held.height == 128
+    c_held, c_judged = (torch.linalg.inv(c.viewmats)[:, :3, 3] for c in (held, judged))
+    assert torch.cdist(c_held, c_judged).min() > 0.5
+
+
+def test_color_noise_of_noisy_vertex_colours():
+    """Gaussian noise of standard deviation s in each channel of the vertex colours of a green sphere. Inside a
+    triangle the colour is the barycentric mix w1 c1 + w2 c2 + w3 c3 with (w1, w2, w3) uniform on the simplex, whose
+    variance is s^2 E[w1^2 + w2^2 + w3^2] = s^2 / 2: the rendered noise is s / sqrt 2. The estimate rests on the
+    ~600 vertices in view, 3 channels each: its relative standard error is ~2 %, so 8 % bounds it (4 sigma)."""
+    cfg, green = EvalConfig(), COLORS["green"]
+    cams = heldout_cameras(cfg)
+    gt = scene_for_prompt("a green sphere")
+    gt_views = render_views(surface_from_colored(gt), cams, cfg.supersample)
+    assert color_noise(gt_views, gt_views, green) < 1e-6
+    welded = gt.to_trimesh()
+    welded.merge_vertices()
+    v, f = torch.tensor(welded.vertices, dtype=torch.float32), torch.tensor(welded.faces)
+    s = 0.04  # the channels are >= 0.16: clipping at 0 or 1 is 4 sigma away
+    noise = np.random.default_rng(0).normal(0, s, (len(v), 3))
+    colours = torch.tensor(np.clip(np.asarray(green) + noise, 0, 1), dtype=torch.float32)
+    noisy = render_views(Surface(v, f, vertex_colors=colours), cams, cfg.supersample)
+    assert color_noise(noisy, gt_views, green) == pytest.approx(s / np.sqrt(2), rel=0.08)
+    # a uniform colour, even a wrong one, has no noise (colour_distance sees that it is wrong)
+    blue = render_views(Surface(v, f, vertex_colors=torch.tensor(COLORS["blue"]).expand(len(v), 3)), cams, 2)
+    assert color_noise(blue, gt_views, green) < 1e-6
+
+
+def test_color_noise_leaves_out_details_and_edges():
+    """A house about a pixel off (0.02; a pixel is 0.019 at the object): where its door (dark detail) falls on the
+    ground truth's body, only the edge of the door, which the erosion leaves out."""
+    cfg, blue = EvalConfig(), COLORS["blue"]
+    cams = heldout_cameras(cfg)
+    gt = scene_for_prompt("a blue house")
+    gt_views = render_views(surface_from_colored(gt), cams, cfg.supersample)
+    assert color_noise(gt_views, gt_views, blue) < 1e-6, "the door is not part of the body"
+    shifted = ColoredMesh(gt.vertices + np.float32([0.02, 0, 0]), gt.faces, gt.face_colors)
+    views = render_views(surface_from_colored(shifted), cams, cfg.supersample)
+    assert color_noise(views, gt_views, blue, erode=0) > 0.01
+    assert color_noise(views, gt_views, blue, erode=cfg.noise_erode) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------- the judge
@@ -211,7 +422,10 @@ def classifier():
 def test_classifier_judges_ground_truth_correct_from_every_side(classifier, shape):
     for colour in COLORS:
         r = evaluate_mesh(
-            scene_for_prompt(f"a {colour} {shape}").to_trimesh(), f"a {colour} {shape}", classifier=classifier
+            scene_for_prompt(f"a {colour} {shape}").to_trimesh(),
+            f"a {colour} {shape}",
+            classifier=classifier,
+            cfg=QUICK,
         )
         assert r["color_accuracy"] == 1.0, (colour, r["views"])
         assert r["shape_accuracy"] == 1.0, (colour, r["views"])
@@ -224,8 +438,9 @@ def test_janus_measure_flags_a_second_front(classifier):
     # The house's door is on +Z; the mirror image puts a second door on -Z, seen from behind.
     for colour in COLORS:
         gt = scene_for_prompt(f"a {colour} house")
-        assert evaluate_mesh(gt.to_trimesh(), f"a {colour} house", classifier=classifier)["janus_classifier"] is False
-        r = evaluate_mesh(two_faced(gt).to_trimesh(), f"a {colour} house", classifier=classifier)
+        one = evaluate_mesh(gt.to_trimesh(), f"a {colour} house", classifier=classifier, cfg=QUICK)
+        assert one["janus_classifier"] is False
+        r = evaluate_mesh(two_faced(gt).to_trimesh(), f"a {colour} house", classifier=classifier, cfg=QUICK)
         assert r["janus_classifier"] is True, (colour, r["views"])
         assert 180.0 in r["janus_classifier_views"]
 
@@ -238,7 +453,10 @@ def test_janus_measure_flags_a_second_front(classifier):
 def test_classifier_flags_a_two_faced_snowman(classifier):
     gt = scene_for_prompt("a yellow snowman")
     assert (
-        evaluate_mesh(two_faced(gt).to_trimesh(), "a yellow snowman", classifier=classifier)["janus_classifier"] is True
+        evaluate_mesh(two_faced(gt).to_trimesh(), "a yellow snowman", classifier=classifier, cfg=QUICK)[
+            "janus_classifier"
+        ]
+        is True
     )
 
 
@@ -248,7 +466,7 @@ def test_janus_check_counts_the_front_features(shape):
     its front feature: no Janus either (nothing appears twice). A coloured blob of the right size: not Janus."""
     colour = "blue"
     gt = scene_for_prompt(f"a {colour} {shape}")
-    check = lambda m: evaluate_mesh(m, f"a {colour} {shape}", classifier=None)  # noqa: E731
+    check = lambda m: evaluate_mesh(m, f"a {colour} {shape}", classifier=None, cfg=QUICK)  # noqa: E731
     one = check(gt.to_trimesh())
     assert one["janus"] is False and one["janus_margin"] < -0.9
     twins = [janus_twin(gt)] + (
@@ -304,10 +522,45 @@ def test_quality_benchmark_scores_finished_runs(tmp_path):
     assert s["palette_color_accuracy"] == 1.0 and s["seconds"] == 100.0
     md = (tmp_path / "quality.md").read_text()
     assert "| a green house |" in md and "dreamgaussian_sheet.png" in md
+    # the reconstruction measures: a column each in both tables, a mean in the summary, a line on the gallery card
+    assert s["fscore_2pct"] > 0.9 and s["psnr"] > 20
+    snowman, house = report["results"]["dreamgaussian"]
+    assert snowman["color_noise"] < 1e-3 and house["color_noise"] > 0.01  # the second door is on the body colour
+    assert s["color_noise"] == pytest.approx((snowman["color_noise"] + house["color_noise"]) / 2)
+    heads = [line for line in md.splitlines() if line.startswith("| pre") or line.startswith("| prompt")]
+    assert len(heads) == 3 and all(
+        "| Chamfer ×100 | F@1% | F@2% | NC | PSNR | SSIM | colour noise |" in h for h in heads[1:]
+    )
+    row = next(line for line in md.splitlines() if line.startswith("| a purple snowman |")).split(" | ")
+    i = heads[2].split(" | ").index("NC")
+    assert float(row[i]) == pytest.approx(report["results"]["dreamgaussian"][0]["normal_consistency"], abs=5e-4)
+    card = (tmp_path / "index.html").read_text()
+    assert all(f"<dt>{h}</dt>" in card for h in ("Chamfer ×100", "F@1%", "F@2%", "NC", "PSNR", "SSIM", "colour noise"))
     import imageio.v3 as iio
 
     sheet = iio.imread(tmp_path / "dreamgaussian_sheet.png")
     assert sheet.shape[0] == 18 + 2 * 128 and sheet.shape[1] == 4 * 128 + 190
+
+
+def test_ablation_results_csv_holds_the_measures(tmp_path):
+    """dream3d ablate's results.csv: a judged cell's row holds the new measures as columns of numbers."""
+    import csv
+
+    from dream3d.ablate import cell_row, write_results
+
+    quality = evaluate_mesh(scene_for_prompt("a red torus").to_trimesh(), "a red torus", classifier=None)
+    metrics = {
+        "total_seconds": 1.0,
+        "train": {"train_seconds": 1.0, "steps_per_second": 1.0, "final_loss": 0.0, "final_grad_norm": 0.0},
+    }
+    row = cell_row({"variant": "v", "prompt": "a red torus", "seed": 0}, metrics, quality) | {
+        "dir": "v/a_red_torus/seed0"
+    }
+    write_results([row], str(tmp_path))
+    (out,) = csv.DictReader(open(tmp_path / "results.csv"))
+    for key in ("iou", "chamfer_l1", "fscore_1pct", "fscore_2pct", "normal_consistency", "psnr", "ssim", "color_noise"):
+        assert float(out[key]) == pytest.approx(quality[key]), key
+    assert "normal_consistency" in (tmp_path / "results.md").read_text()
 
 
 def test_mesh_level_benchmark_silhouette_iou_matches_the_projected_ball():
