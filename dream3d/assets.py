@@ -4,7 +4,7 @@
 An installed wheel carries both folders inside the package, as ``dream3d/_data/configs`` and
 ``dream3d/_data/assets`` (setup.py maps the top-level folders there at build time); a source checkout or an
 editable install reads the top-level folders. ``DREAM3D_ASSETS`` overrides the assets folder (one that holds
-``prior/`` and ``world_classifier/``)."""
+``prior/``, ``world_classifier/`` and, once trained, ``zero123/``)."""
 
 import os
 from importlib.resources import files
@@ -21,4 +21,7 @@ def _shipped(name: str) -> str:
 CONFIG_DIR = _shipped("configs")
 ASSETS_DIR = os.path.abspath(os.environ.get("DREAM3D_ASSETS") or _shipped("assets"))
 EMBEDDED_PRIOR = os.path.join(ASSETS_DIR, "prior")
+EMBEDDED_ZERO123 = os.path.join(
+    ASSETS_DIR, "zero123"
+)  # the view-conditioned prior (dream3d prior train --kind zero123)
 WORLD_CLASSIFIER = os.path.join(ASSETS_DIR, "world_classifier")

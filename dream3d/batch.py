@@ -23,7 +23,7 @@ import re
 import sys
 
 from .ablate import judge_run, score_fields
-from .config import IMAGE_PRESET, TEXT_PRESET, load_run_config
+from .config import TEXT_PRESET, image_preset, load_run_config
 from .configtools import ConfigError
 from .executor import Resources, RunSpec, check_failures, run_specs, write_summary
 from .gallery import write_gallery
@@ -94,7 +94,7 @@ def build_specs(entries: list[dict], config: str | None, overrides: list[str]) -
     specs = []
     for e in entries:
         prompt = str(e.get("prompt") or "").strip()
-        preset = e.get("config") or config or (IMAGE_PRESET if e.get("image") else TEXT_PRESET)
+        preset = e.get("config") or config or (image_preset() if e.get("image") else TEXT_PRESET)
         extra = {"prompt": prompt} | ({"image": str(e["image"])} if e.get("image") else {})
         seed = [f"seed={e['seed']}"] if e.get("seed") is not None else []
         try:

@@ -13,21 +13,61 @@ from .configtools import ConfigError, build_config, parse_overrides, to_yaml
 
 
 def _prior_train(args) -> None:
-    from .embedded_prior.train import PriorTrainConfig, train_prior
+    if args.kind == "zero123":
+        from .embedded_prior.zero123_train import Zero123TrainConfig as Config, train_zero123 as train
+    else:
+        from .embedded_prior.train import PriorTrainConfig as Config, train_prior as train
 
     layers = [("command line", parse_overrides(args.overrides))]
     if args.out:
         layers.append(("--out", {"out": args.out}))
     if args.work_dir:
         layers.append(("--work-dir", {"work_dir": args.work_dir}))
-    cfg = build_config(PriorTrainConfig, layers)
+    cfg = build_config(Config, layers)
     if args.print_config:
         print(to_yaml(cfg))
         return
-    train_prior(cfg, stop_after=args.stop_after)
+    train(cfg, stop_after=args.stop_after)
+
+
+def _cfg(args, default: float) -> float:
+    """--cfg, or the default of the kind of model: 7.5 for text (SD's), 3 for Zero123 (its sampling scale)."""
+    return default if args.cfg is None else args.cfg
+
+
+def _zero123_sample(args) -> None:
+    from .embedded_prior.zero123_sample import camera_offsets, sample_from_image
+    from .guidance.prior import PriorConfig
+    from .guidance.zero123_prior import Zero123Prior
+    from .pipeline import RunError, load_reference_image
+
+    if args.prompts:
+        raise UserError("--image samples novel views of the image: give no prompts with it")
+    if args.n < 1 or not 1 <= args.steps <= 1000:
+        raise UserError(f"--n must be at least 1 and --steps between 1 and 1000; got {args.n} and {args.steps}")
+    az = args.azimuth or [90.0]
+    el, r = args.elevation or [0.0], args.radius or [0.0]
+    if any(len(v) not in (1, len(az)) for v in (el, r)):
+        raise UserError(f"give one --elevation and --radius, or one per --azimuth ({len(az)})")
+    prior = Zero123Prior.load(PriorConfig(model=args.model, allow_download=args.allow_download))
+    try:
+        rgb, _ = load_reference_image(args.image, prior.image_size)
+    except RunError as e:
+        raise UserError(str(e)) from None
+    n = len(az)
+    el, r = (v * n if len(v) == 1 else v for v in (el, r))
+    names = [f"az{a:g}_el{e:g}" + (f"_r{d:g}" if d else "") for a, e, d in zip(az, el, r)]
+    grid = sample_from_image(
+        prior, rgb, camera_offsets(el, az, r), names, args.output, args.n, args.steps, _cfg(args, 3.0), args.seed
+    )
+    print(f"wrote {n * args.n} novel views and {grid}")
 
 
 def _prior_sample(args) -> None:
+    if args.image:
+        return _zero123_sample(args)
+    if args.azimuth or args.elevation or args.radius:
+        raise UserError("--azimuth, --elevation and --radius ask for novel views of an --image")
     from .embedded_prior.sample import load_pipeline, sample, save_samples
     from .guidance.prior import PriorConfig, caption_for, read_vocabulary, resolve_model
 
@@ -43,18 +83,46 @@ def _prior_sample(args) -> None:
     pipe = load_pipeline(args.model, allow_download=args.allow_download)
     vocabulary = read_vocabulary(resolve_model(PriorConfig(model=args.model, allow_download=args.allow_download))[0])
     captions = [caption_for(vocabulary, p) for p in prompts]  # "an orange torus" -> "a orange torus", as trained
-    images = sample(pipe, captions, per_prompt=args.n, steps=args.steps, guidance_scale=args.cfg, seed=args.seed)
+    images = sample(pipe, captions, per_prompt=args.n, steps=args.steps, guidance_scale=_cfg(args, 7.5), seed=args.seed)
     grid = save_samples(images, prompts, args.n, args.output)
     print(f"wrote {len(images)} samples and {grid}")
 
 
+def _zero123_eval(args) -> None:
+    from .embedded_prior.zero123_eval import evaluate_zero123
+    from .guidance.prior import PriorConfig
+    from .guidance.zero123_prior import Zero123Prior
+    from .images import image_grid, save_png
+
+    prior = Zero123Prior.load(PriorConfig(model=args.model, allow_download=args.allow_download))
+    seed = 12345 if args.seed is None else args.seed  # (cameras no training render used)
+    res = evaluate_zero123(prior, views=args.views, steps=args.steps, guidance_scale=_cfg(args, 3.0), seed=seed)
+    sheet = res.pop("_sheet")
+    if args.output:
+        from .io import atomic_write_text
+
+        os.makedirs(args.output, exist_ok=True)
+        atomic_write_text(os.path.join(args.output, "zero123_eval.json"), json.dumps(res, indent=1))
+        # input, the generated views, then (next row) the true views: the first 8 objects
+        save_png(
+            os.path.join(args.output, "novel_views.png"),
+            image_grid(sheet[:16].reshape(-1, *sheet.shape[2:]), sheet.shape[1]),
+        )
+        print(f"wrote {args.output}/zero123_eval.json and novel_views.png")
+    print(json.dumps({k: v for k, v in res.items() if k != "per_object"}, indent=1))
+
+
 def _prior_eval(args) -> None:
+    if args.kind == "zero123":
+        return _zero123_eval(args)
     from .embedded_prior.evaluate import evaluate_prior, vae_psnr
     from .images import image_grid, save_png
     from .embedded_prior.sample import load_pipeline
 
     pipe = load_pipeline(args.model, allow_download=args.allow_download)
-    res = evaluate_prior(pipe, per_prompt=args.per_prompt, steps=args.steps, guidance_scale=args.cfg, seed=args.seed)
+    res = evaluate_prior(
+        pipe, per_prompt=args.per_prompt, steps=args.steps, guidance_scale=_cfg(args, 7.5), seed=args.seed or 0
+    )
     images = res.pop("_images")
     res.pop("_prompts")
     res["vae_psnr_db"] = vae_psnr(pipe)
@@ -115,10 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "overrides",
         nargs="*",
-        help="dotted overrides of PriorTrainConfig, e.g. unet_steps=3000 arch.unet_channels=[64,128,128]",
+        help="dotted overrides of the training config, e.g. unet_steps=3000 arch.unet_channels=[64,128,128] "
+        "(--kind zero123: steps=8000 batch=32 data.views=96; see --print-config)",
     )
-    t.add_argument("--out", help="diffusers folder to write (default assets/prior)")
-    t.add_argument("--work-dir", help="dataset cache and checkpoint folder (default runs/prior)")
+    t.add_argument(
+        "--kind",
+        choices=("text", "zero123"),
+        default="text",
+        help="text: the text-to-image prior (assets/prior); zero123: the view-conditioned prior for image-to-3D "
+        "(assets/zero123, in the public zero123-xl-diffusers layout; reuses the text prior's VAE)",
+    )
+    t.add_argument("--out", help="diffusers folder to write (default assets/prior; assets/zero123 with --kind zero123)")
+    t.add_argument("--work-dir", help="dataset cache and checkpoint folder (default runs/prior, runs/zero123)")
     t.add_argument("--stop-after", type=int, help="stop after this many steps (the checkpoint lets a later run resume)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.set_defaults(func=_prior_train, words="overrides")
@@ -128,13 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="DDIM samples with CFG as PNGs and a grid",
         description="Sample prompts with DDIM and classifier-free guidance; writes one PNG per sample and grid.png.",
     )
-    s.add_argument("prompts", nargs="+", help='prompts, e.g. "a red cube, front view"')
+    s.add_argument("prompts", nargs="*", help='prompts, e.g. "a red cube, front view" (none with --image)')
     s.add_argument("-o", "--output", required=True, help="output folder")
+    z = s.add_argument_group("novel views of an image (Zero123: the embedded one, or --model)")
+    z.add_argument("--image", help="an RGBA (or white-background) image: sample it from other cameras")
+    z.add_argument("--azimuth", type=float, nargs="+", help="degrees around the object from the image's camera (90)")
+    z.add_argument("--elevation", type=float, nargs="+", help="degrees up from the image's camera (0)")
+    z.add_argument("--radius", type=float, nargs="+", help="change of the camera's distance, world units (0)")
     s.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    s.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    s.add_argument(
+        "--cfg", type=float, default=None, help="classifier-free guidance scale (default 7.5; 3 with --image)"
+    )
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--model", help="a diffusers SD folder or hub id (default: the embedded prior)")
+    s.add_argument("--model", help="a diffusers SD (or, with --image, Zero123) folder or hub id (default: embedded)")
     s.add_argument("--allow-download", action="store_true", help="let a hub id download (off: local files only)")
     s.set_defaults(func=_prior_sample, words="prompts")
 
@@ -144,12 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Samples every colour x shape prompt and view prompts of the front-distinct objects, "
         "reports colour / shape / view accuracy and the VAE's held-out PSNR.",
     )
-    e.add_argument("-o", "--output", help="folder for prior_eval.json and samples.png")
+    e.add_argument(
+        "-o",
+        "--output",
+        help="folder for prior_eval.json and samples.png (zero123: zero123_eval.json, novel_views.png)",
+    )
+    e.add_argument(
+        "--kind",
+        choices=("text", "zero123"),
+        default="text",
+        help="zero123: novel views of every world object from a front-ish camera against the true renders (PSNR, "
+        "mask IoU, the classifier's colour and shape), held-out objects reported apart",
+    )
     e.add_argument("--per-prompt", type=int, default=4)
+    e.add_argument("--views", type=int, default=8, help="zero123: views per object, evenly around it (default 8)")
     e.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-    e.add_argument("--cfg", type=float, default=7.5)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--model", help="a diffusers SD folder or hub id (default: the embedded prior)")
+    e.add_argument("--cfg", type=float, default=None, help="CFG scale (default 7.5; 3 for zero123)")
+    e.add_argument("--seed", type=int, default=None, help="default 0 (zero123: 12345)")
+    e.add_argument("--model", help="a diffusers SD (or Zero123) folder or hub id (default: the embedded one)")
     e.add_argument("--allow-download", action="store_true")
     e.set_defaults(func=_prior_eval)
 

@@ -25,7 +25,7 @@ _OVERRIDE = re.compile(r"^[^\s=]+=")
 
 
 def _generate(args) -> None:
-    from .config import IMAGE_PRESET, TEXT_PRESET, load_run_config
+    from .config import TEXT_PRESET, image_preset, load_run_config
     from .configtools import to_yaml
     from .pipeline import MeshStageError, RunError, generate
 
@@ -35,7 +35,7 @@ def _generate(args) -> None:
     extra = {"prompt": prompt}
     if args.image:
         extra["image"] = args.image
-    cfg = load_run_config(args.config or (IMAGE_PRESET if args.image else TEXT_PRESET), overrides, extra)
+    cfg = load_run_config(args.config or (image_preset() if args.image else TEXT_PRESET), overrides, extra)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return
@@ -123,7 +123,7 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
         description="Optimize 3D Gaussians or a NeRF against a frozen diffusion prior (SDS, VSD, ISM or CSD), extract a "
         "textured mesh and write mesh.glb, mesh.obj (+mtl, png), gaussians.ply or nerf.safetensors, turntable.mp4, "
         "config.yaml and metrics.json to the output folder. With no options: the gaussian-vsd preset (3D Gaussians + "
-        "VSD; dreamgaussian with --image) and the embedded prior.",
+        "VSD; with --image dreamgaussian, or zero123 once an embedded Zero123 is in assets/zero123) and the embedded prior.",
         epilog='examples:\n  dream3d generate "a red cube" -o out/red_cube\n'
         '  dream3d generate "a blue snowman" --config dreamfusion train.steps=300 -o out/snowman\n'
         "  dream3d generate --image photo.png -o out/photo\n"
@@ -141,8 +141,8 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-o", "--output", metavar="DIR", help="run folder to write (required, except with --print-config)")
     g.add_argument(
         "--config",
-        help="a preset in configs/ (gaussian-vsd, dreamgaussian, dreamfusion, prolificdreamer, gaussian-ism) "
-        "or a YAML file (default: gaussian-vsd for a prompt, dreamgaussian with --image)",
+        help="a preset in configs/ (gaussian-vsd, dreamgaussian, dreamfusion, prolificdreamer, gaussian-ism, zero123) "
+        "or a YAML file (default: gaussian-vsd for a prompt; dreamgaussian with --image, zero123 once assets/zero123 exists)",
     )
     g.add_argument("--image", help="image-to-3D: an RGBA (or white-background) image of the object's front")
     again = g.add_mutually_exclusive_group()

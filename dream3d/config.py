@@ -7,15 +7,17 @@ import copy
 import os
 import warnings
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from renderers.cameras import CameraSampler
 
-from .assets import CONFIG_DIR
+from .assets import CONFIG_DIR, EMBEDDED_ZERO123
 from .configtools import ConfigError, build_config, load_yaml, parse_overrides, schema_at, selected_by
 from .guidance import RULES
 from .guidance.prior import PriorConfig
 from .guidance.schedules import Scheduled, scheduled
+from .guidance.zero123_prior import missing_parts
 from .mesh.stage import MeshConfig
 from .representations import REPRESENTATIONS
 from .representations.gaussians import GaussianConfig
@@ -25,9 +27,17 @@ from .train import ReferenceViewConfig, TrainConfig
 
 # What `dream3d generate` uses without --config. Text: Gaussians + VSD, higher IoU than Gaussians + SDS on 12 of
 # benchmarks/quality.py's 14 prompts (mean 0.659 against 0.590; README, "How good is it"). Image-to-3D:
-# DreamGaussian's SDS setup, the one measured with a reference view.
+# DreamGaussian's SDS setup, the one measured with a reference view (image_preset: zero123 once it is shipped).
 TEXT_PRESET = "gaussian-vsd"
 IMAGE_PRESET = "dreamgaussian"
+ZERO123_PRESET = "zero123"  # image-to-3D with the view-conditioned prior: the image default once it is shipped
+
+
+def image_preset() -> str:
+    """The preset of ``dream3d generate --image``: zero123 when the embedded Zero123 is in the assets (trained by
+    ``dream3d prior train --kind zero123``), else dreamgaussian (reference view + text SDS)."""
+    shipped = os.path.isdir(EMBEDDED_ZERO123) and not missing_parts(Path(EMBEDDED_ZERO123))
+    return ZERO123_PRESET if shipped else IMAGE_PRESET
 
 
 @dataclass

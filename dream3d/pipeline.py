@@ -22,7 +22,6 @@ from .config import RunConfig, load_run_config
 from .configtools import dotted_keys, schema_at, to_plain, to_yaml
 from .devices import resolve_device
 from .guidance import RULES
-from .guidance.prior import DiffusionPrior
 from .io import atomic_write_text
 from .mesh.export import export_mesh
 from .representations import REPRESENTATIONS
@@ -47,8 +46,8 @@ MESH_NOT_FINISHED = "the mesh stage did not finish (the process ended during it)
 
 
 def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
-    prior = DiffusionPrior.load(cfg.guidance.prior)
     rule = RULES[cfg.guidance.method]  # cfg.guidance is the rule's config (with method and prior beside it)
+    prior = rule.load_prior(cfg.guidance.prior)  # a text prior, or Zero123 for the zero123 rule
     seed = cfg.seed + 2 if generator_seed is None else generator_seed
     # VSD's LoRA and camera MLP start from torch's global RNG (peft initialises them so): seed it here, so the
     # student starts the same for the same seed whatever ran before in this process, and leave it as it was
@@ -300,6 +299,12 @@ def generate(
         check_resume_config(cfg, out_dir)
         keep_run_length(cfg, out_dir)
     resolve_device(cfg.train.device, "train.device")
+    image_rule = RULES[cfg.guidance.method].needs_reference
+    if image_rule and not cfg.image:
+        raise RunError(
+            f"guidance.method={cfg.guidance.method} draws the other views from the input image: give --image IMG "
+            "(or choose a text rule, e.g. guidance.method=sds)"
+        )
     if resume and mesh_error(out_dir) is not None:
         with open(os.path.join(out_dir, "metrics.json")) as fh:
             metrics = json.load(fh)
@@ -317,9 +322,15 @@ def generate(
         reference = load_reference_image(
             cfg.image, cfg.reference.resolution, object_fraction=cfg.reference.object_fraction
         )
-        if not cfg.prompt.strip():
+        if not cfg.prompt.strip() and not image_rule:
             log("no prompt with the image: the other views get unconditional SDS")
     guidance = build_guidance(cfg)
+    if image_rule:  # the input image at the prior's own size, and the reference camera
+        r = cfg.reference
+        rgb = reference[0]
+        if guidance.prior.image_size != r.resolution:
+            rgb = load_reference_image(cfg.image, guidance.prior.image_size, object_fraction=r.object_fraction)[0]
+        guidance.set_reference(rgb, r.elevation, r.azimuth, r.radius)
     if cfg.prompt and (
         why := guidance.prior.outside_vocabulary(cfg.prompt)
     ):  # the embedded prior knows its world's words only

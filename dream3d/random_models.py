@@ -3,7 +3,8 @@
 ``make_sd_folder(path, **SD15_FULL)`` writes a diffusers ``StableDiffusionPipeline`` folder of SD 1.5's full
 size (1.1 B parameters; with ``torch.set_default_device("cuda")`` it builds in seconds on a GPU), ``SD15_SMALL``
 has SD 1.5's layers and 512-pixel images with tiny channel counts. The tokenizer is character level (no merges),
-so no vocabulary file is needed. Loading, shapes, dtypes and speed can be tested with them, never quality.
+so no vocabulary file is needed. ``make_zero123_folder(path, **ZERO123_XL_FULL)`` (or ``ZERO123_XL_SMALL``) writes a
+Zero123 folder of Zero123-XL's architecture. Loading, shapes, dtypes and speed can be tested with them, never quality.
 """
 
 from __future__ import annotations
@@ -121,4 +122,62 @@ SD15_FULL = dict(
         hidden_act="quick_gelu",
     ),
     max_length=77,
+)
+
+
+def make_zero123_folder(path: Path, *, unet: dict, vae: dict, vision: dict) -> Path:
+    """Save a random-weight Zero123 folder in the public zero123-xl-diffusers layout (see
+    :mod:`dream3d.embedded_prior.zero123`), with the given U-Net, VAE and CLIP vision configs."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from .embedded_prior.zero123 import build_projection, build_scheduler, save_zero123
+
+    torch.manual_seed(0)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision))
+    unet = UNet2DConditionModel(**unet)
+    proj = build_projection(vision["projection_dim"], unet.config.cross_attention_dim)
+    save_zero123(
+        str(path),
+        vae=AutoencoderKL(**vae),
+        unet=unet,
+        image_encoder=encoder,
+        projection=proj,
+        scheduler=build_scheduler(),
+        clip_size=vision["image_size"],
+    )
+    return path
+
+
+# Zero123-XL's architecture: SD 1.x's U-Net with 8 input channels at 256x256 images (32x32 latents), SD's VAE,
+# and CLIP ViT-L/14's vision tower (224 pixels, 768-number image embeddings; 772 -> 768 camera projection).
+ZERO123_XL_FULL = dict(
+    unet=dict(sample_size=32, in_channels=8, out_channels=4, cross_attention_dim=768, attention_head_dim=8),
+    vae=dict(SD15_FULL["vae"], sample_size=256),
+    vision=dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    ),
+)
+
+# The same layers (4 U-Net levels, 8x VAE, 224-pixel ViT with 14-pixel patches) with tiny channel counts.
+ZERO123_XL_SMALL = dict(
+    unet=dict(SD15_SMALL["unet"], sample_size=32, in_channels=8, out_channels=4),
+    vae=dict(SD15_SMALL["vae"], sample_size=256),
+    vision=dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=224,
+        patch_size=14,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+    ),
 )

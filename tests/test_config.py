@@ -204,8 +204,8 @@ def _ablation_cells(path: str, overrides_from: str = "overrides"):
 
 def test_presets_and_ablation_cells_keep_their_guidance_settings():
     presets = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))}
-    assert presets == set(BEFORE["presets"])
-    for name in presets:
+    assert presets - set(BEFORE["presets"]) == {"zero123"}  # the one preset added since (issue 20)
+    for name in BEFORE["presets"]:
         _same_as_before(_effective(load_run_config(name)), BEFORE["presets"][name])
     cells = dict(
         c for p in sorted(glob.glob(os.path.join(CONFIG_DIR, "ablations", "*.yaml"))) for c in _ablation_cells(p)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,9 +20,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..guidance.prior import VOCABULARY_FILE
-from ..io import atomic_save_torch, atomic_write_text
+from ..io import atomic_write_text
 from ..world.render import WorldDatasetConfig, make_dataset
 from ..world.vocabulary import prior_vocabulary
+from .loop import ResumableTraining, Stop, ema_update, lr_factor
 from .model import PriorArchConfig, build_scheduler, build_text_encoder, build_unet, build_vae, train_tokenizer
 
 
@@ -46,14 +46,6 @@ class PriorTrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     threads: int = 0  # torch threads; 0 keeps torch's default
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10 %."""
-    if step < warmup:
-        return (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
 def _to_model_images(uint8: np.ndarray) -> torch.Tensor:
@@ -83,13 +75,9 @@ def load_or_make_dataset(cfg: PriorTrainConfig, log=print) -> dict:
     return d
 
 
-class _Trainer:
+class _Trainer(ResumableTraining):
     def __init__(self, cfg: PriorTrainConfig, log=print):
-        self.cfg, self.log = cfg, log
-        os.makedirs(cfg.work_dir, exist_ok=True)
-        self.ckpt_path = os.path.join(cfg.work_dir, "checkpoint.pt")
-        self.g = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)  # module initialization
+        super().__init__(cfg, log)
         self.data = load_or_make_dataset(cfg, log)
         self.images = torch.from_numpy(self.data["images"])  # uint8 (N, H, W, 3)
         self.tokenizer = train_tokenizer(
@@ -106,9 +94,7 @@ class _Trainer:
         self.opt_unet = torch.optim.AdamW(
             list(self.unet.parameters()) + list(self.text.parameters()), lr=cfg.unet_lr, weight_decay=0.01
         )
-        self.phase, self.step, self.scaling = "vae", 0, 1.0
-        self.history: list[dict] = []
-        self.elapsed = 0.0  # training seconds over all sessions
+        self.phase, self.scaling = "vae", 1.0
         ids = tok(
             list(self.data["captions"]),
             padding="max_length",
@@ -118,43 +104,18 @@ class _Trainer:
         ).input_ids
         self.caption_ids = ids
         self.empty_ids = tok([""], padding="max_length", max_length=cfg.arch.max_tokens, return_tensors="pt").input_ids
-        if os.path.exists(self.ckpt_path):
-            self._load()
+        self.resume_if_any()
 
     # -- checkpoints ---------------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return {
-            "phase": self.phase,
-            "step": self.step,
-            "scaling": self.scaling,
-            "elapsed": self.elapsed,
-            "generator": self.g.get_state(),
-            "vae": self.vae.state_dict(),
-            "opt_vae": self.opt_vae.state_dict(),
-            "unet": self.unet.state_dict(),
-            "text": self.text.state_dict(),
-            "ema_unet": self.ema_unet.state_dict(),
-            "ema_text": self.ema_text.state_dict(),
-            "opt_unet": self.opt_unet.state_dict(),
-            "history": json.dumps(self.history),
-            "config": json.dumps(asdict(self.cfg)),
-        }
+    def modules(self) -> dict:
+        names = ("vae", "opt_vae", "unet", "text", "ema_unet", "ema_text", "opt_unet")
+        return {name: getattr(self, name) for name in names}
 
-    def save(self):
-        atomic_save_torch(self._state(), self.ckpt_path)
+    def extra_state(self) -> dict:
+        return {"scaling": self.scaling}
 
-    def _load(self):
-        s = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        if json.loads(s["config"]) != json.loads(json.dumps(asdict(self.cfg))):
-            raise RuntimeError(
-                f"{self.ckpt_path} was written by a different training config; use another --work-dir or delete it"
-            )
-        self.phase, self.step, self.scaling, self.elapsed = s["phase"], s["step"], s["scaling"], s["elapsed"]
-        self.g.set_state(s["generator"])
-        for name in ("vae", "opt_vae", "unet", "text", "ema_unet", "ema_text", "opt_unet"):
-            getattr(self, name).load_state_dict(s[name])
-        self.history = json.loads(s["history"])
-        self.log(f"resumed {self.ckpt_path}: phase {self.phase}, step {self.step}")
+    def load_extra_state(self, s: dict) -> None:
+        self.scaling = s["scaling"]
 
     # -- phases --------------------------------------------------------------------------------------
     def _vae_step(self) -> float:
@@ -166,7 +127,7 @@ class _Trainer:
         rec = self.vae.decode(z).sample
         loss = F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
         for group in self.opt_vae.param_groups:
-            group["lr"] = cfg.vae_lr * _lr_factor(self.step, cfg.vae_steps, cfg.warmup)
+            group["lr"] = cfg.vae_lr * lr_factor(self.step, cfg.vae_steps, cfg.warmup)
         self.opt_vae.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_vae.step()
@@ -197,54 +158,21 @@ class _Trainer:
         pred = self.unet(zt, t, emb).sample
         loss = F.mse_loss(pred, noise)
         for group in self.opt_unet.param_groups:
-            group["lr"] = cfg.unet_lr * _lr_factor(self.step, cfg.unet_steps, cfg.warmup)
+            group["lr"] = cfg.unet_lr * lr_factor(self.step, cfg.unet_steps, cfg.warmup)
         self.opt_unet.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text.parameters()), 1.0)
         self.opt_unet.step()
-        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for ema, model in ((self.ema_unet, self.unet), (self.ema_text, self.text)):
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - decay)
+        ema_update(((self.ema_unet, self.unet), (self.ema_text, self.text)), self.step, cfg.ema_decay)
         return loss.item()
-
-    def _run_phase(self, name: str, total: int, step_fn) -> None:
-        bar = tqdm(total=total, initial=self.step, desc=f"prior {name}", unit="step", dynamic_ncols=True)
-        smooth = None
-        while self.step < total:
-            if self.budget is not None:
-                if self.budget <= 0:
-                    raise _Stop
-                self.budget -= 1
-            t0 = time.time()
-            loss = step_fn()
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"{name} loss became {loss} at step {self.step}; the last good checkpoint is {self.ckpt_path}"
-                )
-            self.elapsed += time.time() - t0
-            self.step += 1
-            smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
-            bar.update(1)
-            bar.set_postfix(loss=f"{smooth:.4f}")
-            if self.step % 50 == 0 or self.step == total:
-                self.history.append(
-                    {"phase": name, "step": self.step, "loss": smooth, "elapsed_s": round(self.elapsed, 1)}
-                )
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == total:
-                self.save()
-        bar.close()
 
     def run(self, stop_after: int | None = None) -> None:
         """Train to the end (or for ``stop_after`` more steps, to test interruption)."""
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        self.budget = stop_after
+        self.start(stop_after)
         try:
             if self.phase == "vae":
                 self.vae.train()
-                self._run_phase("vae", self.cfg.vae_steps, self._vae_step)
+                self.run_phase("vae", self.cfg.vae_steps, self._vae_step)
                 self.vae.eval()
                 mean, std = self._encode_all()
                 self.scaling = float(
@@ -258,10 +186,10 @@ class _Trainer:
             if self.phase == "unet":
                 self.vae.eval()
                 mean, std = self._encode_all()
-                self._run_phase("unet+text", self.cfg.unet_steps, lambda: self._unet_step(mean, std))
+                self.run_phase("unet+text", self.cfg.unet_steps, lambda: self._unet_step(mean, std))
                 self.phase = "done"
                 self.save()
-        except _Stop:
+        except Stop:
             return
         self.export()
 
@@ -301,10 +229,6 @@ class _Trainer:
             shutil.rmtree(self.cfg.out)
         os.replace(tmp, self.cfg.out)
         self.log(f"wrote the prior to {self.cfg.out} (trained {self.elapsed / 60:.1f} min)")
-
-
-class _Stop(Exception):
-    pass
 
 
 def train_prior(cfg: PriorTrainConfig, stop_after: int | None = None, log=print) -> None:

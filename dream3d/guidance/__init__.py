@@ -12,6 +12,9 @@ VSD trains its LoRA student inside each call (``lora_steps_per_call``) or via ``
 has ``state_dict``/``load_state_dict`` (random stream; VSD adds the student and its optimizer) for resume.
 Heavy libraries (diffusers, transformers, peft) are imported only when a model is loaded.
 
+``zero123`` (:class:`Zero123SDS`) is image-to-3D's rule: it scores renders with a view-conditioned Zero-1-to-3
+(:class:`Zero123Prior`, loaded by the rule's ``load_prior``) given the input image (``set_reference``).
+
 ``RULES`` maps each ``guidance.method`` name to its rule; the run config, the pipeline and the benchmarks read
 it. A new rule is one file (a :class:`Guidance` subclass and its config, a :class:`GuidanceConfig` subclass
 that sets its defaults and adds its own settings) plus one line in ``RULES``.
@@ -34,8 +37,10 @@ from .prior import DiffusionPrior, PriorConfig, PriorNotFoundError, TextConditio
 from .schedules import TIMESTEP_SCHEDULES, TimestepConfig, sample_timesteps, scheduled
 from .sds import SDS, SDSConfig
 from .vsd import VSD, VSDConfig, camera_features
+from .zero123 import Zero123Config, Zero123SDS
+from .zero123_prior import Zero123Prior, relative_camera
 
-RULES: dict[str, type[Guidance]] = {"sds": SDS, "vsd": VSD, "ism": ISM, "csd": CSD}
+RULES: dict[str, type[Guidance]] = {"sds": SDS, "vsd": VSD, "ism": ISM, "csd": CSD, "zero123": Zero123SDS}
 
 __all__ = [
     "CSD",
@@ -59,12 +64,16 @@ __all__ = [
     "VSDConfig",
     "ViewPromptConfig",
     "WEIGHTINGS",
+    "Zero123Config",
+    "Zero123Prior",
+    "Zero123SDS",
     "camera_features",
     "distillation_loss",
     "guided_eps",
     "perpendicular",
     "perpneg_combine",
     "perpneg_conditioning",
+    "relative_camera",
     "sample_timesteps",
     "scheduled",
     "timestep_weight",

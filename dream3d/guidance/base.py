@@ -23,7 +23,7 @@ from renderers.cameras import Cameras
 
 from ..profiling import PhaseTimer
 from .perpneg import PerpNegConfig, perpneg_combine, perpneg_conditioning
-from .prior import DiffusionPrior, TextConditioning, ViewPromptConfig, view_prompts
+from .prior import DiffusionPrior, PriorConfig, TextConditioning, ViewPromptConfig, view_prompts
 from .schedules import Scheduled, TimestepConfig, sample_timesteps, scheduled
 
 Views = Union[Cameras, tuple[Tensor, Tensor], tuple[Sequence[float], Sequence[float]], None]
@@ -85,8 +85,8 @@ def view_angles(views: Views, batch: int) -> tuple[Tensor | None, Tensor | None]
     if isinstance(views, Cameras):
         el, az, _ = views.spherical()
     else:
-        try:
-            el, az = views
+        try:  # (an (elevation, azimuth, radius) triple too: the radius is for rules that read it, zero123)
+            el, az = views[:2] if isinstance(views, (tuple, list)) and len(views) == 3 else views
         except (TypeError, ValueError):
             raise TypeError(
                 f"views must be Cameras, an (elevation, azimuth) pair, or None; got {type(views).__name__}"
@@ -134,6 +134,17 @@ class Guidance:
     """
 
     config_class = GuidanceConfig
+    # Whether the rule is conditioned on the input image (image-to-3D only): the pipeline then calls set_reference.
+    needs_reference = False
+
+    @classmethod
+    def load_prior(cls, cfg: PriorConfig):
+        """The backbone this rule scores with, from ``guidance.prior``: here a Stable-Diffusion-format model."""
+        return DiffusionPrior.load(cfg)
+
+    def set_reference(self, rgb: Tensor, elevation: float, azimuth: float, radius: float) -> None:
+        """Image-to-3D: the input image (1, H, W, 3) in [0, 1] and its camera. Text rules leave it to the
+        reference-view losses."""
 
     def __init__(
         self, prior: DiffusionPrior, cfg: GuidanceConfig | None = None, generator: torch.Generator | None = None

@@ -191,7 +191,112 @@ def caption_for(vocabulary: dict | None, prompt: str) -> str:
     return (v["view_caption"] if groups.get("view") else v["caption"]).format(**groups)
 
 
-class DiffusionPrior:
+class LatentBackbone:
+    """What every frozen latent diffusion backbone here shares, whatever conditions it: the VAE (images <->
+    latents), the noise schedule (noising, the training target) and the U-Net's output read as epsilon.
+    :class:`DiffusionPrior` (text) and :class:`~dream3d.guidance.zero123_prior.Zero123Prior` (an image and a
+    relative camera) add their own conditioning on top."""
+
+    def _setup(self, vae, unet, scheduler, modules, device, dtype, source: str | None) -> None:
+        self.device, self.dtype = torch.device(device), dtype
+        self.source = source  # the folder or hub id it was loaded from (None: built from components)
+        self.vae, self.unet, self.scheduler = vae, unet, scheduler
+        for m in modules:
+            if next(m.parameters()).dtype != dtype:  # (diffusers warns on a dtype-carrying .to(); load() cast them)
+                m.to(dtype=dtype)
+            m.to(self.device)
+            m.eval()
+            m.requires_grad_(False)
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)  # (T,)
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r} in the scheduler config")
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        self.latent_channels = int(unet.config.out_channels)  # (the input may hold more: Zero123 concatenates)
+        sample_size = unet.config.sample_size
+        self.latent_size = int(sample_size if isinstance(sample_size, int) else sample_size[0])
+        self.image_size = self.latent_size * self.vae_scale_factor  # the model's native resolution
+
+    def compile(self, mode: str = "default") -> None:
+        """torch.compile the U-Net and the VAE encoder in place (the modules stay the same objects, so peft
+        adapters and VSD's class embedding keep working; each distinct branch compiles once). ``mode`` is an
+        inductor mode ("default", "reduce-overhead", "max-autotune", ...), or "eager" / "aot_eager": dynamo's
+        debugging backends, which trace without generating code (a quick check that the model compiles)."""
+        kw = {"backend": mode} if mode in ("eager", "aot_eager") else {"mode": mode}
+        self.unet.compile(**kw)
+        self.vae.encoder.compile(**kw)
+
+    # ---------------------------------------------------------------- images <-> latents
+
+    def encode(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, H, W, 3) images in [0, 1] -> (B, C, h, w) fp32 latents, differentiable through the VAE encoder.
+
+        Images are resized (bilinear, antialiased when shrinking) to the model's native ``image_size``.
+        The posterior mean is used unless a ``generator`` is given, in which case it is sampled: the mean
+        keeps the gradient deterministic, and the encoder's variance is tiny next to the diffusion noise.
+        """
+        if rgb.ndim != 4 or rgb.shape[-1] != 3:
+            raise ValueError(f"encode expects channels-last rgb of shape (B, H, W, 3); got {tuple(rgb.shape)}")
+        x = rgb.permute(0, 3, 1, 2)
+        S = self.image_size
+        if x.shape[-2:] != (S, S):
+            shrink = x.shape[-2] > S or x.shape[-1] > S
+            x = F.interpolate(x.float(), size=(S, S), mode="bilinear", align_corners=False, antialias=shrink)
+        x = (x * 2 - 1).to(device=self.device, dtype=self.dtype)
+        dist = self.vae.encode(x).latent_dist
+        z = (
+            dist.mean
+            if generator is None
+            else dist.mean
+            + dist.std * torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean)
+        )
+        return (z.float() - self.shift_factor) * self.scaling_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """(B, C, h, w) latents -> (B, H, W, 3) fp32 images in [0, 1]."""
+        z = latents.to(self.dtype) / self.scaling_factor + self.shift_factor
+        x = self.vae.decode(z).sample.float()
+        return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+    # ---------------------------------------------------------------- diffusion
+
+    def _t(self, t: Tensor | int, batch: int) -> Tensor:
+        t = torch.as_tensor(t, device=self.device).long().reshape(-1)
+        return t.expand(batch) if t.numel() == 1 else t
+
+    def _abar(self, t: Tensor) -> Tensor:
+        return self.alphas_cumprod[t].view(-1, 1, 1, 1)
+
+    def add_noise(self, latents: Tensor, noise: Tensor, t: Tensor | int) -> Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, in fp32."""
+        a = self._abar(self._t(t, latents.shape[0]))
+        return a.sqrt() * latents.float() + (1 - a).sqrt() * noise.float()
+
+    def as_epsilon(self, out: Tensor, noisy_latents: Tensor, t: Tensor) -> Tensor:
+        """The U-Net's fp32 output ``out`` at ``noisy_latents`` read as epsilon (converted from v or x0 for models
+        trained on those)."""
+        if self.prediction_type == "epsilon":
+            return out
+        a = self._abar(self._t(t, noisy_latents.shape[0]))
+        x = noisy_latents.float()
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * out + (1 - a).sqrt() * x
+        return (x - a.sqrt() * out) / (1 - a).sqrt()  # "sample"
+
+    def training_target(self, latents: Tensor, noise: Tensor, t: Tensor | int) -> Tensor:
+        """What the U-Net is trained to output at x_t = add_noise(latents, noise, t)."""
+        if self.prediction_type == "epsilon":
+            return noise.float()
+        if self.prediction_type == "sample":
+            return latents.float()
+        a = self._abar(self._t(t, latents.shape[0]))
+        return a.sqrt() * noise.float() - (1 - a).sqrt() * latents.float()
+
+
+class DiffusionPrior(LatentBackbone):
     """A frozen latent diffusion model: VAE, text encoder, U-Net and its noise schedule.
 
     Build one with :meth:`load` (from a folder or hub id) or directly from loaded components.
@@ -208,34 +313,9 @@ class DiffusionPrior:
         dtype: torch.dtype = torch.float32,
         source: str | None = None,
     ):
-        self.device, self.dtype = torch.device(device), dtype
-        self.source = source  # the folder or hub id it was loaded from (None: built from components)
+        self._setup(vae, unet, scheduler, (vae, unet, text_encoder), device, dtype, source)
         self.vocabulary = read_vocabulary(source)
-        self.vae, self.unet, self.text_encoder, self.tokenizer, self.scheduler = (
-            vae,
-            unet,
-            text_encoder,
-            tokenizer,
-            scheduler,
-        )
-        for m in (vae, unet, text_encoder):
-            if m.dtype != dtype:  # (diffusers warns on any dtype-carrying .to(); load() already cast them)
-                m.to(dtype=dtype)
-            m.to(self.device)
-            m.eval()
-            m.requires_grad_(False)
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)  # (T,)
-        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
-        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"unsupported prediction_type {self.prediction_type!r} in the scheduler config")
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.scaling_factor = float(vae.config.scaling_factor)
-        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
-        self.latent_channels = int(unet.config.in_channels)
-        sample_size = unet.config.sample_size
-        self.latent_size = int(sample_size if isinstance(sample_size, int) else sample_size[0])
-        self.image_size = self.latent_size * self.vae_scale_factor  # the model's native resolution
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
         max_len = getattr(tokenizer, "model_max_length", None) or 77
         self.max_length = int(min(max_len, text_encoder.config.max_position_embeddings))
         self._text_cache: dict[str, Tensor] = {}
@@ -274,15 +354,6 @@ class DiffusionPrior:
                 m.to(memory_format=torch.channels_last)
         return prior
 
-    def compile(self, mode: str = "default") -> None:
-        """torch.compile the U-Net and the VAE encoder in place (the modules stay the same objects, so peft
-        adapters and VSD's class embedding keep working; each distinct branch compiles once). ``mode`` is an
-        inductor mode ("default", "reduce-overhead", "max-autotune", ...), or "eager" / "aot_eager": dynamo's
-        debugging backends, which trace without generating code (a quick check that the model compiles)."""
-        kw = {"backend": mode} if mode in ("eager", "aot_eager") else {"mode": mode}
-        self.unet.compile(**kw)
-        self.vae.encoder.compile(**kw)
-
     def caption(self, prompt: str) -> str:
         """``prompt`` as the model's training captions write it, where its vocabulary.json gives their form (the
         embedded prior's captions are always "a <colour> <shape>": its tokenizer never saw "an", and "an orange
@@ -299,38 +370,6 @@ class DiffusionPrior:
         if m and all(m[group].lower() in words for group, words in v["words"].items()):
             return None
         return f"prompt {prompt!r} is outside the prompts the model in {self.source} was trained on: {v['description']}"
-
-    # ---------------------------------------------------------------- images <-> latents
-
-    def encode(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(B, H, W, 3) images in [0, 1] -> (B, C, h, w) fp32 latents, differentiable through the VAE encoder.
-
-        Images are resized (bilinear, antialiased when shrinking) to the model's native ``image_size``.
-        The posterior mean is used unless a ``generator`` is given, in which case it is sampled: the mean
-        keeps the gradient deterministic, and the encoder's variance is tiny next to the diffusion noise.
-        """
-        if rgb.ndim != 4 or rgb.shape[-1] != 3:
-            raise ValueError(f"encode expects channels-last rgb of shape (B, H, W, 3); got {tuple(rgb.shape)}")
-        x = rgb.permute(0, 3, 1, 2)
-        S = self.image_size
-        if x.shape[-2:] != (S, S):
-            shrink = x.shape[-2] > S or x.shape[-1] > S
-            x = F.interpolate(x.float(), size=(S, S), mode="bilinear", align_corners=False, antialias=shrink)
-        x = (x * 2 - 1).to(device=self.device, dtype=self.dtype)
-        dist = self.vae.encode(x).latent_dist
-        z = (
-            dist.mean
-            if generator is None
-            else dist.mean
-            + dist.std * torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean)
-        )
-        return (z.float() - self.shift_factor) * self.scaling_factor
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """(B, C, h, w) latents -> (B, H, W, 3) fp32 images in [0, 1]."""
-        z = latents.to(self.dtype) / self.scaling_factor + self.shift_factor
-        x = self.vae.decode(z).sample.float()
-        return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
     # ---------------------------------------------------------------- text
 
@@ -369,18 +408,6 @@ class DiffusionPrior:
 
     # ---------------------------------------------------------------- diffusion
 
-    def _t(self, t: Tensor | int, batch: int) -> Tensor:
-        t = torch.as_tensor(t, device=self.device).long().reshape(-1)
-        return t.expand(batch) if t.numel() == 1 else t
-
-    def _abar(self, t: Tensor) -> Tensor:
-        return self.alphas_cumprod[t].view(-1, 1, 1, 1)
-
-    def add_noise(self, latents: Tensor, noise: Tensor, t: Tensor | int) -> Tensor:
-        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, in fp32."""
-        a = self._abar(self._t(t, latents.shape[0]))
-        return a.sqrt() * latents.float() + (1 - a).sqrt() * noise.float()
-
     def model_output(
         self, noisy_latents: Tensor, t: Tensor | int, text_embeds: Tensor, class_labels: Tensor | None = None
     ) -> Tensor:
@@ -404,20 +431,4 @@ class DiffusionPrior:
         ignores them (VSD's camera conditioning attaches one for its LoRA branch only).
         """
         t = self._t(t, noisy_latents.shape[0])
-        out = self.model_output(noisy_latents, t, text_embeds, class_labels)
-        if self.prediction_type == "epsilon":
-            return out
-        a = self._abar(t)
-        x = noisy_latents.float()
-        if self.prediction_type == "v_prediction":
-            return a.sqrt() * out + (1 - a).sqrt() * x
-        return (x - a.sqrt() * out) / (1 - a).sqrt()  # "sample"
-
-    def training_target(self, latents: Tensor, noise: Tensor, t: Tensor | int) -> Tensor:
-        """What the U-Net is trained to output at x_t = add_noise(latents, noise, t)."""
-        if self.prediction_type == "epsilon":
-            return noise.float()
-        if self.prediction_type == "sample":
-            return latents.float()
-        a = self._abar(self._t(t, latents.shape[0]))
-        return a.sqrt() * noise.float() - (1 - a).sqrt() * latents.float()
+        return self.as_epsilon(self.model_output(noisy_latents, t, text_embeds, class_labels), noisy_latents, t)
