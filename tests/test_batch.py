@@ -213,7 +213,8 @@ def test_gallery_draws_every_model_in_headless_chromium(colour_batch, tmp_path):
             assert len(px) > 0.03 * card["box"][2] * card["box"][3], f"{card['name']}: the canvas is blank"
             channel, colour = COLOURS[card["prompt"]]
             mean = px.mean(0)
-            assert mean.argmax() == channel and mean[channel] > mean.min() + 40, (
+            # model-viewer's neutral lighting and tone mapping desaturate; a grey model has channels within ~5
+            assert mean.argmax() == channel and mean[channel] > mean.min() + 25, (
                 f"{card['name']} is not {colour}: mean RGB {mean}"
             )
         # filter and sort, the page's own script
