@@ -118,25 +118,7 @@ def bench_gaussians(
                 )
             if batch * size * size * n <= dense_max_pairs:
                 times["dense"] = time_fwd_bwd(lambda *p: rasterize_gaussians_dense(*p, cams, bg), params, repeats)
-            ref = sum(times[backends[0]])
-            for backend, (f, b) in times.items():
-                rows.append(
-                    dict(
-                        renderer="gaussians",
-                        backend=backend,
-                        n=n,
-                        size=size,
-                        batch=batch,
-                        forward_s=f,
-                        backward_s=b,
-                        total_s=f + b,
-                        vs_torch=(f + b) / ref,
-                    )
-                )
-                print(
-                    f"  gaussians {backend:9} n={n:<6d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)",
-                    flush=True,
-                )
+            rows += timing_rows(times, backends[0], renderer="gaussians", n=n, size=size, batch=batch)
     return rows
 
 
@@ -165,25 +147,21 @@ def bench_volume(sizes, samples: int, shadings, batch: int, repeats: int, device
                     cams, shading, lights, num_samples=samples, backend=b, estimator=e
                 )  # noqa: E731
                 times[backend] = time_fwd_bwd(fn, params, repeats)
-            ref = sum(times["torch"])
-            for backend, (f, b) in times.items():
-                rows.append(
-                    dict(
-                        renderer=f"vol/{shading[:4]}",
-                        backend=backend,
-                        n=samples,
-                        size=size,
-                        batch=batch,
-                        forward_s=f,
-                        backward_s=b,
-                        total_s=f + b,
-                        vs_torch=(f + b) / ref,
-                    )
-                )
-                print(
-                    f"  volume {shading:11} {backend:9} S={samples:<4d} {size:4d}px x{batch}: fwd {f:8.3f}s  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x torch)",
-                    flush=True,
-                )
+            rows += timing_rows(times, "torch", renderer=f"vol/{shading[:4]}", n=samples, size=size, batch=batch)
+    return rows
+
+
+def timing_rows(times: dict, reference: str, **row) -> list[dict]:
+    """One row per backend from its (forward, backward) seconds, relative to the ``reference`` backend; printed."""
+    ref = sum(times[reference])
+    rows = []
+    for backend, (f, b) in times.items():
+        rows.append(dict(row, backend=backend, forward_s=f, backward_s=b, total_s=f + b, vs_torch=(f + b) / ref))
+        print(
+            f"  {row['renderer']:9} {backend:9} n={row['n']:<6d} {row['size']:4d}px x{row['batch']}: fwd {f:8.3f}s"
+            f"  bwd {b:8.3f}s  total {f + b:8.3f}s  ({(f + b) / ref:6.2f}x {reference})",
+            flush=True,
+        )
     return rows
 
 

@@ -41,6 +41,18 @@ def ema_update(pairs, step: int, decay: float) -> None:
             pe.lerp_(pm, 1 - d)
 
 
+def optimizer_step(opt, loss: torch.Tensor, lr: float, clip: tuple | None = None) -> float:
+    """Set every group's learning rate, back-propagate ``loss`` and step; ``clip`` is (parameters, max norm)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(*clip)
+    opt.step()
+    return loss.item()
+
+
 class ResumableTraining:
     """Phase, step, training seconds, history and the generator, checkpointed with ``self.modules()``.
 

@@ -23,7 +23,7 @@ from ..guidance.prior import VOCABULARY_FILE
 from ..io import atomic_write_text
 from ..world.render import WorldDatasetConfig, make_dataset
 from ..world.vocabulary import prior_vocabulary
-from .loop import ResumableTraining, Stop, ema_update, lr_factor
+from .loop import ResumableTraining, Stop, ema_update, lr_factor, optimizer_step
 from .model import PriorArchConfig, build_scheduler, build_text_encoder, build_unet, build_vae, train_tokenizer
 
 
@@ -126,12 +126,7 @@ class _Trainer(ResumableTraining):
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=self.g)
         rec = self.vae.decode(z).sample
         loss = F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
-        for group in self.opt_vae.param_groups:
-            group["lr"] = cfg.vae_lr * lr_factor(self.step, cfg.vae_steps, cfg.warmup)
-        self.opt_vae.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_vae.step()
-        return loss.item()
+        return optimizer_step(self.opt_vae, loss, cfg.vae_lr * lr_factor(self.step, cfg.vae_steps, cfg.warmup))
 
     @torch.no_grad()
     def _encode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,14 +152,12 @@ class _Trainer(ResumableTraining):
         emb = self.text(ids).last_hidden_state
         pred = self.unet(zt, t, emb).sample
         loss = F.mse_loss(pred, noise)
-        for group in self.opt_unet.param_groups:
-            group["lr"] = cfg.unet_lr * lr_factor(self.step, cfg.unet_steps, cfg.warmup)
-        self.opt_unet.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text.parameters()), 1.0)
-        self.opt_unet.step()
+        lr = cfg.unet_lr * lr_factor(self.step, cfg.unet_steps, cfg.warmup)
+        value = optimizer_step(
+            self.opt_unet, loss, lr, (list(self.unet.parameters()) + list(self.text.parameters()), 1.0)
+        )
         ema_update(((self.ema_unet, self.unet), (self.ema_text, self.text)), self.step, cfg.ema_decay)
-        return loss.item()
+        return value
 
     def run(self, stop_after: int | None = None) -> None:
         """Train to the end (or for ``stop_after`` more steps, to test interruption)."""

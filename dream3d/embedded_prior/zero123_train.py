@@ -30,7 +30,7 @@ from ..assets import EMBEDDED_PRIOR
 from ..guidance.zero123_prior import clip_preprocess, relative_camera
 from ..world.render import render_colored_mesh
 from ..world.shapes import COLORS, SHAPES, build_shape
-from .loop import ResumableTraining, Stop, ema_update, lr_factor
+from .loop import ResumableTraining, Stop, ema_update, lr_factor, optimizer_step
 from .zero123 import (
     CLIP_MEAN,
     CLIP_STD,
@@ -201,14 +201,11 @@ class _Trainer(ResumableTraining):
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = self.unet(torch.cat([zt, given], 1), t, encoder_hidden_states=states).sample
         loss = F.mse_loss(pred, noise)
-        for group in self.opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(self.step, cfg.steps, cfg.warmup)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self._params(), 1.0)
-        self.opt.step()
+        value = optimizer_step(
+            self.opt, loss, cfg.lr * lr_factor(self.step, cfg.steps, cfg.warmup), (self._params(), 1.0)
+        )
         ema_update([(self.ema[n], getattr(self, n)) for n in self.ema], self.step, cfg.ema_decay)
-        return loss.item()
+        return value
 
     def run(self, stop_after: int | None = None) -> None:
         self.start(stop_after)
