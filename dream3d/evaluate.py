@@ -18,6 +18,9 @@ The questions, each answered from the exported mesh (``mesh.glb``, +Y up, front 
   The classifier's own answer (a back-half view judged "front") is kept beside it, but its view head learned
   the world's fixed light as well as the features: it sees a second door on a house, yet reads a snowman's
   view from its shading alone, so a two-faced snowman passes it (tests/test_evaluate.py records both).
+- **Far side** (image-to-3D from a front view): is the object the right way round where the image does not show
+  it: closer to the ground truth than to it turned around (a door at the back, a mug's handle on the other side)
+  and than to its two-faced twin (:func:`far_side_check`, on the same comparison as the Janus check).
 
 Occupancy needs no spatial index (trimesh's ``contains`` wants rtree or embree): rays along each grid axis
 are cast through the voxel centres and the crossings counted (parity), per connected component, because
@@ -62,6 +65,10 @@ class EvalConfig:
     fov_y: float = 45.0  # the middle of 40..50
     back_azimuths: tuple[float, ...] = (135.0, 180.0, 225.0)  # views the classifier must not judge "front"
     janus_image_size: int = 128  # the front features are small: a snowman's eyes are ~1 px at 64
+    # far_side_check: the truth must be closer than each other hypothesis by this fraction of the two distances'
+    # sum. A house without its door is about as close to the house as to it turned around: margins -0.03 (yellow)
+    # to -0.11 (green); the truth itself scores -1
+    far_side_margin: float = 0.2
     # surface measures (surface_measures)
     surface_points: int = 100_000  # points sampled on each surface (Occupancy Networks' count)
     surface_seed: int = 0  # the sampling seed: the same mesh always gets the same points
@@ -562,27 +569,35 @@ def judge(classifier, shaded: torch.Tensor, cfg: EvalConfig, color: str, shape: 
 # ---------------------------------------------------------------------------------------------- Janus
 
 
+def turned_around(mesh: ColoredMesh) -> ColoredMesh:
+    """The object turned 180 degrees about +Y: its front feature at the back (the door at the back, the mug's
+    handle on the other side, the chair's backrest in front). What a far side guessed backwards looks like."""
+    turned = mesh.vertices * np.array([-1, 1, -1], np.float32)  # a rotation: the winding stays outward
+    return ColoredMesh(turned, mesh.faces, mesh.face_colors)
+
+
 def janus_twin(mesh: ColoredMesh) -> ColoredMesh:
     """The object together with a copy of itself turned 180 degrees about +Y: its front feature (door, face,
     handle, backrest) on both sides. What a two-faced (Janus) result looks like."""
-    turned = mesh.vertices * np.array([-1, 1, -1], np.float32)  # a rotation: the winding stays outward
+    turned = turned_around(mesh)
     return ColoredMesh(
-        np.concatenate([mesh.vertices, turned]),
-        np.concatenate([mesh.faces, mesh.faces + len(mesh.vertices)]),
-        np.concatenate([mesh.face_colors, mesh.face_colors]),
+        np.concatenate([mesh.vertices, turned.vertices]),
+        np.concatenate([mesh.faces, turned.faces + len(mesh.vertices)]),
+        np.concatenate([mesh.face_colors, turned.face_colors]),
     )
 
 
-def janus_check(surface: Surface | None, gt: ColoredMesh, color: str, cfg: EvalConfig) -> dict:
-    """Does the generated object (``surface``; None when the mesh is empty) show its front feature once (as
-    ``gt``) or twice (as :func:`janus_twin`)?
+def compare_hypotheses(
+    surface: Surface | None, gt: ColoredMesh, others: list[ColoredMesh], color: str, cfg: EvalConfig
+) -> list[tuple[float, float] | None]:
+    """Is the generated object (``surface``; None when the mesh is empty) closer to ``gt`` or to each of ``others``
+    (the ground truth changed where it is front-distinct: :func:`janus_twin`, :func:`turned_around`)?
 
-    Both hypotheses are rendered (unlit albedo over white) from the ring of judged views at
-    ``janus_image_size``; only the pixels where they differ can tell them apart, and there the generated
-    render, white-balanced to the ground truth's body colour, is compared with each. ``janus`` is True when
-    it is closer to the two-faced object. Unlike the classifier this needs no learned notion of "front", so
-    it also sees a snowman's second face.
-    ``janus_margin`` = (d_one - d_two) / (d_one + d_two): near -1 clearly one front, near +1 clearly two."""
+    Every hypothesis is rendered (unlit albedo over white) from the ring of judged views at ``janus_image_size``;
+    only the pixels where ``gt`` and the other differ can tell the two apart, and there the generated render,
+    white-balanced to the ground truth's body colour, is compared with each. Needs no learned notion of "front",
+    unlike the classifier. Returns, per other, (distance to ``gt``, distance to the other): sums of the per-pixel
+    RGB L1 over that region; None where the two hypotheses look the same from every judged view."""
     size = cfg.janus_image_size
     cams = judge_cameras(cfg, size)[: len(cfg.azimuths)]
 
@@ -590,8 +605,8 @@ def janus_check(surface: Surface | None, gt: ColoredMesh, color: str, cfg: EvalC
         r = render_views(surface, cams, cfg.supersample)
         return r["albedo"], r["alpha"]
 
-    (a1, m1), (a2, m2) = render(surface_from_colored(gt)), render(surface_from_colored(janus_twin(gt)))
-    one, two = a1 + (1 - m1), a2 + (1 - m2)
+    a1, m1 = render(surface_from_colored(gt))
+    one = a1 + (1 - m1)
     if surface is not None:
         # White-balance the generated renders to the body colour, view by view: the gain that takes the
         # median generated colour where the ground truth shows its body colour to that colour. A texture that
@@ -610,13 +625,54 @@ def janus_check(surface: Surface | None, gt: ColoredMesh, color: str, cfg: EvalC
         gen = (ag * gain.clamp(0.25, 4.0)[:, None, None]).clamp(0, 1) + (1 - mg)
     else:
         gen = torch.ones_like(one)
-    region = (one - two).abs().sum(-1) > 0.15
-    if not region.any():
+    out = []
+    for other in others:
+        a2, m2 = render(surface_from_colored(other))
+        two = a2 + (1 - m2)
+        region = (one - two).abs().sum(-1) > 0.15
+        if not region.any():
+            out.append(None)
+            continue
+        out.append((float((gen - one).abs().sum(-1)[region].sum()), float((gen - two).abs().sum(-1)[region].sum())))
+    return out
+
+
+def _margin(d_gt: float, d_other: float) -> float:
+    """(d_gt - d_other) / (d_gt + d_other), 4 decimals: near -1 clearly the ground truth, near +1 clearly the other."""
+    return round((d_gt - d_other) / max(d_gt + d_other, 1e-9), 4)
+
+
+def janus_check(surface: Surface | None, gt: ColoredMesh, color: str, cfg: EvalConfig) -> dict:
+    """Does the generated object (``surface``; None when the mesh is empty) show its front feature once (as
+    ``gt``) or twice (as :func:`janus_twin`)? Compared where the two differ (:func:`compare_hypotheses`).
+
+    ``janus`` is True when it is closer to the two-faced object. Unlike the classifier this needs no learned
+    notion of "front", so it also sees a snowman's second face.
+    ``janus_margin`` = (d_one - d_two) / (d_one + d_two): near -1 clearly one front, near +1 clearly two."""
+    (d,) = compare_hypotheses(surface, gt, [janus_twin(gt)], color, cfg)
+    if d is None:
         return {"janus": None, "janus_margin": None}
-    d_one = float((gen - one).abs().sum(-1)[region].sum())
-    d_two = float((gen - two).abs().sum(-1)[region].sum())
-    margin = (d_one - d_two) / max(d_one + d_two, 1e-9)
-    return {"janus": d_two < d_one, "janus_margin": round(margin, 4)}
+    return {"janus": d[1] < d[0], "janus_margin": _margin(*d)}
+
+
+def far_side_check(surface: Surface | None, gt: ColoredMesh, color: str, cfg: EvalConfig) -> dict:
+    """Image-to-3D from a front view: is the object the right way round where the image does not show it?
+
+    The generated object (``surface``; None when the mesh is empty) must be closer to ``gt`` than to ``gt``
+    turned around (:func:`turned_around`: the door at the back, the mug's handle on the other side) and than to
+    its two-faced twin (:func:`janus_twin`: the front feature on both sides), each compared where the two differ
+    (:func:`compare_hypotheses`, over the whole ring of judged views: a chair's twin differs at the front, its
+    backrest, not behind). ``far_side_margin_turned`` / ``_twin``: (d_gt - d_other) / (d_gt + d_other), below 0
+    where ``gt`` is closer. ``far_side_correct``: both margins below ``-cfg.far_side_margin`` (None where neither
+    pair differs, as for a primitive; False for an empty mesh)."""
+    turned, twin = compare_hypotheses(surface, gt, [turned_around(gt), janus_twin(gt)], color, cfg)
+    margins = [None if d is None else _margin(*d) for d in (turned, twin)]
+    judged = [m for m in margins if m is not None]
+    return {
+        "far_side_correct": (surface is not None and all(m < -cfg.far_side_margin for m in judged)) if judged else None,
+        "far_side_margin_turned": margins[0],
+        "far_side_margin_twin": margins[1],
+    }
 
 
 # ---------------------------------------------------------------------------------------------- entry points

@@ -62,6 +62,49 @@ def tiny_prior(tmp_path_factory) -> str:
     return str(root / "prior")
 
 
+def tiny_zero123_config(root, vae_from: str, steps: int = 6, **kw):
+    """The training config of a tiny Zero123 (32-pixel renders of three objects, one held out; ``vae_from``: a text
+    prior's folder, e.g. ``tiny_prior``), writing into ``root``/zero123."""
+    from dream3d.embedded_prior.zero123 import Zero123ArchConfig
+    from dream3d.embedded_prior.zero123_train import MultiViewDataConfig, Zero123TrainConfig
+
+    arch = Zero123ArchConfig(
+        unet_channels=(32, 32, 32), unet_heads=2, embed_width=32, vision_width=32, vision_layers=1, vision_heads=2,
+        clip_size=32, patch_size=8,
+    )  # fmt: skip
+    data = MultiViewDataConfig(
+        views=4, size=32, objects=("red cube", "blue mug", "green cone"), holdout=("green cone",)
+    )
+    return Zero123TrainConfig(
+        out=str(root / "zero123"),
+        work_dir=str(root / "work"),
+        vae_from=vae_from,
+        arch=arch,
+        data=data,
+        steps=steps,
+        batch=4,
+        warmup=2,
+        checkpoint_every=2,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_zero123(tmp_path_factory, tiny_prior) -> str:
+    """A Zero123 folder written by a 6-step training run (the tiny text prior's VAE, 32-pixel renders), on one
+    thread (a tiny U-Net gains nothing from a second one, and waits on it on a busy machine)."""
+    from dream3d.embedded_prior.zero123_train import train_zero123
+
+    root = tmp_path_factory.mktemp("zero123")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_zero123(tiny_zero123_config(root, tiny_prior), log=lambda m: None)
+    finally:
+        torch.set_num_threads(before)
+    return str(root / "zero123")
+
+
 TINY_RUN = [
     "train.steps=4",
     "train.batch_size=2",

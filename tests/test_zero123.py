@@ -14,19 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from dream3d.embedded_prior.zero123 import Zero123ArchConfig
-from dream3d.embedded_prior.zero123_train import MultiViewDataConfig, Zero123TrainConfig, _Trainer, train_zero123
+from dream3d.embedded_prior.zero123_train import _Trainer, train_zero123
 from dream3d.guidance import RULES, PriorConfig, PriorNotFoundError, Zero123Config, Zero123Prior, Zero123SDS
 from dream3d.guidance.zero123_prior import relative_camera
 from dream3d.random_models import ZERO123_XL_FULL, ZERO123_XL_SMALL, make_zero123_folder
 from renderers.cameras import orbit_cameras
 
-from conftest import TINY_RUN
-
-TINY_ARCH = Zero123ArchConfig(
-    unet_channels=(32, 32, 32), unet_heads=2, embed_width=32, vision_width=32, vision_layers=1, vision_heads=2,
-    clip_size=32, patch_size=8,
-)  # fmt: skip
+from conftest import TINY_RUN, tiny_zero123_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,32 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _tiny_cfg(root: Path, vae_from: str, steps: int = 6, **kw) -> Zero123TrainConfig:
-    data = MultiViewDataConfig(
-        views=4, size=32, objects=("red cube", "blue mug", "green cone"), holdout=("green cone",)
-    )
-    return Zero123TrainConfig(
-        out=str(root / "zero123"),
-        work_dir=str(root / "work"),
-        vae_from=vae_from,
-        arch=TINY_ARCH,
-        data=data,
-        steps=steps,
-        batch=4,
-        warmup=2,
-        checkpoint_every=2,
-        **kw,
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_zero123(tmp_path_factory, tiny_prior) -> str:
-    """A Zero123 folder written by a 6-step training run (the tiny text prior's VAE, 32-pixel renders)."""
-    root = tmp_path_factory.mktemp("zero123")
-    train_zero123(_tiny_cfg(root, tiny_prior), log=lambda m: None)
-    return str(root / "zero123")
 
 
 def _load(folder) -> Zero123Prior:
@@ -259,7 +227,7 @@ def test_training_lowers_the_loss_and_resumes_bit_exactly(tiny_prior, tmp_path):
     from safetensors.torch import load_file
 
     losses = []
-    trainer = _Trainer(_tiny_cfg(tmp_path / "loss", tiny_prior, steps=30, lr=2e-3), log=lambda m: None)
+    trainer = _Trainer(tiny_zero123_config(tmp_path / "loss", tiny_prior, steps=30, lr=2e-3), log=lambda m: None)
     for _ in range(30):
         losses.append(trainer._step())
         trainer.step += 1
@@ -267,10 +235,10 @@ def test_training_lowers_the_loss_and_resumes_bit_exactly(tiny_prior, tmp_path):
     assert last < 0.7 * first, (first, last)
 
     logs = []
-    train_zero123(_tiny_cfg(tmp_path / "a", tiny_prior), log=logs.append)
-    train_zero123(_tiny_cfg(tmp_path / "b", tiny_prior), stop_after=3, log=logs.append)
+    train_zero123(tiny_zero123_config(tmp_path / "a", tiny_prior), log=logs.append)
+    train_zero123(tiny_zero123_config(tmp_path / "b", tiny_prior), stop_after=3, log=logs.append)
     assert not (tmp_path / "b/zero123").exists(), "an interrupted run leaves no finished-looking output"
-    train_zero123(_tiny_cfg(tmp_path / "b", tiny_prior), log=logs.append)
+    train_zero123(tiny_zero123_config(tmp_path / "b", tiny_prior), log=logs.append)
     assert any("resumed" in line for line in logs)
     for sub in (
         "unet/diffusion_pytorch_model.safetensors",
@@ -283,7 +251,7 @@ def test_training_lowers_the_loss_and_resumes_bit_exactly(tiny_prior, tmp_path):
     assert info["config"]["data"]["holdout"] == ["green cone"] and info["history"][-1]["step"] == 6
     resumed = json.loads((tmp_path / "b/zero123/training.json").read_text())
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in info["history"]]  # the smoothing too
-    other = _tiny_cfg(tmp_path / "b", tiny_prior, steps=7)
+    other = tiny_zero123_config(tmp_path / "b", tiny_prior, steps=7)
     with pytest.raises(RuntimeError, match="different training config"):
         train_zero123(other)
 
