@@ -252,6 +252,11 @@ def validate(cfg: RunConfig) -> None:
         if value < least:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
     _check_schedules(cfg, "")
+    if cfg.mesh.gaussian_color_median and cfg.representation != "gaussians":
+        raise ConfigError(
+            f"mesh.gaussian_color_median applies to 3D Gaussians; representation is {cfg.representation!r}: "
+            "set mesh.gaussian_color_median=0"
+        )
     f = cfg.reference.object_fraction
     if f is not None and not 0.05 <= f <= 1.0:
         raise ConfigError(
@@ -271,6 +276,8 @@ _MINIMUMS = {
     "gaussians.num_points": 1,
     "nerf.num_samples": 2,
     "mesh.resolution": 8,
+    "mesh.gaussian_color_median": 0,
+    "mesh.extract.blur_sigma": 0,
     "mesh.texture.texture_size": 8,
     "mesh.texture.view_resolution": 8,
     "output.turntable_frames": 1,

@@ -121,13 +121,15 @@ def test_every_schema_key_is_reachable_by_override():
         ("guidance.guidance_scale=[1,2]", "guidance.guidance_scale: a scheduled scalar must be"),
         ("train.steps.foo=5", "'train.steps' is a value, not a section"),
         ("guidance.grad_clip_norm=[1,2]", "guidance.grad_clip_norm: a scheduled scalar must be"),  # Scheduled | None
+        ("mesh.extract.blur_sigma=-1", "mesh.extract.blur_sigma must be at least 0"),
+        ("representation=nerf mesh.gaussian_color_median=16", "set mesh.gaussian_color_median=0"),
     ],
 )
 def test_values_a_run_cannot_use_fail_at_load_naming_the_key(override, message):
     import re
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_run_config("dreamgaussian", [override])
+        load_run_config("dreamgaussian", override.split())
 
 
 def test_unreadable_config_files_are_config_errors(tmp_path):

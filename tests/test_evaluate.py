@@ -32,7 +32,16 @@ from dream3d.evaluate import (
 )
 from dream3d.mesh.export import write_glb
 from dream3d.world.render import render_colored_mesh
-from dream3d.world.shapes import COLORS, COMPOSITES, DETAIL, PRIMITIVES, SHAPES, ColoredMesh, scene_for_prompt
+from dream3d.world.shapes import (
+    COLORS,
+    COMPOSITES,
+    DETAIL,
+    PRIMITIVES,
+    SHAPES,
+    ColoredMesh,
+    parse_prompt,
+    scene_for_prompt,
+)
 
 STEP = 2.0 / 64  # voxel size of the default grid
 # For the tests of the judge and Janus, which call evaluate_mesh dozens of times and look at neither: the surface and
@@ -485,17 +494,33 @@ def test_janus_check_counts_the_front_features(shape):
     assert check(body.to_trimesh())["janus"] is False
 
 
-def test_quality_benchmark_scores_finished_runs(tmp_path):
-    """benchmarks/quality.py --no-generate on run folders holding a perfect snowman and a two-faced one."""
+@pytest.fixture(scope="module")
+def quality():
+    """benchmarks/quality.py as a module."""
     import importlib.util
-    import json
     import pathlib
 
     spec = importlib.util.spec_from_file_location(
         "quality", pathlib.Path(__file__).parents[1] / "benchmarks" / "quality.py"
     )
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_holdout_prompts_are_other_pairings_of_every_shape(quality):
+    default = {parse_prompt(p)[:2] for p in quality.default_prompts()}
+    holdout = [parse_prompt(p)[:2] for p in quality.holdout_prompts()]
+    assert len(holdout) >= 14 and len(set(holdout)) == len(holdout) and not default & set(holdout)
+    assert {s for _, s in holdout} == set(SHAPES) and all(sum(s == c for _, s in holdout) == 2 for c in COMPOSITES)
+    assert {c for c, _ in holdout} == set(COLORS)
+    assert any(p.startswith("an ") for p in quality.holdout_prompts())  # phrased as people write it
+
+
+def test_quality_benchmark_scores_finished_runs(tmp_path, quality):
+    """benchmarks/quality.py --no-generate on run folders holding a perfect snowman and a two-faced one."""
+    import json
+
     prompts = ["a purple snowman", "a green house"]
     for prompt, mesh in zip(prompts, [scene_for_prompt(prompts[0]), janus_twin(scene_for_prompt(prompts[1]))]):
         run = tmp_path / "dreamgaussian" / quality.slug(prompt)

@@ -14,12 +14,19 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from conftest import TINY_RUN
 
 from dream3d.mesh import texture as texture_mod
 from dream3d.mesh.density import function_density_grid, gaussian_density_grid, gaussian_precisions, make_grid
 from dream3d.mesh.export import export_mesh, render_turntable, write_glb, write_obj, write_video
-from dream3d.mesh.extract import ExtractConfig, clean_mesh, decimate, extract_mesh
-from dream3d.mesh.stage import MeshConfig, gaussian_render_fn, mesh_from_density_fn, mesh_from_gaussians
+from dream3d.mesh.extract import ExtractConfig, blur_field, clean_mesh, decimate, extract_mesh
+from dream3d.mesh.stage import (
+    MeshConfig,
+    gaussian_render_fn,
+    median_neighbor_colors,
+    mesh_from_density_fn,
+    mesh_from_gaussians,
+)
 from dream3d.mesh.texture import (
     RefineConfig,
     TexturedMesh,
@@ -162,6 +169,52 @@ def test_threshold_follows_the_field_scale():
     assert float(v1.norm(dim=-1).mean()) == pytest.approx(float(v2.norm(dim=-1).mean()), abs=1e-3)
 
 
+def test_blur_matches_scipy_and_smooths_gaussian_sized_bumps():
+    from scipy.ndimage import gaussian_filter
+
+    field = torch.rand(12, 13, 14, generator=torch.Generator().manual_seed(0))
+    ref = gaussian_filter(field.numpy().astype(np.float64), 1.5, mode="constant", truncate=5 / 1.5)  # radius 5
+    np.testing.assert_allclose(blur_field(field, 1.5).numpy(), ref, atol=1e-5)
+    assert blur_field(field, 0.0) is field
+    # a sphere of radius 0.6 with blobs of one grid sample on it: the blur takes the normals back to the sphere's
+    field, grid = sphere_field(res=48)
+    pts = grid.points(field.device)
+    bumps = torch.randn(60, 3, generator=torch.Generator().manual_seed(1))
+    bumps = 0.62 * bumps / bumps.norm(dim=-1, keepdim=True)
+    h = float(grid.spacing[0])
+    for b in bumps:
+        field = field + 3.0 * torch.exp(-((pts - b) ** 2).sum(-1) / (2 * (1.2 * h) ** 2))
+
+    def normal_error(cfg):
+        v, f, _ = extract_mesh(field, grid, cfg)
+        m = trimesh.Trimesh(v.numpy(), f.numpy(), process=False)
+        return float(
+            1 - (m.vertex_normals * (m.vertices / np.linalg.norm(m.vertices, axis=1, keepdims=True))).sum(1).mean()
+        )
+
+    assert normal_error(ExtractConfig(blur_sigma=2.0)) < 0.5 * normal_error(ExtractConfig())
+
+
+def test_neighbour_median_removes_off_colour_gaussians_and_keeps_edges():
+    g = torch.Generator().manual_seed(0)
+    means = torch.rand(3000, 3, generator=g) * torch.tensor([2.0, 2.0, 0.05])  # a thin slab, red left, blue right
+    truth = torch.where((means[:, :1] < 1.0), torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.1, 0.9]))
+    colors = truth.clone()
+    off = torch.rand(3000, generator=g) < 0.1
+    colors[off] = torch.rand(int(off.sum()), 3, generator=g)
+    out = median_neighbor_colors(means, colors, 15, chunk=1000)
+    d = torch.cdist(means, means)
+    idx = d.topk(15, largest=False).indices
+    brute = colors[idx].sort(dim=1).values[:, 7]  # the middle of 15, per channel
+    assert torch.equal(out, brute)
+    before, after = (colors - truth).abs().max(-1).values, (out - truth).abs().max(-1).values
+    assert float(after.mean()) < 0.1 * float(before.mean())  # the outliers are gone
+    assert float((means[after > 0.05, 0] - 1).abs().max()) < 0.05  # what is left hugs the edge (k=15 spans ~0.08)
+    sh = colors[:, None].expand(-1, 4, -1)  # SH coefficients (N, K, 3): each coefficient on its own
+    assert torch.equal(median_neighbor_colors(means, sh, 15)[:, 2], out)
+    assert median_neighbor_colors(means, colors, 0) is colors
+
+
 def test_empty_and_full_fields_raise_clear_errors():
     grid = make_grid(1.0, 16)
     with pytest.raises(ValueError, match="empty"):
@@ -237,6 +290,8 @@ def test_density_fn_path_matches_the_box():
     mesh, _ = mesh_from_density_fn(density, box_render, small_cfg())
     assert iou_with_box(mesh) >= 0.85
     assert float(face_colour_errors(mesh).max()) < 0.05
+    with pytest.raises(ValueError, match="gaussian_color_median=0"):  # a Gaussians-only setting is not ignored
+        mesh_from_density_fn(density, box_render, MeshConfig(gaussian_color_median=9))
 
 
 def test_fill_texture_against_brute_force_nearest():
@@ -479,3 +534,28 @@ def test_visible_concavities_stay_empty():
     shell_only = trimesh.Trimesh(v.numpy(), f.numpy()).volume
     cap = math.pi * (0.65 - 0.2) ** 2 * (3 * 0.65 - (0.65 - 0.2)) / 3  # the solid ball's part above y = 0.2
     assert shell_only < 0.5 * (4 / 3 * math.pi * 0.65**3 - cap)
+
+
+def test_remesh_benchmark_meshes_a_copy_and_leaves_the_run_alone(tiny_prior, tmp_path):
+    """benchmarks/remesh.py: the copy meshed with the run's own settings is the run's mesh again; with other settings
+    it differs; the finished run itself is never written."""
+    import importlib.util
+    import sys
+
+    from dream3d.config import load_run_config
+
+    src = tmp_path / "runs" / "gaussian-vsd" / "a_red_cube"
+    cmd = [sys.executable, "-m", "dream3d.cli", "generate", "a red cube", "-o", str(src)]
+    subprocess.run(cmd + TINY_RUN + [f"guidance.prior.model={tiny_prior}"], check=True, capture_output=True)
+    before = {p.name: p.stat().st_mtime_ns for p in src.iterdir()}
+    spec = importlib.util.spec_from_file_location("remesh", Path(__file__).parents[1] / "benchmarks" / "remesh.py")
+    remesh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(remesh)
+    assert remesh.finished_runs(str(tmp_path / "runs")) == [("gaussian-vsd", "a_red_cube")]
+    remesh.remesh_copy(str(src), str(tmp_path / "base"), [])
+    remesh.remesh_copy(str(src), str(tmp_path / "blur"), ["mesh.extract.blur_sigma=2", "mesh.gaussian_color_median=8"])
+    assert {p.name: p.stat().st_mtime_ns for p in src.iterdir()} == before
+    mesh = lambda d: trimesh.load(d / "mesh.glb", force="mesh")  # noqa: E731
+    assert np.allclose(mesh(tmp_path / "base").vertices, mesh(src).vertices)
+    assert len(mesh(tmp_path / "blur").vertices) != len(mesh(src).vertices)
+    assert load_run_config(str(tmp_path / "blur" / "config.yaml")).mesh.extract.blur_sigma == 2

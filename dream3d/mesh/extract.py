@@ -33,6 +33,9 @@ class ExtractConfig:
     threshold: float | None = None
     threshold_ratio: float = 0.4
     density_quantile: float = 0.5
+    # Gaussian blur of the field before the threshold, in grid samples (0: none). Gaussians that SDS leaves on the
+    # surface make bumps of their own size; a blur wider than them leaves the surface they form together.
+    blur_sigma: float = 0.0
     # Cleanup.
     min_component_diameter: float = 0.1  # drop pieces smaller than this x the largest piece's diameter
     min_component_faces: int = 16
@@ -44,6 +47,25 @@ class ExtractConfig:
     fill_hidden: bool = True  # what (almost) no camera around the object can see is inside (see fill_hidden)
     fill_views: int = 26
     fill_max_visible: int = 2  # a sample seen from at most this many of the views still counts as hidden
+
+
+def blur_field(field: Tensor, sigma: float) -> Tensor:
+    """``field`` (R, R, R) convolved with a Gaussian of ``sigma`` samples (separable, truncated at 3 sigma, zero
+    outside the grid)."""
+    if sigma <= 0:
+        return field
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=field.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    out = field.float()[None, None]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = -1
+        pad = [0] * 6
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+        out = torch.nn.functional.conv3d(torch.nn.functional.pad(out, pad), k.view(shape))
+    return out[0, 0].to(field.dtype)
 
 
 def choose_threshold(field: Tensor, cfg: ExtractConfig) -> float:
@@ -274,6 +296,7 @@ def extract_mesh(
     cfg = cfg or ExtractConfig()
     if field.shape != (grid.resolution,) * 3:
         raise ValueError(f"field has shape {tuple(field.shape)} but the grid is {grid.resolution}^3")
+    field = blur_field(field, cfg.blur_sigma)
     level = choose_threshold(field, cfg) if level is None else float(level)
     if cfg.fill_hidden:
         field = fill_hidden(field, grid, level, cfg.fill_views, cfg.fill_max_visible)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from renderers.cameras import Cameras
 from renderers.gaussians import GaussianRender, quat_to_rotmat, rasterize_gaussians
 
-from ..mesh.stage import gaussian_render_fn, mesh_from_gaussians
+from ..mesh.stage import gaussian_render_fn, median_neighbor_colors, mesh_from_gaussians
 from .base import Render, Representation
 
 SH_C0 = 0.28209479177387814  # the degree-0 SH basis value, 1 / (2 sqrt(pi))
@@ -268,8 +268,9 @@ class GaussianModel(Representation):
     def extract_mesh(self, mesh_cfg):
         """DreamGaussian's mesh stage: the Gaussians' density on a grid, their renders for the colours."""
         inp = {k: v.detach() if torch.is_tensor(v) else v for k, v in self.render_inputs().items()}
+        colors = median_neighbor_colors(inp["means"], inp["colors"], mesh_cfg.gaussian_color_median)
         render_fn = gaussian_render_fn(
-            inp["means"], inp["quats"], inp["scales"], inp["opacities"], inp["colors"], inp["sh_degree"]
+            inp["means"], inp["quats"], inp["scales"], inp["opacities"], colors, inp["sh_degree"]
         )
         return mesh_from_gaussians(inp["means"], inp["quats"], inp["scales"], inp["opacities"], render_fn, mesh_cfg)
 
