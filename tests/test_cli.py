@@ -233,7 +233,14 @@ def test_ctrl_c_ends_the_step_and_leaves_a_checkpoint_to_resume(tiny_prior, tmp_
         str(out),
     ]
     p = subprocess.Popen(
-        [sys.executable, "-m", "dream3d.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        [sys.executable, "-m", "dream3d.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        # Ctrl-C as in a terminal: a test run in the background (nohup, `cmd &` in a script) has SIGINT ignored,
+        # and the child would inherit that and rightly ignore the signal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while not (out / "val" / "step_00002.png").exists():
