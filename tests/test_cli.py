@@ -249,7 +249,10 @@ def test_ctrl_c_ends_the_step_and_leaves_a_checkpoint_to_resume(tiny_prior, tmp_
         )
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    try:
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()  # a child that missed the signal must not train on beside the next tests
     assert p.returncode == 130 and "--resume" in err, err[-2000:]
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]  # no periodic checkpoint: Ctrl-C wrote it
     assert 2 <= step < 400
