@@ -61,6 +61,7 @@ from dream3d.evaluate import (
 )
 from dream3d.guidance import RULES, PriorNotFoundError
 from dream3d.guidance.zero123_prior import resolve_zero123
+from dream3d.images import tile_sheet
 from dream3d.io import atomic_write_bytes, atomic_write_text
 from dream3d.pipeline import RunError, load_reference_image
 from dream3d.train import ReferenceViewConfig
@@ -327,8 +328,6 @@ def object_table(preset: str, results: list[dict]) -> str:
 def contact_sheet(results: list[dict], inputs: dict[str, dict], size: int = 128) -> np.ndarray:
     """One row per object: the input | the mesh from the input's camera | the mesh from behind (both unlit: the
     texture holds the input's shading) | the truth from behind (lit, as the input is), then the label."""
-    from PIL import Image, ImageDraw
-
     rows = []
     for r in results:
         e = inputs[r["prompt"]]
@@ -349,20 +348,14 @@ def contact_sheet(results: list[dict], inputs: dict[str, dict], size: int = 128)
             gen = torch.ones(2, size, size, 3)
         truth, _ = render_colored_mesh(scene_for_prompt(r["prompt"]), cams[1:])
         tiles = [rgb[0], gen[0], gen[1], truth[0]]
-        label = Image.new("RGB", (190, size), "white")
         far = "-" if r.get("far_side_correct") is None else ("yes" if r["far_side_correct"] else "no")
         ref = r.get("reference_view") or {}
         text = (
             f"{r['prompt']}{' (held out)' if r['held_out'] else ''}\nIoU {r['iou']:.2f}\nfar side {far}\n"
             f"ref IoU {fmt(ref.get('silhouette_iou'), '.2f')}\nref PSNR {fmt(ref.get('psnr_db'), '.1f')}"
         )
-        ImageDraw.Draw(label).multiline_text((6, 6), text, fill="black")
-        rows.append(
-            np.concatenate([(t.clamp(0, 1).numpy() * 255).astype(np.uint8) for t in tiles] + [np.asarray(label)], 1)
-        )
-    head = Image.new("RGB", (rows[0].shape[1], 18), "white")
-    ImageDraw.Draw(head).text((6, 3), "input | generated, input view | generated, behind | truth, behind", fill="black")
-    return np.concatenate([np.asarray(head)] + rows, 0)
+        rows.append(([t.numpy() for t in tiles], text))
+    return tile_sheet(rows, "input | generated, input view | generated, behind | truth, behind", size)
 
 
 def main(argv=None, eval_cfg: EvalConfig | None = None) -> dict:

@@ -54,6 +54,7 @@ from dream3d.evaluate import (
     surface_from_trimesh,
 )
 from dream3d.gallery import write_gallery
+from dream3d.images import tile_sheet
 from dream3d.io import atomic_write_bytes, atomic_write_text
 from dream3d.world.classifier import load_classifier
 from dream3d.world.shapes import COLORS, COMPOSITES, SHAPES, parse_prompt, scene_for_prompt
@@ -168,8 +169,6 @@ def object_table(preset: str, results: list[dict]) -> str:
 def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.ndarray:
     """One row per object: ground truth front | generated front | ground truth back | generated back
     (lit like the world, on white), then the label."""
-    from PIL import Image, ImageDraw
-
     cams = orbit_cameras(
         torch.tensor([cfg.elevation] * 2), torch.tensor([0.0, 180.0]), cfg.radius, cfg.fov_y, size, size
     )
@@ -178,7 +177,6 @@ def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.n
         gt = render_views(surface_from_colored(scene_for_prompt(r["prompt"])), cams, 2)["shaded"]
         gen = render_views(surface_from_trimesh(load_mesh(os.path.join(r["run_dir"], "mesh.glb"))), cams, 2)["shaded"]
         tiles = [gt[0], gen[0], gt[1], gen[1]]
-        label = Image.new("RGB", (190, size), "white")
         janus = "-" if r.get("janus") is None else ("yes" if r["janus"] else "no")
         text = (
             f"{r['prompt']}\nIoU {r['iou']:.2f}\ncolour {r['palette_color']}\nJanus {janus}\n"
@@ -186,13 +184,8 @@ def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.n
             f"PSNR {fmt(r.get('psnr'), '.1f')}  SSIM {fmt(r.get('ssim'), '.2f')}\n"
             f"colour noise {fmt(r.get('color_noise'), '.3f')}"
         )
-        ImageDraw.Draw(label).multiline_text((6, 6), text, fill="black")
-        rows.append(
-            np.concatenate([(t.clamp(0, 1).numpy() * 255).astype(np.uint8) for t in tiles] + [np.asarray(label)], 1)
-        )
-    head = Image.new("RGB", (rows[0].shape[1], 18), "white")
-    ImageDraw.Draw(head).text((6, 3), "truth front | generated front | truth back | generated back", fill="black")
-    return np.concatenate([np.asarray(head)] + rows, 0)
+        rows.append(([t.numpy() for t in tiles], text))
+    return tile_sheet(rows, "truth front | generated front | truth back | generated back", size)
 
 
 def main(argv=None) -> dict:
