@@ -41,7 +41,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   tiny=(--set nerf.num_samples=16 mesh.resolution=40 mesh.texture.texture_size=64 output.turntable_frames=4 output.turntable_resolution=32)
   qsteps=(--steps 3); quality_extra=(train.resolution=32 gaussians.num_points=300 mesh.resolution=40 output.turntable_frames=4 output.turntable_resolution=32)
 else
-  dev=cuda; sizes=embedded,sd15; presets=gaussian-vsd,dreamgaussian,prolificdreamer; nsteps=30; nwarm=8; job_steps=500
+  dev=cuda; sizes=embedded,sd15; presets=gaussian-vsd,dreamgaussian,prolificdreamer,zero123; nsteps=30; nwarm=8; job_steps=500
   tiny=(); qsteps=(); quality_extra=()
 fi
 nvidia-smi >>"$out/log.txt" 2>&1
@@ -72,7 +72,7 @@ log "pytest -m cuda: $(tail -n 1 "$out/pytest_cuda.txt")"
 
 # 4. speed: embedded and SD size, then the whole SD-size job
 mkdir -p /tmp/speed
-step speed 240 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets $presets --steps $nsteps --warmup $nwarm --job --job-steps $job_steps --work /tmp/speed --out "$out/speed.json" "${tiny[@]}"
+step speed 300 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets $presets --steps $nsteps --warmup $nwarm --job --job-steps $job_steps --work /tmp/speed --out "$out/speed.json" "${tiny[@]}"
 python3 - "$out/speed.json" >"$out/speed.md" 2>>"$out/log.txt" <<'EOF'
 import json, sys
 sys.path.insert(0, "benchmarks")

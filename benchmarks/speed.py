@@ -7,7 +7,9 @@
 
 Sizes: ``embedded`` (assets/prior, the preset as it is), ``sd15`` (SD 1.5's full architecture with random weights,
 built on the device: 512-px renders, batch 1) and ``sd15-small`` (SD 1.5's layers with tiny channels, for tests).
-Random weights measure speed only, never quality.
+The zero123 preset (image-to-3D from INPUT_IMAGE) takes the Zero123 of each size instead: assets/zero123, Zero123-XL's
+architecture with random weights (256-px renders and reference view, batch 1, as DreamGaussian's image mode), and
+its tiny twin. Random weights measure speed only, never quality.
 
 For each case: steps/s over ``--steps`` steps after ``--warmup`` (the loop as ``Trainer.run`` drives it, reading
 the step's numbers every ``train.log_every`` steps: ``Trainer.advance``); then a breakdown run with a device synchronisation at each
@@ -33,13 +35,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dream3d.config import load_run_config  # noqa: E402
-from dream3d.pipeline import build_guidance, generate  # noqa: E402
+from dream3d.guidance import RULES  # noqa: E402
+from dream3d.pipeline import build_guidance_and_reference, generate  # noqa: E402
 from dream3d.profiling import count_ops, count_syncs  # noqa: E402
-from dream3d.random_models import SD15_FULL, SD15_SMALL, make_sd_folder  # noqa: E402
+from dream3d.random_models import (  # noqa: E402
+    SD15_FULL,
+    SD15_SMALL,
+    ZERO123_XL_FULL,
+    ZERO123_XL_SMALL,
+    make_sd_folder,
+    make_zero123_folder,
+)
 from dream3d.train import Trainer  # noqa: E402
 
-PRESETS = ("gaussian-vsd", "dreamgaussian", "prolificdreamer")
+PRESETS = ("gaussian-vsd", "dreamgaussian", "prolificdreamer", "zero123")
 SIZES = {"embedded": None, "sd15": SD15_FULL, "sd15-small": SD15_SMALL}
+ZERO123_SIZES = {"embedded": None, "sd15": ZERO123_XL_FULL, "sd15-small": ZERO123_XL_SMALL}
 # The issue's targets on one H100/H200, steps/s (the SD-size job: <= 45 s)
 TARGETS = {
     ("gaussian-vsd", "embedded"): 50,
@@ -49,18 +60,39 @@ TARGETS = {
 }
 
 
-def sd_folder(size: str, device: str, work: Path) -> str | None:
-    """A random-weight SD-format folder for ``size`` (built once under ``work``), or None for the embedded prior."""
-    arch = SIZES[size]
+def reads_image(preset: str) -> bool:
+    """Whether the preset's rule reads the input image itself (Zero123): it then needs a Zero123 folder."""
+    return RULES[load_run_config(preset).guidance.method].needs_reference
+
+
+def sd_folder(size: str, device: str, work: Path, zero123: bool = False) -> str | None:
+    """A random-weight folder for ``size`` (SD format, or Zero123's with ``zero123``), built once under ``work``;
+    None for the embedded prior."""
+    arch = (ZERO123_SIZES if zero123 else SIZES)[size]
     if arch is None:
         return None
-    folder = work / f"{size}_random"
+    folder = work / f"{'zero123_' if zero123 else ''}{size}_random"
     if not (folder / "model_index.json").exists():
         t0 = time.time()
         with torch.device(device):  # building the weights on the GPU takes seconds instead of minutes
-            make_sd_folder(folder, **arch)
+            (make_zero123_folder if zero123 else make_sd_folder)(folder, **arch)
         print(f"built {folder} in {time.time() - t0:.1f}s", flush=True)
     return str(folder)
+
+
+def input_image(work: Path) -> str:
+    """The image of the image-to-3D cases: a red disc on transparency, 256 px."""
+    path = work / "input.png"
+    if not path.exists():
+        import imageio.v3 as iio
+        import numpy as np
+
+        y, x = np.mgrid[:256, :256]
+        inside = (x - 128) ** 2 + (y - 128) ** 2 < 80**2
+        img = np.zeros((256, 256, 4), np.uint8)
+        img[inside] = (200, 40, 40, 255)
+        iio.imwrite(path, img)
+    return str(path)
 
 
 def case_overrides(
@@ -77,7 +109,10 @@ def case_overrides(
     ]
     if folder is not None:
         o += [f"guidance.prior.model={folder}", "train.batch_size=1"]
-        o += ["train.resolution=512"] if size == "sd15" else ["train.resolution=32"]
+        if reads_image(preset):  # Zero123 works at 256 px
+            o += ["train.resolution=256", "reference.resolution=256"] if size == "sd15" else ["train.resolution=32"]
+        else:
+            o += ["train.resolution=512"] if size == "sd15" else ["train.resolution=32"]
         if preset in ("dreamfusion", "prolificdreamer"):  # lit for a real checkpoint (README, GPU)
             o += ["nerf.background=mlp", "nerf.light_direction=null", "nerf.ambient_ratio=0.1"]
     if compile_mode:
@@ -130,10 +165,13 @@ def ops_per_step(trainer: Trainer, n: int = 2) -> float:
 
 
 def measure(preset: str, size: str, args, work: Path) -> dict:
-    folder = sd_folder(size, args.device, work)
-    cfg = load_run_config(preset, case_overrides(preset, size, folder, args.device, args.compile, args.set))
+    image = reads_image(preset)
+    folder = sd_folder(size, args.device, work, zero123=image)
+    overrides = case_overrides(preset, size, folder, args.device, args.compile, args.set)
+    cfg = load_run_config(preset, overrides + ([f"image={input_image(work)}", "prompt="] if image else []))
+    guidance, reference = build_guidance_and_reference(cfg, log=lambda m: None)
     trainer = Trainer(
-        cfg, cfg.prompt, str(work / f"run_{preset}_{size}"), guidance=build_guidance(cfg), log=lambda m: None
+        cfg, cfg.prompt, str(work / f"run_{preset}_{size}"), guidance=guidance, reference=reference, log=lambda m: None
     )
     t0 = time.perf_counter()
     trainer.advance(args.warmup)

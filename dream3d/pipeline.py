@@ -57,6 +57,29 @@ def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
         return rule(prior, cfg.guidance, generator=torch.Generator().manual_seed(seed))
 
 
+def build_guidance_and_reference(cfg: RunConfig, log=print) -> tuple:
+    """The guidance rule and, for image-to-3D, the reference view the trainer fits: the input image as (rgb, mask)
+    at ``reference.resolution``. A rule that reads the image itself (Zero123) gets it at the prior's own size, with
+    the reference camera."""
+    image_rule = RULES[cfg.guidance.method].needs_reference
+    reference = None
+    if cfg.image:
+        r = cfg.reference
+        reference = load_reference_image(cfg.image, r.resolution, object_fraction=r.object_fraction)
+        if not cfg.prompt.strip() and not image_rule:
+            log("no prompt with the image: the other views get unconditional SDS")
+    guidance = build_guidance(cfg)
+    if image_rule:
+        if reference is None:
+            raise RunError(f"guidance.method={cfg.guidance.method} needs the input image: set image=IMG (--image)")
+        r = cfg.reference
+        rgb = reference[0]
+        if guidance.prior.image_size != r.resolution:
+            rgb = load_reference_image(cfg.image, guidance.prior.image_size, object_fraction=r.object_fraction)[0]
+        guidance.set_reference(rgb, r.elevation, r.azimuth, r.radius)
+    return guidance, reference
+
+
 def describe_prior(prior) -> dict:
     """Which diffusion model scored the run, and at what size and precision (for metrics.json)."""
     return {
@@ -317,20 +340,7 @@ def generate(
             log(f"{out_dir} finished training; running its mesh stage (no training)")
             return finish_mesh(cfg, out_dir, log)
     t_start = time.time()
-    reference = None
-    if cfg.image:
-        reference = load_reference_image(
-            cfg.image, cfg.reference.resolution, object_fraction=cfg.reference.object_fraction
-        )
-        if not cfg.prompt.strip() and not image_rule:
-            log("no prompt with the image: the other views get unconditional SDS")
-    guidance = build_guidance(cfg)
-    if image_rule:  # the input image at the prior's own size, and the reference camera
-        r = cfg.reference
-        rgb = reference[0]
-        if guidance.prior.image_size != r.resolution:
-            rgb = load_reference_image(cfg.image, guidance.prior.image_size, object_fraction=r.object_fraction)[0]
-        guidance.set_reference(rgb, r.elevation, r.azimuth, r.radius)
+    guidance, reference = build_guidance_and_reference(cfg, log)
     if cfg.prompt and (
         why := guidance.prior.outside_vocabulary(cfg.prompt)
     ):  # the embedded prior knows its world's words only

@@ -297,6 +297,15 @@ def test_sampling_is_deterministic_and_eval_scores_a_perfect_model_perfectly(tin
     monkeypatch.setattr(zero123_eval, "novel_views", lambda *a, **k: torch.ones(4, 32, 32, 3))
     blank = zero123_eval.evaluate_zero123(prior, views=4, objects=[("red", "cube")], log=lambda m: None)
     assert blank["all"]["mask_iou"] == 0.0 and blank["all"]["psnr_db"] < 20
+    # A model that ignores the camera and returns the input view scores what the "copy" baseline says, which a
+    # perfect model beats by far.
+    same = torch.tensor([0.0, 0.0, 1.0, 0.0])  # the camera numbers of the input view itself
+    monkeypatch.setattr(
+        zero123_eval, "novel_views", lambda p, c, cam, *a, **k: oracle(p, c, same.expand_as(cam), *a, **k)
+    )
+    copy = zero123_eval.evaluate_zero123(prior, views=4, objects=[("red", "cube")], log=lambda m: None)["all"]
+    assert abs(copy["psnr_db"] - copy["copy_psnr_db"]) < 1e-3 and abs(copy["mask_iou"] - copy["copy_mask_iou"]) < 1e-6
+    assert res["all"]["copy_psnr_db"] == copy["copy_psnr_db"] and copy["copy_psnr_db"] < 30
 
 
 def test_prior_sample_with_an_image_writes_novel_views(tiny_zero123, tmp_path):

@@ -1,7 +1,8 @@
 """Does the Zero123 draw the object as it looks from the asked camera? For world objects seen from a random
 front-ish camera (a seed no training render used), sample 8 views around it and compare each with the true
 render from that camera: PSNR, mask IoU (foreground: not white), and the world classifier's colour and shape.
-Objects held out of training (the model's training.json names them) are reported apart from the others."""
+Beside each, the same scores of the input view itself against the true view ("copy"): a model that ignored the
+camera would score that, so the gap says how much the camera is used. Objects held out of training (the model's training.json names them) are reported apart from the others."""
 
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ def eval_cameras(g: torch.Generator, views: int) -> tuple[torch.Tensor, torch.Te
     return ref, torch.stack([el, az, r.expand(views)], -1)
 
 
+def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a & b).flatten(1).sum(1) / (a | b).flatten(1).sum(1).clamp_min(1)
+
+
+def _psnr(mse: torch.Tensor) -> float:
+    return float(-10 * torch.log10(mse.clamp_min(1e-10)))
+
+
 @torch.no_grad()
 def evaluate_zero123(
     prior: Zero123Prior,
@@ -77,16 +86,19 @@ def evaluate_zero123(
         gen = novel_views(prior, cond, cam, steps, guidance_scale, seed=int(torch.randint(0, 2**31, (1,), generator=g)))
         true, true_mask = rgb[1:], alpha[1:, ..., 0] > 0.5
         mse = (gen - true).pow(2).flatten(1).mean(1)
-        gm = foreground(gen)
-        iou = (gm & true_mask).flatten(1).sum(1) / (gm | true_mask).flatten(1).sum(1).clamp_min(1)
+        iou = _mask_iou(foreground(gen), true_mask)
+        copy_mse = (rgb[:1] - true).pow(2).flatten(1).mean(1)
+        copy_iou = _mask_iou(foreground(rgb[:1]).expand_as(true_mask), true_mask)
         pred = predict(judge, gen)
         for k in range(views):
             rows.append(
                 {
                     "object": f"{color} {shape}",
                     "held_out": f"{color} {shape}" in held,
-                    "psnr": float(-10 * torch.log10(mse[k].clamp_min(1e-10))),
+                    "psnr": _psnr(mse[k]),
                     "mask_iou": float(iou[k]),
+                    "copy_psnr": _psnr(copy_mse[k]),
+                    "copy_mask_iou": float(copy_iou[k]),
                     "color_ok": pred.color[k] == color,
                     "shape_ok": pred.shape[k] == shape,
                 }
@@ -101,6 +113,8 @@ def evaluate_zero123(
             "views": len(rs),
             "psnr_db": float(np.mean([r["psnr"] for r in rs])),
             "mask_iou": float(np.mean([r["mask_iou"] for r in rs])),
+            "copy_psnr_db": float(np.mean([r["copy_psnr"] for r in rs])),
+            "copy_mask_iou": float(np.mean([r["copy_mask_iou"] for r in rs])),
             "color_accuracy": float(np.mean([r["color_ok"] for r in rs])),
             "shape_accuracy": float(np.mean([r["shape_ok"] for r in rs])),
         }
@@ -120,6 +134,7 @@ def evaluate_zero123(
     a = res["all"]
     log(
         f"Zero123 novel views against the truth over {a['views']} views: PSNR {a['psnr_db']:.2f} dB, mask IoU "
-        f"{a['mask_iou']:.3f}, colour {a['color_accuracy']:.1%}, shape {a['shape_accuracy']:.1%}"
+        f"{a['mask_iou']:.3f}, colour {a['color_accuracy']:.1%}, shape {a['shape_accuracy']:.1%} (the input view "
+        f"copied: {a['copy_psnr_db']:.2f} dB, mask IoU {a['copy_mask_iou']:.3f})"
     )
     return res | {"_sheet": np.stack(sheet)}

@@ -88,9 +88,7 @@ class Zero123SDS(Guidance):
             el, az, r = (*views, r0) if len(views) == 2 else views
         else:
             raise TypeError("zero123 needs the cameras of the views: Cameras or (elevation, azimuth[, radius])")
-        cam = relative_camera(
-            torch.as_tensor(el).cpu(), torch.as_tensor(az).cpu(), torch.as_tensor(r).cpu(), el0, az0, r0
-        )
+        cam = relative_camera(el, az, r, el0, az0, r0)
         if len(cam) == 1 and batch > 1:
             cam = cam.expand(batch, -1)
         if len(cam) != batch:

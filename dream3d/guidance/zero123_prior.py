@@ -63,16 +63,20 @@ def relative_camera(
     """(B, 4) Zero123 camera numbers of cameras at (elevation, azimuth, radius) (degrees, world units, dream3d's
     convention) relative to the input view's camera at the ``ref_*`` values: ``[Δpolar, sin Δaz, cos Δaz, Δr]``,
     in radians. Polar is 90° - elevation, so Δpolar = ref_elevation - elevation; Δazimuth = azimuth - ref_azimuth.
-    Every argument is a number or a tensor of B values."""
-    el, az, r, el0, az0, r0 = torch.broadcast_tensors(
-        *(
-            torch.as_tensor(v, dtype=torch.float32).reshape(-1)
-            for v in (elevation, azimuth, radius, ref_elevation, ref_azimuth, ref_radius)
-        )
-    )
-    d_polar = torch.deg2rad(el0 - el)
-    d_az = torch.deg2rad(az - az0)
-    return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), r - r0], -1)
+    Every argument is a number, or B values (a tensor or a list). The result is on the tensors' device; numbers
+    are never copied to it, so cameras on a GPU cost no host-device synchronisation."""
+    args = [v if isinstance(v, (Tensor, int, float)) else torch.as_tensor(v) for v in (
+        elevation, azimuth, radius, ref_elevation, ref_azimuth, ref_radius
+    )]  # fmt: skip
+    device = next((v.device for v in args if isinstance(v, Tensor)), None)
+    el, az, r, el0, az0, r0 = (v.float().reshape(-1) if isinstance(v, Tensor) else float(v) for v in args)
+
+    def lift(x: Tensor | float) -> Tensor:
+        return x if isinstance(x, Tensor) else torch.full((1,), x, device=device)
+
+    d_polar, d_az, d_r = torch.broadcast_tensors(lift(el0 - el), lift(az - az0), lift(r - r0))
+    d_polar, d_az = torch.deg2rad(d_polar), torch.deg2rad(d_az)
+    return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), d_r], -1)
 
 
 @dataclass
@@ -255,7 +259,8 @@ class Zero123Prior(LatentBackbone):
 
     def camera_states(self, cond: ImageConditioning, camera: Tensor) -> Tensor:
         """(B, 1, W) cross-attention states: the projection of [image embedding, camera numbers] per view."""
-        cam = camera.to(self.device, torch.float32)[:, None, :]
+        # (non_blocking from the host, as Cameras.to: training cameras are drawn there, and the copy need not wait)
+        cam = camera.to(self.device, torch.float32, non_blocking=camera.device.type == "cpu")[:, None, :]
         x = torch.cat([cond.embedding.to(self.device).expand(len(cam), -1, -1), cam], -1)
         return self.projection(x.to(self.dtype)).float()
 
