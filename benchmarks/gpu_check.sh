@@ -8,9 +8,11 @@
 #   3. python -m pytest -m cuda
 #   4. benchmarks/speed.py: every preset at the embedded and the SD-1.5 size, and a whole SD-size dreamgaussian job
 #   5. benchmarks/quality.py train.device=cuda on two prompts (gaussian-vsd)
-#   6. if time is left: benchmarks/speed.py again with train.compile=reduce-overhead
+#   6. benchmarks/speed.py for image-to-3D with Zero123: the embedded one and Zero123-XL's size (random weights)
+#   7. if time is left: benchmarks/speed.py again with train.compile=reduce-overhead
 # Each step has its own timeout and writes its results as it goes, so a run stopped early keeps what it measured.
-# OUT gets: log.txt, env.txt, pytest_cuda.txt (+ .xml), speed.json, speed.md, speed_compiled.json, quality.md,
+# OUT gets: log.txt, env.txt, pytest_cuda.txt (+ .xml), speed.json, speed.md, speed_zero123.json,
+# speed_compiled.json, quality.md,
 # runs.tar.gz (the quality and speed run folders, without checkpoints).
 # SMOKE=1 runs the same steps on the CPU at tiny sizes in a minute or two: a check of this script itself.
 set -uo pipefail
@@ -37,11 +39,11 @@ export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}"
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 if [ "${SMOKE:-0}" = 1 ]; then
-  dev=cpu; sizes=embedded; presets=dreamgaussian,gaussian-vsd; nsteps=2; nwarm=1; job_steps=4; budget="${BUDGET:-600}"
+  dev=cpu; sizes=embedded; zsizes=sd15-small; presets=dreamgaussian,gaussian-vsd; nsteps=2; nwarm=1; job_steps=4; budget="${BUDGET:-600}"
   tiny=(--set nerf.num_samples=16 mesh.resolution=40 mesh.texture.texture_size=64 output.turntable_frames=4 output.turntable_resolution=32)
   qsteps=(--steps 3); quality_extra=(train.resolution=32 gaussians.num_points=300 mesh.resolution=40 output.turntable_frames=4 output.turntable_resolution=32)
 else
-  dev=cuda; sizes=embedded,sd15; presets=gaussian-vsd,dreamgaussian,prolificdreamer,zero123; nsteps=30; nwarm=8; job_steps=500
+  dev=cuda; sizes=embedded,sd15; zsizes=embedded,sd15; presets=gaussian-vsd,dreamgaussian,prolificdreamer; nsteps=30; nwarm=8; job_steps=500
   tiny=(); qsteps=(); quality_extra=()
 fi
 nvidia-smi >>"$out/log.txt" 2>&1
@@ -72,7 +74,7 @@ log "pytest -m cuda: $(tail -n 1 "$out/pytest_cuda.txt")"
 
 # 4. speed: embedded and SD size, then the whole SD-size job
 mkdir -p /tmp/speed
-step speed 300 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets $presets --steps $nsteps --warmup $nwarm --job --job-steps $job_steps --work /tmp/speed --out "$out/speed.json" "${tiny[@]}"
+step speed 240 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets $presets --steps $nsteps --warmup $nwarm --job --job-steps $job_steps --work /tmp/speed --out "$out/speed.json" "${tiny[@]}"
 python3 - "$out/speed.json" >"$out/speed.md" 2>>"$out/log.txt" <<'EOF'
 import json, sys
 sys.path.insert(0, "benchmarks")
@@ -89,7 +91,10 @@ step quality 150 python3 benchmarks/quality.py --presets gaussian-vsd --prompts 
 cp /tmp/quality/quality.md "$out/" 2>/dev/null
 tar --exclude=checkpoint.pt --exclude='*_random' -czf "$out/runs.tar.gz" -C /tmp quality speed 2>>"$out/log.txt"
 
-# 6. compiled, with what time is left of the budget
+# 6. image-to-3D with Zero123 (its own step: building the XL-size folder takes a while, and must not cost step 4)
+step speed-zero123 150 python3 benchmarks/speed.py --device $dev --sizes $zsizes --presets zero123 --steps $nsteps --warmup $nwarm --no-counts --work /tmp/speed --out "$out/speed_zero123.json" "${tiny[@]}"
+
+# 7. compiled, with what time is left of the budget
 mode=reduce-overhead; [ "$dev" = cpu ] && mode=aot_eager
 step speed-compiled 300 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets gaussian-vsd,dreamgaussian --steps $nsteps --warmup $nwarm --no-counts --compile $mode --work /tmp/speed --out "$out/speed_compiled.json" "${tiny[@]}"
 log "done in $(( $(date +%s) - start ))s"

@@ -117,29 +117,53 @@ def render_input(prompt: str, elevation: float, azimuth: float, size: int = INPU
     return (torch.cat([rgb, alpha], -1)[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
-def make_inputs(out_dir: str, prompts: list[str], seed: int = 0, size: int = INPUT_SIZE) -> list[dict]:
-    """Render every prompt's object into ``out_dir``/SLUG.png and list them in ``out_dir``/inputs.json; returns
-    the entries (prompt, image path, camera, held out or not)."""
-    os.makedirs(out_dir, exist_ok=True)
+def input_entries(out_dir: str, prompts: list[str], seed: int = 0) -> list[dict]:
+    """Each prompt's input: its image path (``out_dir``/SLUG.png), camera and whether it is held out."""
     ref = ReferenceViewConfig()
-    entries = []
-    for prompt, (el, az) in zip(prompts, draw_cameras(len(prompts), seed)):
-        path = os.path.abspath(os.path.join(out_dir, slug(prompt) + ".png"))
-        atomic_write_bytes(path, iio.imwrite("<bytes>", render_input(prompt, el, az, size), extension=".png"))
-        entries.append(
-            {
-                "prompt": prompt,
-                "name": slug(prompt),
-                "image": path,
-                "elevation": el,
-                "azimuth": az,
-                "radius": ref.radius,
-                "fov_y": ref.fov_y,
-                "held_out": is_held_out(prompt),
-            }
-        )
-    info = {"seed": seed, "size": size, "elevation_range": ELEVATION, "azimuth_range": AZIMUTH, "inputs": entries}
-    atomic_write_text(os.path.join(out_dir, "inputs.json"), json.dumps(info, indent=1))
+    return [
+        {
+            "prompt": prompt,
+            "name": slug(prompt),
+            "image": os.path.abspath(os.path.join(out_dir, slug(prompt) + ".png")),
+            "elevation": el,
+            "azimuth": az,
+            "radius": ref.radius,
+            "fov_y": ref.fov_y,
+            "held_out": is_held_out(prompt),
+        }
+        for prompt, (el, az) in zip(prompts, draw_cameras(len(prompts), seed))
+    ]
+
+
+def write_inputs(out_dir: str, entries: list[dict], seed: int = 0, size: int = INPUT_SIZE) -> None:
+    """Render each entry's object into its image, and list them in ``out_dir``/inputs.json, keeping the entries
+    of an earlier, longer call there (--limit). Call it after the runs' settings are checked: the finished runs
+    of the folder were made from these files."""
+    os.makedirs(out_dir, exist_ok=True)
+    for e in entries:
+        img = render_input(e["prompt"], e["elevation"], e["azimuth"], size)
+        atomic_write_bytes(e["image"], iio.imwrite("<bytes>", img, extension=".png"))
+    path = os.path.join(out_dir, "inputs.json")
+    earlier = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if (old.get("seed"), old.get("size")) == (seed, size):
+            earlier = [e for e in old["inputs"] if e["prompt"] not in {n["prompt"] for n in entries}]
+    info = {
+        "seed": seed,
+        "size": size,
+        "elevation_range": ELEVATION,
+        "azimuth_range": AZIMUTH,
+        "inputs": entries + earlier,
+    }
+    atomic_write_text(path, json.dumps(info, indent=1))
+
+
+def make_inputs(out_dir: str, prompts: list[str], seed: int = 0, size: int = INPUT_SIZE) -> list[dict]:
+    """:func:`input_entries`, written by :func:`write_inputs`; returns the entries."""
+    entries = input_entries(out_dir, prompts, seed)
+    write_inputs(out_dir, entries, seed, size)
     return entries
 
 
@@ -396,14 +420,15 @@ def main(argv=None, eval_cfg: EvalConfig | None = None) -> dict:
         print(msg, file=sys.stderr, flush=True)
 
     prompts = list(OBJECTS[: args.limit] if args.limit else OBJECTS)
-    inputs = make_inputs(os.path.join(args.out, "inputs"), prompts, args.seed)
+    inputs = input_entries(os.path.join(args.out, "inputs"), prompts, args.seed)
     try:
         specs = run_specs(inputs, overrides)  # a misspelt preset or key fails here
-        executor.check_specs(specs, args.out)  # and a folder holding a run with other settings
+        executor.check_specs(specs, args.out)  # and a folder holding a run with other settings (another --seed)
         if not args.no_generate:
             check_priors(specs)
     except (ConfigError, RunError, UserError) as e:
         ap.error(str(e))
+    write_inputs(os.path.join(args.out, "inputs"), inputs, args.seed)  # only now: finished runs used these files
     classifier = default_classifier()
     cfg = eval_cfg or EvalConfig()
 

@@ -96,7 +96,7 @@ def input_image(work: Path) -> str:
 
 
 def case_overrides(
-    preset: str, size: str, folder: str | None, device: str, compile_mode: str | None, extra: list[str]
+    preset: str, size: str, folder: str | None, device: str, compile_mode: str | None, extra: list[str], work: Path
 ) -> list[str]:
     # (random weights in fp16 may give non-finite steps: they are skipped and counted, never the end of a case)
     o = [
@@ -115,9 +115,11 @@ def case_overrides(
             o += ["train.resolution=512"] if size == "sd15" else ["train.resolution=32"]
         if preset in ("dreamfusion", "prolificdreamer"):  # lit for a real checkpoint (README, GPU)
             o += ["nerf.background=mlp", "nerf.light_direction=null", "nerf.ambient_ratio=0.1"]
+    if reads_image(preset):
+        o += [f"image={input_image(work)}", "prompt="]
     if compile_mode:
         o.append(f"train.compile={compile_mode}")
-    return o + extra
+    return o + extra  # the user's --set last, so that it wins
 
 
 def _sync(device: str) -> None:
@@ -165,10 +167,8 @@ def ops_per_step(trainer: Trainer, n: int = 2) -> float:
 
 
 def measure(preset: str, size: str, args, work: Path) -> dict:
-    image = reads_image(preset)
-    folder = sd_folder(size, args.device, work, zero123=image)
-    overrides = case_overrides(preset, size, folder, args.device, args.compile, args.set)
-    cfg = load_run_config(preset, overrides + ([f"image={input_image(work)}", "prompt="] if image else []))
+    folder = sd_folder(size, args.device, work, zero123=reads_image(preset))
+    cfg = load_run_config(preset, case_overrides(preset, size, folder, args.device, args.compile, args.set, work))
     guidance, reference = build_guidance_and_reference(cfg, log=lambda m: None)
     trainer = Trainer(
         cfg, cfg.prompt, str(work / f"run_{preset}_{size}"), guidance=guidance, reference=reference, log=lambda m: None
@@ -220,7 +220,7 @@ def whole_job(args, work: Path) -> dict:
     mesh stage and the files."""
     folder = sd_folder("sd15" if args.device.startswith("cuda") else "sd15-small", args.device, work)
     steps = args.job_steps
-    overrides = case_overrides("dreamgaussian", "sd15", folder, args.device, args.compile, args.set)
+    overrides = case_overrides("dreamgaussian", "sd15", folder, args.device, args.compile, args.set, work)
     overrides = [o for o in overrides if not o.startswith("train.resolution=")] + [
         f"train.steps={steps}",
         f"train.resolution=[0,128,512,{max(steps * 4 // 5, 1)}]",

@@ -62,6 +62,8 @@ def build_guidance_and_reference(cfg: RunConfig, log=print) -> tuple:
     at ``reference.resolution``. A rule that reads the image itself (Zero123) gets it at the prior's own size, with
     the reference camera."""
     image_rule = RULES[cfg.guidance.method].needs_reference
+    if image_rule and not cfg.image:  # before the prior loads, which takes minutes at a real model's size
+        raise RunError(f"guidance.method={cfg.guidance.method} needs the input image: set image=IMG (--image)")
     reference = None
     if cfg.image:
         r = cfg.reference
@@ -70,8 +72,6 @@ def build_guidance_and_reference(cfg: RunConfig, log=print) -> tuple:
             log("no prompt with the image: the other views get unconditional SDS")
     guidance = build_guidance(cfg)
     if image_rule:
-        if reference is None:
-            raise RunError(f"guidance.method={cfg.guidance.method} needs the input image: set image=IMG (--image)")
         r = cfg.reference
         rgb = reference[0]
         if guidance.prior.image_size != r.resolution:

@@ -203,3 +203,9 @@ def test_benchmark_runs_both_presets_scores_and_skips_finished_runs(bench, tiny_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["skipped"] == 2 and summary["counts"]["done"] == 0
     assert again["summary"]["zero123"]["iou"] == report["summary"]["zero123"]["iou"]
+
+    # Another --seed into this folder is refused before the inputs that the finished runs were made from change
+    before = [(out / "inputs" / f).read_bytes() for f in ("a_green_house.png", "inputs.json")]
+    with pytest.raises(SystemExit):
+        bench.main(argv + ["--seed", "1"], eval_cfg=QUICK)
+    assert [(out / "inputs" / f).read_bytes() for f in ("a_green_house.png", "inputs.json")] == before

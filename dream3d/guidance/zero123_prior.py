@@ -68,8 +68,11 @@ def relative_camera(
     args = [v if isinstance(v, (Tensor, int, float)) else torch.as_tensor(v) for v in (
         elevation, azimuth, radius, ref_elevation, ref_azimuth, ref_radius
     )]  # fmt: skip
-    device = next((v.device for v in args if isinstance(v, Tensor)), None)
-    el, az, r, el0, az0, r0 = (v.float().reshape(-1) if isinstance(v, Tensor) else float(v) for v in args)
+    devices = [v.device for v in args if isinstance(v, Tensor)]
+    device = next((d for d in devices if d.type != "cpu"), devices[0] if devices else None)  # an accelerator's first
+    el, az, r, el0, az0, r0 = (
+        v.to(device, torch.float32, non_blocking=True).reshape(-1) if isinstance(v, Tensor) else float(v) for v in args
+    )
 
     def lift(x: Tensor | float) -> Tensor:
         return x if isinstance(x, Tensor) else torch.full((1,), x, device=device)
