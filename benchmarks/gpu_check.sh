@@ -15,6 +15,9 @@
 # speed_compiled.json, quality.md,
 # runs.tar.gz (the quality and speed run folders, without checkpoints).
 # SMOKE=1 runs the same steps on the CPU at tiny sizes in a minute or two: a check of this script itself.
+# STEPS="build pytest speed" runs only those of: build env pytest speed quality zero123 compiled (the two
+# installs always run; runs.tar.gz comes with quality); PRESETS replaces step 4's presets, SIZES steps 4 and 7's
+# sizes, PYTEST_ARGS step 3's test paths (default: tests). For a second, shorter call; give it a new OUT.
 set -uo pipefail
 out="$(mkdir -p "${1:?usage: gpu_check.sh OUT [WHEELS]}" && cd "$1" && pwd)"
 wheels="${2:-.gpu-wheels}"
@@ -22,6 +25,7 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 log() { echo "[$(( $(date +%s) - start ))s] $*" | tee -a "$out/log.txt"; }
 budget="${BUDGET:-540}"  # seconds for the whole script; every step's limit is cut to what is left of it
+wanted() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
 step() {  # step NAME SECONDS COMMAND...: run under a timeout, output to the log, never stop the script
   local name=$1 limit=$2; shift 2
   local left=$(( budget - ($(date +%s) - start) ))
@@ -46,6 +50,7 @@ else
   dev=cuda; sizes=embedded,sd15; zsizes=embedded,sd15; presets=gaussian-vsd,dreamgaussian,prolificdreamer; nsteps=30; nwarm=8; job_steps=500
   tiny=(); qsteps=(); quality_extra=()
 fi
+presets="${PRESETS:-$presets}"; sizes="${SIZES:-$sizes}"
 nvidia-smi >>"$out/log.txt" 2>&1
 log "python $(python3 --version 2>&1), torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>&1), arch $TORCH_CUDA_ARCH_LIST"
 
@@ -58,24 +63,28 @@ fi
 step install-project 60 python3 -m pip install --no-index --no-deps --no-build-isolation -e .
 
 # 2. the three CUDA libraries, built in parallel (wait on our own PIDs only: a bare `wait` would also wait on tee)
+if wanted build; then
 log "== build gsplat, nerfacc, nvdiffrast in parallel"
 (MAX_JOBS=10 timeout 240 python3 -c "from gsplat.cuda._backend import _C; assert _C is not None; print('gsplat built')" >"$out/build_gsplat.txt" 2>&1; echo "exit $?" >>"$out/build_gsplat.txt") & p1=$!
 (MAX_JOBS=4 timeout 240 python3 -c "from nerfacc.cuda._backend import _C; assert _C is not None; print('nerfacc built')" >"$out/build_nerfacc.txt" 2>&1; echo "exit $?" >>"$out/build_nerfacc.txt") & p2=$!
 (MAX_JOBS=2 timeout 240 python3 -c "from renderers import backends; backends.require('nvdiffrast', 'cuda'); print('nvdiffrast built')" >"$out/build_nvdiffrast.txt" 2>&1; echo "exit $?" >>"$out/build_nvdiffrast.txt") & p3=$!
 wait $p1 $p2 $p3
 for lib in gsplat nerfacc nvdiffrast; do log "build $lib: $(tail -n 2 "$out/build_$lib.txt" | tr '\n' ' ')"; done
+fi
+if wanted env; then
 log "== dream3d env --build"
 timeout 180 python3 -m dream3d.cli env --build >"$out/env.txt" 2>&1
 log "== env: exit $?"; cat "$out/env.txt" >>"$out/log.txt"
+fi
 
 # 3. the CUDA tests
-step pytest-cuda 150 bash -c "python3 -m pytest -m cuda -q -rs -p no:cacheprovider --junitxml='$out/pytest_cuda.xml' tests >'$out/pytest_cuda.txt' 2>&1"
-log "pytest -m cuda: $(tail -n 1 "$out/pytest_cuda.txt")"
+wanted pytest && step pytest-cuda 150 bash -c "python3 -m pytest -m cuda -q -rs -p no:cacheprovider --junitxml='$out/pytest_cuda.xml' ${PYTEST_ARGS:-tests} >'$out/pytest_cuda.txt' 2>&1"
+wanted pytest && log "pytest -m cuda: $(tail -n 1 "$out/pytest_cuda.txt")"
 
 # 4. speed: embedded and SD size, then the whole SD-size job
 mkdir -p /tmp/speed
-step speed 240 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets $presets --steps $nsteps --warmup $nwarm --job --job-steps $job_steps --work /tmp/speed --out "$out/speed.json" "${tiny[@]}"
-python3 - "$out/speed.json" >"$out/speed.md" 2>>"$out/log.txt" <<'EOF'
+wanted speed && step speed 240 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets $presets --steps $nsteps --warmup $nwarm --job --job-steps $job_steps --work /tmp/speed --out "$out/speed.json" "${tiny[@]}"
+[ -f "$out/speed.json" ] && python3 - "$out/speed.json" >"$out/speed.md" 2>>"$out/log.txt" <<'EOF'
 import json, sys
 sys.path.insert(0, "benchmarks")
 from speed import table
@@ -84,17 +93,17 @@ print(f"{r['device_name']}, torch {r['torch']}, {r['date']}\n")
 print(table(r["cases"]))
 print("\njob:", r.get("job"), "\nerrors:", r.get("errors"))
 EOF
-cat "$out/speed.md" | tee -a "$out/log.txt"
+[ -f "$out/speed.md" ] && tee -a "$out/log.txt" <"$out/speed.md"
 
 # 5. quality on two prompts, on the GPU
-step quality 150 python3 benchmarks/quality.py --presets gaussian-vsd --prompts "a red house;a green mug" --no-baseline --out /tmp/quality "${qsteps[@]}" train.device=$dev "${quality_extra[@]}"
-cp /tmp/quality/quality.md "$out/" 2>/dev/null
-tar --exclude=checkpoint.pt --exclude='*_random' -czf "$out/runs.tar.gz" -C /tmp quality speed 2>>"$out/log.txt"
+wanted quality && step quality 150 python3 benchmarks/quality.py --presets gaussian-vsd --prompts "a red house;a green mug" --no-baseline --out /tmp/quality "${qsteps[@]}" train.device=$dev "${quality_extra[@]}"
+wanted quality && cp /tmp/quality/quality.md "$out/" 2>/dev/null
+wanted quality && tar --exclude=checkpoint.pt --exclude='*_random' -czf "$out/runs.tar.gz" -C /tmp quality speed 2>>"$out/log.txt"
 
 # 6. image-to-3D with Zero123 (its own step: building the XL-size folder takes a while, and must not cost step 4)
-step speed-zero123 150 python3 benchmarks/speed.py --device $dev --sizes $zsizes --presets zero123 --steps $nsteps --warmup $nwarm --no-counts --work /tmp/speed --out "$out/speed_zero123.json" "${tiny[@]}"
+wanted zero123 && step speed-zero123 150 python3 benchmarks/speed.py --device $dev --sizes $zsizes --presets zero123 --steps $nsteps --warmup $nwarm --no-counts --work /tmp/speed --out "$out/speed_zero123.json" "${tiny[@]}"
 
 # 7. compiled, with what time is left of the budget
 mode=reduce-overhead; [ "$dev" = cpu ] && mode=aot_eager
-step speed-compiled 300 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets gaussian-vsd,dreamgaussian --steps $nsteps --warmup $nwarm --no-counts --compile $mode --work /tmp/speed --out "$out/speed_compiled.json" "${tiny[@]}"
+wanted compiled && step speed-compiled 300 python3 benchmarks/speed.py --device $dev --sizes $sizes --presets gaussian-vsd,dreamgaussian --steps $nsteps --warmup $nwarm --no-counts --compile $mode --work /tmp/speed --out "$out/speed_compiled.json" "${tiny[@]}"
 log "done in $(( $(date +%s) - start ))s"

@@ -210,6 +210,8 @@ def measure(preset: str, size: str, args, work: Path) -> dict:
         row["syncs"] = syncs_per_step(trainer, args.device)
         if not args.device.startswith("cuda"):
             row["ops_per_step"] = ops_per_step(trainer)
+    graphed = trainer.guidance.prior.graphed_unet
+    row["cuda_graphs"] = 0 if graphed is None else len([g for g in graphed.graphs.values() if g is not None])
     if args.device.startswith("cuda"):
         row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return row
@@ -243,14 +245,15 @@ def whole_job(args, work: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| preset | size | device | compile | steps/s | target | ms/step by phase | syncs/step |",
+        "| preset | size | device | compile / graphs | steps/s | target | ms/step by phase | syncs/step |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ph = ", ".join(f"{k} {v:.1f}" for k, v in r["ms_per_step_phases"].items())
         sy = r.get("syncs", {}).get("per_step", "")
+        how = r["compile"] or (f"{r['cuda_graphs']} CUDA graphs" if r.get("cuda_graphs") else "-")
         lines.append(
-            f"| {r['preset']} | {r['size']} | {r['device']} | {r['compile'] or '-'} | {r['steps_per_second']} | "
+            f"| {r['preset']} | {r['size']} | {r['device']} | {how} | {r['steps_per_second']} | "
             f"{r['target_steps_per_second'] or ''} | {ph} | {sy} |"
         )
     return "\n".join(lines)

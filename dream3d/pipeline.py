@@ -272,9 +272,10 @@ RESUME_MAY_CHANGE = (
     "train.val_every",
     "train.log_every",
     "train.compile",
+    "train.cuda_graphs",
     "guidance.prior.allow_download",
     "guidance.prior.channels_last",
-)  # (compile, channels_last: speed only)
+)  # (compile, cuda_graphs, channels_last: speed only)
 
 
 def check_resume_config(cfg: RunConfig, out_dir: str) -> None:

@@ -47,6 +47,10 @@ class TrainConfig:
     # torch.compile the prior's U-Net and VAE encoder (opt-in: the first steps pay the compile time). A
     # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...; None: eager.
     compile: str | None = None
+    # With the prior on CUDA, replay its U-Net calls without gradient as CUDA graphs (guidance/cuda_graphs.py): a
+    # GPU step is bound by the host's kernel launches, not the card. Off under any train.compile (its
+    # "reduce-overhead" makes graphs of its own; the others are left as torch.compile makes them).
+    cuda_graphs: bool = True
 
     def __post_init__(self):
         if self.nan_policy not in ("skip", "stop"):
@@ -132,6 +136,8 @@ class Trainer:
             guidance.timer = self.timer
             if cfg.train.compile:
                 guidance.prior.compile(cfg.train.compile)
+            elif cfg.train.cuda_graphs and guidance.prior.device.type == "cuda":
+                guidance.prior.use_cuda_graphs()
         # (rgb (1,H,W,3), mask (1,H,W,1)) for image-to-3D, or None
         self.reference = None if reference is None else tuple(x.to(self.device) for x in reference)
         self.background = torch.tensor(cfg.train.background, device=self.device)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from dataclasses import dataclass, field as dc_field
 from typing import Callable
 
@@ -451,10 +452,8 @@ def _render_packed(field, rays_o, rays_d, ray_indices, t_starts, t_ends, bg, ray
     weights = aux["weights"]
     if bg is not None:
         color = color + bg * (1.0 - alpha)
-    extras = {
-        k: nerfacc.accumulate_along_rays(weights, v.reshape(v.shape[0], -1), ray_indices, R)
-        for k, v in captured.items()
-    }
+    per_sample = {k: _flat_per_sample(v) for k, v in captured.items()}
+    extras = {k: nerfacc.accumulate_along_rays(weights, v, ray_indices, R) for k, v in per_sample.items()}
     t_mid = (t_starts + t_ends) / 2
     return VolumeRender(
         rgb=color,
@@ -467,8 +466,14 @@ def _render_packed(field, rays_o, rays_d, ray_indices, t_starts, t_ends, bg, ray
         ray_indices=ray_indices,
         sample_weights=weights,
         extras=extras,
-        sample_extras={k: v.reshape(v.shape[0], -1) for k, v in captured.items()},
+        sample_extras=per_sample,
     )
+
+
+def _flat_per_sample(v: Tensor) -> Tensor:
+    """(N, ...) as (N, C). Not ``reshape(N, -1)``: that cannot infer C when N is 0, as in a chunk of rays that
+    all miss the occupancy grid (the corners of a 512-px image)."""
+    return v.reshape(v.shape[0], math.prod(v.shape[1:]))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def test_resumed_run_reaches_the_same_parameters(tiny_prior, tmp_path, preset):
 def test_nan_guard_skips_then_stops_keeping_the_last_good_checkpoint(tiny_prior, tmp_path):
     cfg = _cfg(tiny_prior, "train.steps=6", "train.checkpoint_every=1", "train.val_every=0", "train.max_nan_skips=2")
     tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
+    assert tr.guidance.prior.graphed_unet is None  # CUDA graphs only with the prior on CUDA
     tr.run(stop_after=2)
     good = {k: v.clone() for k, v in tr.model.state_dict().items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():
@@ -242,17 +243,18 @@ def test_nerf_trains_on_cuda_through_the_occupancy_grid(tiny_prior, tmp_path):
         preset="dreamfusion",
     )
     tr = Trainer(cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), log=lambda m: None)
-    assert tr.occupancy is not None
+    assert tr.model.occupancy is not None
+    assert tr.guidance.prior.graphed_unet is not None  # train.cuda_graphs: on by default with the prior on CUDA
     tr.run()
-    assert 0 < tr.occupancy.binaries.float().mean() < 0.5  # it skips empty space
+    assert 0 < tr.model.occupancy.binaries.float().mean() < 0.5  # it skips empty space
     # the grid skips only what does not show: renders with and without it agree
     cams = orbit_cameras(15.0, [0.0, 120.0], 3.0, 40.0, 32, 32)
     with torch.no_grad():
-        a = tr.model.render(cams, stratified=False, estimator=tr.occupancy)
+        a = tr.model.render(cams, stratified=False, estimator=tr.model.occupancy)
         b = tr.model.render(cams, stratified=False)
     assert (a.rgb - b.rgb).abs().mean() < 0.03 and (a.alpha - b.alpha).abs().mean() < 0.03
     saved = torch.load(tr.ckpt_path, weights_only=True)  # the checkpoint carries the grid
-    assert torch.equal(saved["occupancy"]["binaries"].cpu(), tr.occupancy.binaries.cpu())
+    assert torch.equal(saved["occupancy"]["binaries"].cpu(), tr.model.occupancy.binaries.cpu())
 
 
 def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, tmp_path):

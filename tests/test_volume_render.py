@@ -356,6 +356,25 @@ def test_packed_path_matches_dense_on_the_same_samples(monkeypatch):
     assert ref.alpha.max() > 0.5  # the test saw real content
 
 
+def test_packed_path_renders_rays_with_no_samples_as_background(monkeypatch):
+    # A chunk of rays that all miss the occupancy grid (a 512-px image's corners) marches to no samples. The
+    # GPU run of 2026-12-04 crashed there: the field's extras, (0, C), were reshaped with an inferred -1.
+    nerfacc = pytest.importorskip("nerfacc")
+    packed_scans_in_torch(monkeypatch, nerfacc)
+    R = 6
+    o, d = (
+        torch.zeros(R, 3),
+        torch.nn.functional.normalize(torch.randn(R, 3, generator=torch.Generator().manual_seed(1))),
+    )
+    cond, bg = torch.rand(R, 2), torch.tensor([0.2, 0.4, 0.6])
+    none = torch.zeros(0)
+    out = _render_packed(shell_field, o, d, none.long(), none, none, bg.expand(R, 3), cond, nerfacc)
+    torch.testing.assert_close(out.rgb, bg.expand(R, 3), atol=0, rtol=0)
+    assert torch.equal(out.alpha, torch.zeros(R, 1))
+    assert out.extras["cond"].shape == (R, 2) and not out.extras["cond"].any()
+    assert out.extras["pos"].shape == (R, 3) and out.sample_extras["pos"].shape == (0, 3)
+
+
 def grid_masked(field, est):
     """``field`` with no density in the cells ``est`` marks empty: what its marcher can see."""
     lo, hi, res = est.aabbs[0, :3], est.aabbs[0, 3:], est.binaries.shape[-1]

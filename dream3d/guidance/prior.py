@@ -219,6 +219,20 @@ class LatentBackbone:
         sample_size = unet.config.sample_size
         self.latent_size = int(sample_size if isinstance(sample_size, int) else sample_size[0])
         self.image_size = self.latent_size * self.vae_scale_factor  # the model's native resolution
+        self.graphed_unet = None  # a GraphedUNet once use_cuda_graphs() is called
+
+    def use_cuda_graphs(self) -> None:
+        """Replay the U-Net's no-grad calls as CUDA graphs on a CUDA device (:mod:`.cuda_graphs`); other calls,
+        and every call on CPU, run as before."""
+        from .cuda_graphs import GraphedUNet
+
+        self.graphed_unet = GraphedUNet(self.unet)
+
+    def unet_output(self, sample: Tensor, t: Tensor, states: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """The U-Net's raw output for inputs already in the model's dtype, through its CUDA graphs when on."""
+        if self.graphed_unet is not None:
+            return self.graphed_unet(sample, t, states, class_labels)
+        return self.unet(sample, t, encoder_hidden_states=states, class_labels=class_labels, return_dict=False)[0]
 
     def compile(self, mode: str = "default") -> None:
         """torch.compile the U-Net and the VAE encoder in place (the modules stay the same objects, so peft
@@ -413,14 +427,7 @@ class DiffusionPrior(LatentBackbone):
     ) -> Tensor:
         """The U-Net's raw fp32 output (epsilon, v or x0, per ``prediction_type``)."""
         t = self._t(t, noisy_latents.shape[0])
-        out = self.unet(
-            noisy_latents.to(self.dtype),
-            t,
-            encoder_hidden_states=text_embeds.to(self.dtype),
-            class_labels=class_labels,
-            return_dict=False,
-        )[0]
-        return out.float()
+        return self.unet_output(noisy_latents.to(self.dtype), t, text_embeds.to(self.dtype), class_labels).float()
 
     def predict_noise(
         self, noisy_latents: Tensor, t: Tensor | int, text_embeds: Tensor, class_labels: Tensor | None = None

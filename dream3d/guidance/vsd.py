@@ -96,6 +96,9 @@ class VSD(Guidance):
             adapter_name=self.adapter_name,
         )
         unet.disable_adapters()  # outside the student branch the shared U-Net is the pretrained model
+        # The U-Net's LoRA-wrapped layers, toggled directly in student(): diffusers' set_adapter/enable_adapters
+        # walk all of the U-Net's modules each time (901 in the embedded prior: 11 ms per student() on 2 CPU cores)
+        self._lora_layers = [m for m in unet.modules() if hasattr(m, "enable_adapters") and m is not unet]
         self.lora_parameters = [p for n, p in unet.named_parameters() if f".{self.adapter_name}." in n]
         for p in self.lora_parameters:
             p.data = p.data.float()
@@ -134,14 +137,17 @@ class VSD(Guidance):
     def student(self):
         """Within this block the prior's U-Net is the LoRA student (camera MLP attached if enabled)."""
         unet = self.prior.unet
-        unet.set_adapter(self.adapter_name)
-        unet.enable_adapters()
+        for m in self._lora_layers:  # what unet.set_adapter(name) and unet.enable_adapters() do, layer by layer
+            if m.active_adapters != [self.adapter_name]:  # (another VSD rule on this U-Net was the last student)
+                m.set_adapter(self.adapter_name)
+            m.enable_adapters(True)
         if self.cfg.camera_condition:
             unet.class_embedding = self.camera_mlp
         try:
             yield
         finally:
-            unet.disable_adapters()
+            for m in self._lora_layers:
+                m.enable_adapters(False)
             if self.cfg.camera_condition:
                 unet.class_embedding = None
 

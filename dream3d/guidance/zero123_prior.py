@@ -273,7 +273,7 @@ class Zero123Prior(LatentBackbone):
         """fp32 epsilon for (B, C, h, w) noisy latents given the cross-attention states and the input latents."""
         t = self._t(t, noisy_latents.shape[0])
         x = torch.cat([noisy_latents.float(), input_latents.float().expand(len(noisy_latents), -1, -1, -1)], 1)
-        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=states.to(self.dtype), return_dict=False)[0]
+        out = self.unet_output(x.to(self.dtype), t, states.to(self.dtype))
         return self.as_epsilon(out.float(), noisy_latents, t)
 
     def guided_eps(
