@@ -92,11 +92,20 @@ def _zero123_eval(args) -> None:
     from .embedded_prior.zero123_eval import evaluate_zero123
     from .guidance.prior import PriorConfig
     from .guidance.zero123_prior import Zero123Prior
+    from .embedded_prior.zero123_train import MultiViewDataConfig, world_objects
     from .images import image_grid, save_png
 
+    objects = None
+    if args.objects:
+        try:
+            objects = world_objects(MultiViewDataConfig(objects=tuple(o.strip() for o in args.objects.split(","))))
+        except ValueError as e:
+            raise UserError(f"--objects: {e}") from None
     prior = Zero123Prior.load(PriorConfig(model=args.model, allow_download=args.allow_download))
     seed = 12345 if args.seed is None else args.seed  # (cameras no training render used)
-    res = evaluate_zero123(prior, views=args.views, steps=args.steps, guidance_scale=_cfg(args, 3.0), seed=seed)
+    res = evaluate_zero123(
+        prior, views=args.views, objects=objects, steps=args.steps, guidance_scale=_cfg(args, 3.0), seed=seed
+    )
     sheet = res.pop("_sheet")
     if args.output:
         from .io import atomic_write_text
@@ -184,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         help="dotted overrides of the training config, e.g. unet_steps=3000 arch.unet_channels=[64,128,128] "
-        "(--kind zero123: steps=8000 batch=32 data.views=96; see --print-config)",
+        "(--kind zero123: steps=4000 batch=32 data.views=96; see --print-config)",
     )
     t.add_argument(
         "--kind",
@@ -241,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--per-prompt", type=int, default=4)
     e.add_argument("--views", type=int, default=8, help="zero123: views per object, evenly around it (default 8)")
+    e.add_argument(
+        "--objects",
+        help='zero123: only these world objects, e.g. "yellow mug,green house" (default: every one; the cameras are '
+        "drawn object by object, so a subset sees other cameras than the whole run)",
+    )
     e.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     e.add_argument("--cfg", type=float, default=None, help="CFG scale (default 7.5; 3 for zero123)")
     e.add_argument("--seed", type=int, default=None, help="default 0 (zero123: 12345)")

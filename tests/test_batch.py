@@ -139,6 +139,8 @@ def colour_batch(tiny_prior, tmp_path_factory):
         "--workers",
         "2",
         "--judge",
+        "--config",
+        "dreamgaussian",  # reference view + text SDS, with the tiny text prior
         *IMAGE_RUN,
         f"guidance.prior.model={tiny_prior}",
     ]

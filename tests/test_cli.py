@@ -74,11 +74,11 @@ def test_generate_writes_loadable_files(tiny_prior, tmp_path):
     assert run("mesh", str(tmp_path / "nothing")).returncode == 2
 
 
-def test_default_preset_is_vsd_for_text_and_sds_for_an_image():
+def test_default_preset_is_vsd_for_text_and_zero123_for_an_image():
     text = run("generate", "a red cube", "--print-config")
     image = run("generate", "--image", "photo.png", "--print-config")
     assert text.returncode == 0 and image.returncode == 0, text.stderr + image.stderr
-    assert "method: vsd" in text.stdout and "method: sds" in image.stdout
+    assert "method: vsd" in text.stdout and "method: zero123" in image.stdout  # the shipped assets/zero123
     assert "method: sds" in run("generate", "a red cube", "--config", "dreamgaussian", "--print-config").stdout
 
 
@@ -318,6 +318,8 @@ def test_image_to_3d_fits_the_reference_view(tiny_prior, tmp_path):
         "--image",
         str(tmp_path / "cube.png"),
         "a yellow cube",
+        "--config",
+        "dreamgaussian",  # reference view + text SDS, with the tiny text prior
         *TINY_RUN,
         "train.steps=60",
         "train.checkpoint_every=0",

@@ -324,6 +324,22 @@ def test_prior_sample_with_an_image_writes_novel_views(tiny_zero123, tmp_path):
     assert iio.imread(out / "grid.png").shape == (32, 96, 3)
 
 
+def test_prior_eval_of_chosen_objects_writes_their_scores_and_sheet(tiny_zero123, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    from dream3d.cli import main
+
+    argv = ["prior", "eval", "--kind", "zero123", "--model", tiny_zero123, "--views", "2", "--steps", "1"]
+    assert main(argv + ["--objects", "blue mug, red cube", "-o", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "zero123_eval.json").read_text())
+    assert list(res["per_object"]) == ["blue mug", "red cube"] and res["all"]["views"] == 4
+    assert iio.imread(tmp_path / "novel_views.png").shape == (4 * 32, 3 * 32, 3)  # input + 2 views; truth below
+    capsys.readouterr()
+    assert main(argv + ["--objects", "red teapot"]) == 2
+    err = capsys.readouterr().err
+    assert "--objects" in err and "red teapot" in err, err
+
+
 # ----------------------------------------------------------------------------- guidance and generate
 
 
@@ -395,7 +411,7 @@ def test_generate_with_an_image_and_a_tiny_zero123_runs_end_to_end(tiny_zero123,
     with pytest.raises(RunError, match="give --image"):
         generate(load_run_config("zero123", overrides, {"prompt": "a red cube"}), str(tmp_path / "no_image"))
     assert not (tmp_path / "no_image").exists()
-    assert image_preset() == "dreamgaussian"  # until an embedded Zero123 is shipped in assets/
+    assert image_preset() == "zero123"  # the embedded Zero123 is shipped in assets/zero123
     assert RULES["zero123"] is Zero123SDS
 
 
