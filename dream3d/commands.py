@@ -123,7 +123,8 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
         description="Optimize 3D Gaussians or a NeRF against a frozen diffusion prior (SDS, VSD, ISM or CSD), extract a "
         "textured mesh and write mesh.glb, mesh.obj (+mtl, png), gaussians.ply or nerf.safetensors, turntable.mp4, "
         "config.yaml and metrics.json to the output folder. With no options: the gaussian-vsd preset (3D Gaussians + "
-        "VSD; with --image dreamgaussian, or zero123 once an embedded Zero123 is in assets/zero123) and the embedded prior.",
+        "VSD; with --image zero123, the shipped Zero123 given the image, or dreamgaussian where assets/zero123 is missing) "
+        "and the embedded prior.",
         epilog='examples:\n  dream3d generate "a red cube" -o out/red_cube\n'
         '  dream3d generate "a blue snowman" --config dreamfusion train.steps=300 -o out/snowman\n'
         "  dream3d generate --image photo.png -o out/photo\n"
@@ -142,7 +143,8 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--config",
         help="a preset in configs/ (gaussian-vsd, dreamgaussian, dreamfusion, prolificdreamer, gaussian-ism, zero123) "
-        "or a YAML file (default: gaussian-vsd for a prompt; dreamgaussian with --image, zero123 once assets/zero123 exists)",
+        "or a YAML file (default: gaussian-vsd for a prompt; zero123 with --image, dreamgaussian if assets/zero123 is "
+        "missing)",
     )
     g.add_argument("--image", help="image-to-3D: an RGBA (or white-background) image of the object's front")
     again = g.add_mutually_exclusive_group()
