@@ -342,12 +342,16 @@ def generate(
             return finish_mesh(cfg, out_dir, log)
     t_start = time.time()
     guidance, reference = build_guidance_and_reference(cfg, log)
-    if cfg.prompt and (
-        why := guidance.prior.outside_vocabulary(cfg.prompt)
-    ):  # the embedded prior knows its world's words only
-        log(f"warning: {why}; for other prompts give a real checkpoint with guidance.prior.model=...")
-    elif cfg.prompt and (read := guidance.prior.caption(cfg.prompt)) != cfg.prompt:
-        log(f"the prior reads {cfg.prompt!r} as {read!r}, the form of the captions it was trained on")
+    text_half = getattr(guidance, "text", None)  # zero123's Magic123 text half reads the prompt with its own prior
+    for reader, key in [(guidance.prior, "guidance.prior.model")] + (
+        [(text_half.prior, "guidance.text_prior.model")] if text_half is not None else []
+    ):
+        if not cfg.prompt:
+            break
+        if why := reader.outside_vocabulary(cfg.prompt):  # the embedded prior knows its world's words only
+            log(f"warning: {why}; for other prompts give a real checkpoint with {key}=...")
+        elif (read := reader.caption(cfg.prompt)) != cfg.prompt:
+            log(f"the prior reads {cfg.prompt!r} as {read!r}, the form of the captions it was trained on")
     if overwrite:
         clear_run(out_dir)
     os.makedirs(out_dir, exist_ok=True)

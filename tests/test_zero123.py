@@ -408,6 +408,15 @@ def test_generate_with_an_image_and_a_tiny_zero123_runs_end_to_end(tiny_zero123,
     assert metrics["train"]["steps"] == 4 and np.isfinite(metrics["train"]["final_loss"])
     assert set(metrics["reference_view"]) == {"silhouette_iou", "psnr_db"}
     assert (tmp_path / "run/mesh.glb").is_file()
+    # the preset's text half (the embedded text prior) reads the prompt: one it does not know is named
+    logs: list[str] = []
+    corgi = load_run_config(
+        "zero123",
+        overrides + ["train.steps=1", "output.mesh=false"],
+        {"image": str(tmp_path / "cube.png"), "prompt": "a photo of a corgi"},
+    )
+    generate(corgi, str(tmp_path / "corgi"), log=logs.append)
+    assert any("outside the prompts" in m and "guidance.text_prior.model" in m for m in logs), logs
     with pytest.raises(RunError, match="give --image"):
         generate(load_run_config("zero123", overrides, {"prompt": "a red cube"}), str(tmp_path / "no_image"))
     assert not (tmp_path / "no_image").exists()
