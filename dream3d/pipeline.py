@@ -342,12 +342,7 @@ def generate(
             return finish_mesh(cfg, out_dir, log)
     t_start = time.time()
     guidance, reference = build_guidance_and_reference(cfg, log)
-    text_half = getattr(guidance, "text", None)  # zero123's Magic123 text half reads the prompt with its own prior
-    for reader, key in [(guidance.prior, "guidance.prior.model")] + (
-        [(text_half.prior, "guidance.text_prior.model")] if text_half is not None else []
-    ):
-        if not cfg.prompt:
-            break
+    for reader, key in guidance.prompt_readers() if cfg.prompt else []:
         if why := reader.outside_vocabulary(cfg.prompt):  # the embedded prior knows its world's words only
             log(f"warning: {why}; for other prompts give a real checkpoint with {key}=...")
         elif (read := reader.caption(cfg.prompt)) != cfg.prompt:

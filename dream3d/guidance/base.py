@@ -146,6 +146,11 @@ class Guidance:
         """Image-to-3D: the input image (1, H, W, 3) in [0, 1] and its camera. Text rules leave it to the
         reference-view losses."""
 
+    def prompt_readers(self) -> list[tuple[object, str]]:
+        """The priors that read the prompt, each with the config key that sets it (the pipeline names a prompt one
+        of them does not know)."""
+        return [(self.prior, "guidance.prior.model")]
+
     def __init__(
         self, prior: DiffusionPrior, cfg: GuidanceConfig | None = None, generator: torch.Generator | None = None
     ):

@@ -10,8 +10,8 @@ and replayed every step: the inputs are copied into the graph's own buffers and 
 What a replay cannot see, and so is part of the key that picks a graph: the input shapes and dtypes, and the
 U-Net's Python-level state, which decides which kernels run: train or eval mode, whether peft adapters are
 enabled, which, and merged, and the class embedding that VSD attaches for its student. Assumed constant for a
-run, as nothing here changes them: the attention processors and the LoRA scaling. Parameters may change between replays (the LoRA is
-trained): a graph reads them where they live, and optimizers update them in place.
+run, as nothing here changes them: the attention processors and the LoRA scaling. Parameters may change between
+replays (the LoRA is trained): a graph reads them where they live, and optimizers update them in place.
 
 A call with gradient, on CPU, or whose capture fails runs the U-Net as usual (a failed capture says why, once).
 """

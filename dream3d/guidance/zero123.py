@@ -71,6 +71,9 @@ class Zero123SDS(Guidance):
             seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))  # its own stream, from this one
             self.text = SDS(DiffusionPrior.load(c.text_prior), text_cfg, torch.Generator().manual_seed(seed))
 
+    def prompt_readers(self) -> list[tuple[object, str]]:
+        return [] if self.text is None else [(self.text.prior, "guidance.text_prior.model")]  # Zero123 reads none
+
     def set_reference(self, rgb: Tensor, elevation: float, azimuth: float, radius: float) -> None:
         self.reference = (self.prior.image_conditioning(rgb), float(elevation), float(azimuth), float(radius))
 
