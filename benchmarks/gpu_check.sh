@@ -54,7 +54,10 @@ presets="${PRESETS:-$presets}"; sizes="${SIZES:-$sizes}"
 nvidia-smi >>"$out/log.txt" 2>&1
 log "python $(python3 --version 2>&1), torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>&1), arch $TORCH_CUDA_ARCH_LIST"
 
-# 1. wheels and the project
+# 1. wheels and the project (gpu_wheels.sh packs them as wheels.tar.xz; loose *.whl files are taken as they are)
+if [ "${SMOKE:-0}" != 1 ] && [ -f "$wheels/wheels.tar.xz" ]; then
+  mkdir -p /tmp/gpu-wheels && tar xJf "$wheels/wheels.tar.xz" -C /tmp/gpu-wheels && wheels=/tmp/gpu-wheels
+fi
 if [ "${SMOKE:-0}" != 1 ] && ls "$wheels"/*.whl >/dev/null 2>&1; then
   step install 120 python3 -m pip install --no-index --no-deps --no-compile --target /tmp/site "$wheels"/*.whl
 else
