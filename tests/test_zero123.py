@@ -15,7 +15,15 @@ import pytest
 import torch
 
 from dream3d.embedded_prior.zero123_train import _Trainer, train_zero123
-from dream3d.guidance import RULES, PriorConfig, PriorNotFoundError, Zero123Config, Zero123Prior, Zero123SDS
+from dream3d.guidance import (
+    RULES,
+    DiffusionPrior,
+    PriorConfig,
+    PriorNotFoundError,
+    Zero123Config,
+    Zero123Prior,
+    Zero123SDS,
+)
 from dream3d.guidance.zero123_prior import relative_camera
 from dream3d.random_models import ZERO123_XL_FULL, ZERO123_XL_SMALL, make_zero123_folder
 from renderers.cameras import orbit_cameras
@@ -378,7 +386,7 @@ def test_zero123_sds_gradient_reaches_the_render_finite_and_nonzero(tiny_zero123
     assert torch.allclose(lat.grad, want, atol=1e-5)
 
 
-def test_magic123_adds_the_text_prior_sds(tiny_zero123, tiny_prior):
+def test_magic123_adds_the_text_prior_sds(tiny_zero123, tiny_prior, monkeypatch):
     cfg = Zero123Config(text_weight=0.5, text_prior=PriorConfig(model=tiny_prior, device="cpu"))
     rule = Zero123SDS(_load(tiny_zero123), cfg, generator=torch.Generator().manual_seed(1))
     rule.set_reference(_cubes(1)[0], 0.0, 0.0, 2.8)
@@ -387,9 +395,18 @@ def test_magic123_adds_the_text_prior_sds(tiny_zero123, tiny_prior):
     text = with_text.extra["text"]
     rule2 = Zero123SDS(_load(tiny_zero123), cfg, generator=torch.Generator().manual_seed(1))
     rule2.set_reference(_cubes(1)[0], 0.0, 0.0, 2.8)
-    alone = rule2(rgb, cams, "", 0)  # no prompt: Zero123 only
-    assert "text" not in alone.extra
+    with monkeypatch.context() as m:  # no prompt: Zero123 only, and the text prior is never loaded
+        m.setattr(DiffusionPrior, "load", lambda *a, **k: pytest.fail("the text prior loaded without a prompt"))
+        alone = rule2(rgb, cams, "", 0)
+        assert "text" not in alone.extra and "text" not in rule2.state_dict()
     assert torch.allclose(with_text.loss, alone.loss + 0.5 * text.loss)
+    # a checkpoint of a run with a prompt carries the text half's stream, and a resumed rule continues it
+    state = rule.state_dict()
+    resumed = Zero123SDS(_load(tiny_zero123), cfg, generator=torch.Generator().manual_seed(99))
+    resumed.set_reference(_cubes(1)[0], 0.0, 0.0, 2.8)
+    resumed.load_state_dict(state)
+    a, b = rule(rgb, cams, "a red cube", 1), resumed(rgb, cams, "a red cube", 1)
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.extra["text"].t, b.extra["text"].t)
 
 
 def test_generate_with_an_image_and_a_tiny_zero123_runs_end_to_end(tiny_zero123, tmp_path):

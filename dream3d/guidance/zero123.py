@@ -54,9 +54,16 @@ class Zero123SDS(Guidance):
     def __init__(self, prior: Zero123Prior, cfg: Zero123Config | None = None, generator: torch.Generator | None = None):
         super().__init__(prior, cfg, generator)
         self.reference = None  # (ImageConditioning, elevation, azimuth, radius) of the input view
-        self.text: SDS | None = None
-        c = self.cfg
-        if c.text_weight > 0:
+        self._text: SDS | None = None
+        self._text_seed = None
+        if self.cfg.text_weight > 0:  # drawn now, so this rule's own stream is the same with or without a prompt
+            self._text_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+
+    @property
+    def text(self) -> SDS | None:
+        """The text half (SDS of ``text_prior``), loaded on first use: a run without a prompt never loads it."""
+        if self._text is None and self._text_seed is not None:
+            c = self.cfg
             text_cfg = SDSConfig(
                 guidance_scale=c.text_guidance_scale,
                 weighting=c.weighting,
@@ -68,8 +75,9 @@ class Zero123SDS(Guidance):
                 grad_clip_norm=c.grad_clip_norm,
                 nonfinite=c.nonfinite,
             )
-            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))  # its own stream, from this one
-            self.text = SDS(DiffusionPrior.load(c.text_prior), text_cfg, torch.Generator().manual_seed(seed))
+            prior = DiffusionPrior.load(c.text_prior)
+            self._text = SDS(prior, text_cfg, torch.Generator().manual_seed(self._text_seed))
+        return self._text
 
     def prompt_readers(self) -> list[tuple[object, str]]:
         return [] if self.text is None else [(self.text.prior, "guidance.text_prior.model")]  # Zero123 reads none
@@ -113,7 +121,7 @@ class Zero123SDS(Guidance):
         self, rgb: Tensor, views: Views, prompt: str, step: int, *, noise: Tensor | None = None, t: Tensor | None = None
     ) -> GuidanceOutput:
         out = super().__call__(rgb, views, prompt, step, noise=noise, t=t)
-        if self.text is None or not prompt.strip():
+        if self._text_seed is None or not prompt.strip():
             return out
         self.text.check_finite, self.text.timer = self.check_finite, self.timer
         text = self.text(rgb, views, prompt, step)
@@ -122,11 +130,11 @@ class Zero123SDS(Guidance):
 
     def state_dict(self) -> dict:
         s = super().state_dict()
-        if self.text is not None:
-            s["text"] = self.text.state_dict()
+        if self._text is not None:  # only once loaded: a run without a prompt has no text half
+            s["text"] = self._text.state_dict()
         return s
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        if self.text is not None:
+        if "text" in state and self.text is not None:
             self.text.load_state_dict(state["text"])
