@@ -101,3 +101,28 @@ def test_nerf_training_render_carries_its_weighted_regularizers():
     torch.testing.assert_close(out.losses["density"], 2.0 * reg["opacity"] + 0.5 * reg["entropy"])
     torch.testing.assert_close(out.losses["orientation"], 3.0 * reg["orientation"])
     assert model.render_views(cams, torch.ones(3)).losses == {}  # a validation render has none
+
+
+def test_gaussian_training_render_carries_its_alpha_regularizers_and_sparsity_clears_space():
+    from dream3d.representations.base import entropy_loss, opacity_loss
+    from dream3d.representations.gaussians import GaussianConfig, GaussianModel
+
+    cams = orbit_cameras([10.0, 40.0], [0.0, 120.0], 2.5, 45.0, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    model = GaussianModel(GaussianConfig(num_points=200, lambda_opacity=2.0, lambda_entropy=0.5), generator=g)
+    out = model.render_views(cams, torch.ones(3), step=5, generator=g)
+    torch.testing.assert_close(out.losses["alpha"], 2.0 * opacity_loss(out.alpha) + 0.5 * entropy_loss(out.alpha))
+    assert model.render_views(cams, torch.ones(3)).losses == {}  # a validation render has none
+    off = GaussianModel(GaussianConfig(num_points=200), generator=torch.Generator().manual_seed(0))
+    assert off.render_views(cams, torch.ones(3), step=5).losses == {}  # off by default
+    # the sparsity term alone lowers every Gaussian's opacity it reaches, and the mean rendered alpha
+    sparse = GaussianModel(
+        GaussianConfig(num_points=200, lambda_opacity=1.0), generator=torch.Generator().manual_seed(0)
+    )
+    before = sparse.render_views(cams, torch.ones(3)).alpha.mean()
+    sparse.render_views(cams, torch.ones(3), step=1).losses["alpha"].backward()
+    grad = sparse.opacity_logits.grad
+    assert (grad >= 0).all() and (grad > 0).any()
+    with torch.no_grad():
+        sparse.opacity_logits -= 10.0 * grad
+    assert sparse.render_views(cams, torch.ones(3)).alpha.mean() < before

@@ -35,6 +35,17 @@ class Render:
     raw: Any = None  # the representation's own render object (read back by after_backward)
 
 
+def opacity_loss(alpha: Tensor) -> Tensor:
+    """Sparsity of rendered alpha: mean sqrt(alpha^2 + 0.01), a smoothed L1 that discourages filling the scene."""
+    return torch.sqrt(alpha**2 + 0.01).mean()
+
+
+def entropy_loss(alpha: Tensor, eps: float = 1e-5) -> Tensor:
+    """Mean binary entropy of rendered alpha: pushes pixels to fully opaque or fully clear."""
+    a = alpha.clamp(eps, 1 - eps)
+    return -(a * torch.log(a) + (1 - a) * torch.log(1 - a)).mean()
+
+
 class Representation(nn.Module, metaclass=ABCMeta):
     """The interface; subclasses implement the abstract methods and override the hooks they need."""
 

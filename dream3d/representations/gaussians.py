@@ -31,7 +31,7 @@ from renderers.cameras import Cameras
 from renderers.gaussians import GaussianRender, quat_to_rotmat, rasterize_gaussians
 
 from ..mesh.stage import gaussian_render_fn, median_neighbor_colors, mesh_from_gaussians
-from .base import Render, Representation
+from .base import Render, Representation, entropy_loss, opacity_loss
 
 SH_C0 = 0.28209479177387814  # the degree-0 SH basis value, 1 / (2 sqrt(pi))
 PARAM_NAMES = ("means", "features_dc", "features_rest", "opacity_logits", "log_scales", "quats")
@@ -69,6 +69,9 @@ class GaussianConfig:
     max_screen_size: float | None = None  # prune Gaussians whose screen radius (px) exceeded this; None: off
     max_gaussians: int | None = None  # no densification beyond this many Gaussians; None: no cap
     opacity_reset_value: float = 0.01
+    # regularizers on the training renders' alpha (as nerf.*): sparsity clears space no view asks to fill
+    lambda_opacity: float = 0.0
+    lambda_entropy: float = 0.0
 
     def __post_init__(self):
         if self.color_mode not in ("sh", "sigmoid"):
@@ -236,7 +239,10 @@ class GaussianModel(Representation):
         shading: str | None = None,
     ) -> Render:
         out = self.render(cameras, background=background)
-        return Render(out.rgb, out.alpha, raw=out)
+        c, losses = self.cfg, {}
+        if step is not None and (c.lambda_opacity or c.lambda_entropy):
+            losses["alpha"] = c.lambda_opacity * opacity_loss(out.alpha) + c.lambda_entropy * entropy_loss(out.alpha)
+        return Render(out.rgb, out.alpha, losses, raw=out)
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         self.update_learning_rate(optimizer, step)

@@ -31,7 +31,7 @@ from renderers.volume import make_occupancy_grid, nerfacc_available, render_volu
 
 from ..io import atomic_path
 from ..mesh.stage import mesh_from_density_fn
-from .base import Render, Representation
+from .base import Render, Representation, entropy_loss, opacity_loss
 
 SHADINGS = ("albedo", "lambertian", "textureless", "normal")
 # Instant-NGP's spatial hash: XOR of the integer vertex coordinates times these primes, modulo T.
@@ -249,17 +249,6 @@ def orientation_per_ray(weights: Tensor, normals: Tensor, dirs: Tensor, ray_indi
     The weights are detached as in DreamFusion: the term moves normals, not where density sits."""
     pen = weights.detach() * orientation_penalty(normals, dirs)
     return torch.zeros(n_rays, device=pen.device, dtype=pen.dtype).index_add(0, ray_indices, pen)
-
-
-def opacity_loss(alpha: Tensor) -> Tensor:
-    """Sparsity: mean sqrt(alpha^2 + 0.01), a smoothed L1 that discourages filling the scene."""
-    return torch.sqrt(alpha**2 + 0.01).mean()
-
-
-def entropy_loss(alpha: Tensor, eps: float = 1e-5) -> Tensor:
-    """Mean binary entropy of the accumulated alpha: pushes pixels to fully opaque or fully clear."""
-    a = alpha.clamp(eps, 1 - eps)
-    return -(a * torch.log(a) + (1 - a) * torch.log(1 - a)).mean()
 
 
 # ----------------------------------------------------------------------------------------------------
