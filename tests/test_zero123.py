@@ -409,6 +409,36 @@ def test_magic123_adds_the_text_prior_sds(tiny_zero123, tiny_prior, monkeypatch)
     assert torch.equal(a.loss, b.loss) and torch.equal(a.extra["text"].t, b.extra["text"].t)
 
 
+def test_magic123_encodes_once_for_both_priors_when_they_share_the_vae(tiny_zero123, tiny_prior, monkeypatch):
+    from dream3d.guidance.prior import LatentBackbone
+
+    encodes = []
+    real_encode = LatentBackbone.encode
+    monkeypatch.setattr(LatentBackbone, "encode", lambda self, *a, **k: encodes.append(1) or real_encode(self, *a, **k))
+    cfg = Zero123Config(text_weight=0.5, text_prior=PriorConfig(model=tiny_prior, device="cpu"))
+    rgb0, cams = _cubes()
+    results = {}
+    for shared in (True, False):
+        rule = Zero123SDS(_load(tiny_zero123), cfg, generator=torch.Generator().manual_seed(1))
+        rule.set_reference(_cubes(1)[0], 0.0, 0.0, 2.8)
+        assert rule.text.prior.encodes_like(rule.prior) and rule._shared_latents  # the tiny Zero123 took its VAE
+        rule._shared_latents = shared
+        rgb = rgb0.clone().requires_grad_(True)
+        encodes.clear()
+        out = rule(rgb, cams, "a red cube", 0)
+        out.loss.backward()
+        results[shared] = (out.loss.detach(), rgb.grad, len(encodes))
+    (loss_a, grad_a, enc_a), (loss_b, grad_b, enc_b) = results[True], results[False]
+    assert (enc_a, enc_b) == (1, 2)  # one VAE pass instead of two
+    torch.testing.assert_close(loss_a, loss_b)
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-4, atol=1e-5 * float(grad_b.abs().max()))  # sums reordered
+    # a VAE that differs in one weight does not encode alike
+    other = DiffusionPrior.load(PriorConfig(model=tiny_prior, device="cpu"))
+    with torch.no_grad():
+        next(other.vae.encoder.parameters()).view(-1)[0] += 1e-3
+    assert not other.encodes_like(rule.prior) and rule.text.prior.encodes_like(rule.prior)
+
+
 def test_generate_with_an_image_and_a_tiny_zero123_runs_end_to_end(tiny_zero123, tmp_path):
     import imageio.v3 as iio
 

@@ -245,6 +245,22 @@ class LatentBackbone:
 
     # ---------------------------------------------------------------- images <-> latents
 
+    def encodes_like(self, other: "LatentBackbone") -> bool:
+        """Whether :meth:`encode` gives the same latents as ``other``'s: the same native size, dtype, device,
+        latent scaling and VAE weights (Zero123 keeps Stable Diffusion's VAE, so Magic123's two priors share one)."""
+        if (self.image_size, self.dtype, self.device, self.scaling_factor, self.shift_factor) != (
+            other.image_size,
+            other.dtype,
+            other.device,
+            other.scaling_factor,
+            other.shift_factor,
+        ):
+            return False
+        if self.vae is other.vae:
+            return True
+        mine, theirs = self.vae.state_dict(), other.vae.state_dict()
+        return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
     def encode(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, H, W, 3) images in [0, 1] -> (B, C, h, w) fp32 latents, differentiable through the VAE encoder.
 

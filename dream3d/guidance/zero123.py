@@ -56,6 +56,7 @@ class Zero123SDS(Guidance):
         self.reference = None  # (ImageConditioning, elevation, azimuth, radius) of the input view
         self._text: SDS | None = None
         self._text_seed = None
+        self._shared_latents = False
         if self.cfg.text_weight > 0:  # drawn now, so this rule's own stream is the same with or without a prompt
             self._text_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
 
@@ -77,6 +78,7 @@ class Zero123SDS(Guidance):
             )
             prior = DiffusionPrior.load(c.text_prior)
             self._text = SDS(prior, text_cfg, torch.Generator().manual_seed(self._text_seed))
+            self._shared_latents = prior.encodes_like(self.prior)  # then one VAE pass (and backward) serves both
         return self._text
 
     def prompt_readers(self) -> list[tuple[object, str]]:
@@ -120,11 +122,16 @@ class Zero123SDS(Guidance):
     def __call__(
         self, rgb: Tensor, views: Views, prompt: str, step: int, *, noise: Tensor | None = None, t: Tensor | None = None
     ) -> GuidanceOutput:
-        out = super().__call__(rgb, views, prompt, step, noise=noise, t=t)
+        with self.timer("encode"):
+            latents = self.prior.encode(rgb)
+        out = self.latent_loss(latents, views, prompt, step, noise=noise, t=t)
         if self._text_seed is None or not prompt.strip():
             return out
         self.text.check_finite, self.text.timer = self.check_finite, self.timer
-        text = self.text(rgb, views, prompt, step)
+        if self._shared_latents:
+            text = self.text.latent_loss(latents, views, prompt, step)
+        else:
+            text = self.text(rgb, views, prompt, step)
         loss = out.loss + self.cfg.text_weight * text.loss.to(out.loss.device)
         return GuidanceOutput(loss, out.t, out.grad_norm, out.extra | {"text": text})
 
