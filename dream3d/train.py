@@ -134,10 +134,11 @@ class Trainer:
         if guidance is not None:
             guidance.check_finite = False  # the step's own guard skips non-finite steps without a host wait
             guidance.timer = self.timer
-            if cfg.train.compile:
-                guidance.prior.compile(cfg.train.compile)
-            elif cfg.train.cuda_graphs and guidance.prior.device.type == "cuda":
-                guidance.prior.use_cuda_graphs()
+            for prior in guidance.priors():
+                if cfg.train.compile:
+                    prior.compile(cfg.train.compile)
+                elif cfg.train.cuda_graphs and prior.device.type == "cuda":
+                    prior.use_cuda_graphs()
         # (rgb (1,H,W,3), mask (1,H,W,1)) for image-to-3D, or None
         self.reference = None if reference is None else tuple(x.to(self.device) for x in reference)
         self.background = torch.tensor(cfg.train.background, device=self.device)

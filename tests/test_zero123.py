@@ -439,6 +439,32 @@ def test_magic123_encodes_once_for_both_priors_when_they_share_the_vae(tiny_zero
     assert not other.encodes_like(rule.prior) and rule.text.prior.encodes_like(rule.prior)
 
 
+def test_the_trainer_compiles_both_priors_of_magic123(tiny_zero123, tiny_prior, tmp_path):
+    import imageio.v3 as iio
+
+    from dream3d.config import load_run_config
+    from dream3d.pipeline import build_guidance_and_reference
+    from dream3d.train import Trainer
+
+    rgb, _ = _cubes(1, 64)
+    iio.imwrite(tmp_path / "cube.png", (rgb[0].numpy() * 255).astype(np.uint8))
+    overrides = TINY_RUN + [
+        f"guidance.prior.model={tiny_zero123}",
+        f"guidance.text_prior.model={tiny_prior}",
+        "guidance.prior.device=cpu",
+        "guidance.text_prior.device=cpu",
+        "train.device=cpu",
+        "train.compile=eager",  # dynamo's tracing-only backend: nothing compiles until a call
+    ]
+    cfg = load_run_config("zero123", overrides, {"image": str(tmp_path / "cube.png"), "prompt": "a red cube"})
+    guidance, reference = build_guidance_and_reference(cfg, log=lambda m: None)
+    guidance.prompt_readers()  # the pipeline asks which priors read the prompt: the text half loads
+    Trainer(cfg, cfg.prompt, str(tmp_path / "run"), guidance=guidance, reference=reference, log=lambda m: None)
+    unets = [p.unet for p in guidance.priors()]
+    assert len(unets) == 2 and unets[0] is not unets[1]
+    assert all(u._compiled_call_impl is not None for u in unets)
+
+
 def test_generate_with_an_image_and_a_tiny_zero123_runs_end_to_end(tiny_zero123, tmp_path):
     import imageio.v3 as iio
 

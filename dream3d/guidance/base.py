@@ -146,6 +146,10 @@ class Guidance:
         """Image-to-3D: the input image (1, H, W, 3) in [0, 1] and its camera. Text rules leave it to the
         reference-view losses."""
 
+    def priors(self) -> list:
+        """The diffusion models this rule has loaded (the Trainer compiles them, or graphs their U-Nets, on CUDA)."""
+        return [self.prior]
+
     def prompt_readers(self) -> list[tuple[object, str]]:
         """The priors that read the prompt, each with the config key that sets it (the pipeline names a prompt one
         of them does not know)."""

@@ -81,6 +81,9 @@ class Zero123SDS(Guidance):
             self._shared_latents = prior.encodes_like(self.prior)  # then one VAE pass (and backward) serves both
         return self._text
 
+    def priors(self) -> list:
+        return [self.prior] + ([self._text.prior] if self._text is not None else [])  # the text half once loaded
+
     def prompt_readers(self) -> list[tuple[object, str]]:
         return [] if self.text is None else [(self.text.prior, "guidance.text_prior.model")]  # Zero123 reads none
 
