@@ -475,6 +475,33 @@ def test_video_falls_back_to_gif(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["t.gif"]
 
 
+def test_an_ffmpeg_without_h264_never_replaces_a_turntable_with_an_empty_file(tmp_path, monkeypatch):
+    """An ffmpeg that lacks libx264 exits with an error that imageio does not raise, leaving an empty file; before,
+    that empty file replaced the good turntable.mp4 (mode 0600) and the run reported success without a GIF."""
+    import imageio.v2 as imageio
+
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = "-version" ] && { echo "ffmpeg version 6.0"; exit 0; }; done\n'
+        "echo \"Unknown encoder 'libx264'\" >&2\ncat > /dev/null\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "turntable.mp4").write_bytes(b"\0\0\0\x18ftypisom an earlier, good video")
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))
+    frames = np.zeros((3, 16, 16, 3), np.uint8) + np.array([0, 100, 200], np.uint8)[:, None, None, None]
+    with pytest.warns(UserWarning, match="libx264"):
+        path = write_video(out / "turntable.mp4", frames)
+    assert path == out / "turntable.gif" and len(imageio.mimread(path)) == 3
+    assert (out / "turntable.mp4").read_bytes().endswith(b"an earlier, good video")
+    assert sorted(p.name for p in out.iterdir()) == ["turntable.gif", "turntable.mp4"]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 # ------------------------------------------------------------------------------------------------ CUDA
 
 

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from torch import Tensor
 from renderers.cameras import orbit_cameras
 from renderers.mesh import interpolate, rasterize_mesh, sample_texture, shade_lambert, vertex_normals
 
-from ..io import atomic_write_bytes as _atomic_write_bytes
+from ..io import atomic_path, atomic_write_bytes as _atomic_write_bytes
 from .texture import TexturedMesh
 
 _GLB_MAGIC, _CHUNK_JSON, _CHUNK_BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
@@ -260,25 +259,23 @@ def write_video(path, frames: np.ndarray, fps: int = 24) -> Path:
     import imageio.v2 as imageio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".mp4", dir=path.parent)
-    os.close(fd)
     try:
-        try:
+        with atomic_path(str(path), suffix=path.suffix or ".mp4") as tmp:
             imageio.mimwrite(
                 tmp, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1, format="FFMPEG"
             )
-            os.replace(tmp, path)
-            return path
-        except Exception as e:  # no ffmpeg binary, or no H.264 encoder in it
-            warnings.warn(f"mp4 writing failed ({e}); writing a gif instead", stacklevel=2)
-        gif = path.with_suffix(".gif")
-        buf = io.BytesIO()
-        imageio.mimwrite(buf, list(frames), format="GIF", duration=1000 / fps, loop=0)
-        return atomic_write_bytes(gif, buf.getvalue())
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            # An ffmpeg without the encoder can exit with an error that imageio does not raise, leaving an empty
+            # file: check that an MP4 container came out before it replaces anything.
+            with open(tmp, "rb") as f:
+                head = f.read(12)
+            if head[4:8] != b"ftyp":
+                raise OSError("ffmpeg wrote no MP4 (is its H.264 encoder, libx264, missing?)")
+        return path
+    except Exception as e:  # no ffmpeg binary, or no H.264 encoder in it
+        warnings.warn(f"mp4 writing failed ({e}); writing a gif instead", stacklevel=2)
+    buf = io.BytesIO()
+    imageio.mimwrite(buf, list(frames), format="GIF", duration=1000 / fps, loop=0)
+    return atomic_write_bytes(path.with_suffix(".gif"), buf.getvalue())
 
 
 def export_mesh(
