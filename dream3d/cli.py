@@ -122,6 +122,14 @@ def _zero123_eval(args) -> None:
 
 
 def _prior_eval(args) -> None:
+    if args.kind != "zero123" and (args.views is not None or args.objects):
+        raise UserError("--views and --objects choose zero123's novel views: add --kind zero123")
+    args.views = 8 if args.views is None else args.views
+    if args.views < 1 or args.per_prompt < 1 or not 1 <= args.steps <= 1000:
+        raise UserError(
+            "--views and --per-prompt must be at least 1 and --steps between 1 and 1000 (the training timesteps); "
+            f"got {args.views}, {args.per_prompt} and {args.steps}"
+        )
     if args.kind == "zero123":
         return _zero123_eval(args)
     from .embedded_prior.evaluate import evaluate_prior, vae_psnr
@@ -249,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mask IoU, the classifier's colour and shape), held-out objects reported apart",
     )
     e.add_argument("--per-prompt", type=int, default=4)
-    e.add_argument("--views", type=int, default=8, help="zero123: views per object, evenly around it (default 8)")
+    e.add_argument("--views", type=int, help="zero123: views per object, evenly around it (default 8)")
     e.add_argument(
         "--objects",
         help='zero123: only these world objects, e.g. "yellow mug,green house" (default: every one; the cameras are '
@@ -326,10 +334,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dream3d: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
-        again = "the same command" if args.command in ("ablate", "mesh", "batch") else "the same command with --resume"
-        print(f"dream3d: interrupted; run {again} to continue", file=sys.stderr)
+        print(f"dream3d: interrupted{_how_to_continue(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _how_to_continue(args) -> str:
+    """What continues an interrupted command: only advice that the command will accept."""
+    if args.command in ("ablate", "mesh", "batch") or getattr(args, "prior_command", None) == "train":
+        return "; run the same command to continue"
+    if args.command != "generate":
+        return ""
+    if not os.path.exists(os.path.join(args.output or "", "checkpoint.pt")):
+        return " before the first checkpoint: there is nothing to resume; run the same command again to start over"
+    return f"; the checkpoint in {args.output} is where training continues: run the same command with --resume" + (
+        " in place of --overwrite" if args.overwrite else ""
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def _generate(args) -> None:
     from .config import TEXT_PRESET, image_preset, load_run_config
     from .configtools import to_yaml
     from .pipeline import MeshStageError, RunError, generate
+    from .train import NonFiniteError
 
     # Positional words of the form key=value are config overrides; the rest is the prompt.
     overrides = [w for w in args.prompt if _OVERRIDE.match(w)]
@@ -54,7 +55,7 @@ def _generate(args) -> None:
         )
     except RunError as e:
         raise UserError(str(e)) from None
-    except MeshStageError as e:  # the training is saved; the message says how to finish the run
+    except (MeshStageError, NonFiniteError) as e:  # the message says what is saved and how to go on
         raise UserError(str(e), exit_code=1) from None
 
 

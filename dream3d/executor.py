@@ -29,10 +29,10 @@ import uuid
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 
-from .configtools import ConfigError
+from .configtools import ConfigError, schema_at, to_plain
 from .errors import UserError
 from .io import atomic_write_text
-from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes, generate, mesh_error
+from .pipeline import RESUME_MAY_CHANGE, RunError, config_changes, generate, mesh_command, mesh_error
 
 LOG_NAME = "generate.log"
 MARKER = ".dream3d-batch"  # written by the driver into the output folder; tasks check they can see it
@@ -106,12 +106,28 @@ def check_specs(specs: list[RunSpec], out_dir: str) -> None:
             run_dir
         )  # (a run whose mesh stage failed is resumable: mesh.* may change, as --resume allows)
         changed = config_changes(s.cfg, saved, () if done else RESUME_MAY_CHANGE)
-        if changed:
+        if not changed:
+            continue
+        listed = f"{s.title or s.name} now gives ({'; '.join(changed[:6])})"
+        if done and not config_changes(s.cfg, saved, ("mesh.", "output.")):  # training would be the same
+            keys = [c.split(":", 1)[0] for c in changed]
+            redo = mesh_command(run_dir, [_override(k, schema_at(s.cfg, k)) for k in keys if k != "output.mesh"])
             raise RunError(
-                f"{run_dir} holds a{' finished' if done else 'n unfinished'} run with other settings than "
-                f"{s.title or s.name} now gives ({'; '.join(changed[:6])}); delete that folder to run it again, "
-                "or use another -o"
+                f"{run_dir} holds a finished run with other mesh settings than {listed}; training is the same, so "
+                f"mesh it again with: {redo} (or delete that folder to run it again)"
             )
+        raise RunError(
+            f"{run_dir} holds a{' finished' if done else 'n unfinished'} run with other settings than {listed}; "
+            "delete that folder to run it again, or use another -o"
+        )
+
+
+def _override(key: str, value) -> str:
+    """``key=value`` as the command line takes it (lists and booleans in YAML's flow form), quoted for a shell."""
+    import shlex
+
+    text = value if isinstance(value, str) else json.dumps(to_plain(value))
+    return shlex.quote(f"{key}={text}")
 
 
 def _metrics_fields(run_dir: str) -> dict:

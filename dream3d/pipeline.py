@@ -134,6 +134,17 @@ def load_reference_image(
         raise RunError(
             f"image {path!r} has no foreground: give an RGBA image with the object opaque, or a white background"
         )
+    border = torch.cat([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    if float(border.mean()) > 0.5:  # the object would be the whole frame: a photo's background, an opaque alpha
+        why = (
+            "its alpha channel is opaque along most of the border"
+            if x.shape[-1] == 4
+            else f"it has no alpha channel and most of its border is not white (brighter than {background_threshold})"
+        )
+        raise RunError(
+            f"image {path!r}: {why}, so the object would fill the frame. Cut the object out (an RGBA image with a "
+            "transparent background, e.g. from a background-removal tool) or put it on a white background"
+        )
     rgb = rgb * mask + (1 - mask)
     chw = torch.cat([rgb, mask], -1).permute(2, 0, 1)[None]
     if object_fraction is not None:
@@ -233,12 +244,15 @@ def clear_run(out_dir: str) -> None:
     """Delete an earlier run's files (--overwrite), so none of them is mistaken for the new run's. Only a
     folder that holds a run is cleared, and only of the names a run writes (val/step_*.png in val/)."""
     import glob
+    import shutil
 
     if not holds_run(out_dir):
         return
     for path in [os.path.join(out_dir, n) for n in RUN_FILES] + glob.glob(os.path.join(out_dir, "val", "step_*.png")):
         if os.path.isfile(path):
             os.remove(path)
+    for staging in glob.glob(os.path.join(out_dir, STAGING_PREFIX + "*")):
+        shutil.rmtree(staging, ignore_errors=True)
     try:
         os.rmdir(os.path.join(out_dir, "val"))
     except OSError:  # absent, or holds something that is not ours
@@ -273,6 +287,8 @@ RESUME_MAY_CHANGE = (
     "train.log_every",
     "train.compile",
     "train.cuda_graphs",
+    "train.nan_policy",  # what a non-finite step does: a finite step reads neither
+    "train.max_nan_skips",
     "guidance.prior.allow_download",
     "guidance.prior.channels_last",
 )  # (compile, cuda_graphs, channels_last: speed only)
@@ -318,6 +334,8 @@ def generate(
         raise RunError('the prompt is empty: say what to make, e.g. dream3d generate "a red cube"')
     if stop_after is not None and stop_after < 1:
         raise RunError(f"--stop-after must be at least 1 step, got {stop_after}")
+    if cfg.image:  # saved as an absolute path: a resume or `dream3d mesh` from another folder reads the same file
+        cfg.image = os.path.abspath(cfg.image)
     check_output_dir(out_dir, resume, overwrite)
     if resume:
         check_resume_config(cfg, out_dir)
@@ -457,22 +475,41 @@ def mesh_stage(trainer, cfg: RunConfig, run_dir: str, metrics: dict, log=print) 
 
 def mesh_and_export(trainer, cfg: RunConfig, out_dir: str, files: dict) -> dict:
     """The mesh stage on the trained representation, then mesh.glb, mesh.obj (+mtl, png) and turntable.mp4;
-    adds the written files to ``files`` and returns the stage's figures."""
+    adds the written files to ``files`` and returns the stage's figures.
+
+    The files are written into a hidden folder in ``out_dir`` and moved into place only once all of them exist,
+    so a stage that fails or is stopped part-way (in the turntable, say) leaves the run's earlier mesh files as
+    a complete set, matching its metrics.json."""
+    import glob
+    import shutil
+    import tempfile
+
     t0 = time.time()
+    for stale in glob.glob(os.path.join(out_dir, STAGING_PREFIX + "*")):  # left by a process killed in the stage
+        shutil.rmtree(stale, ignore_errors=True)
     mesh, mesh_info = extract_textured_mesh(trainer, cfg)
-    files.update(
-        {
-            k: str(v)
-            for k, v in export_mesh(
-                mesh,
-                out_dir,
-                turntable=True,
-                turntable_frames=cfg.output.turntable_frames,
-                turntable_resolution=cfg.output.turntable_resolution,
-            ).items()
-        }
-    )
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
+    try:
+        staged = export_mesh(
+            mesh,
+            staging,
+            turntable=True,
+            turntable_frames=cfg.output.turntable_frames,
+            turntable_resolution=cfg.output.turntable_resolution,
+        )
+        for name in ("turntable.mp4", "turntable.gif"):  # an earlier turntable in the other format is stale
+            if name != staged["turntable"].name and os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+        for key, path in staged.items():
+            files[key] = os.path.join(out_dir, path.name)
+            os.replace(path, files[key])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return mesh_info | {"seconds": round(time.time() - t0, 2)}
+
+
+# The hidden folder in a run folder where the mesh stage writes its files before moving them into place.
+STAGING_PREFIX = ".mesh-stage-"
 
 
 def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:

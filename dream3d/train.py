@@ -326,6 +326,24 @@ class Trainer:
                 self._read()
         self._read()
 
+    def _non_finite_advice(self, step: int) -> str:
+        """Why training stopped, what is saved, and only advice that a command will accept (a resumed run keeps
+        its learning rates and guidance scale; it may change the NaN policy, which no finite step reads)."""
+        cfg = self.cfg.train
+        head = f"non-finite loss or gradient at step {step}; stopped after {self.nan_skips} bad steps"
+        start_again = "start again (--overwrite) with lower learning rates or a lower guidance scale"
+        if self.checkpoint_step is None or not os.path.exists(self.ckpt_path):
+            return f"{head}, before any checkpoint was written. To go on, {start_again}"
+        past = (
+            "--resume train.nan_policy=skip, which skips such steps"
+            if cfg.nan_policy == "stop"
+            else f"--resume train.max_nan_skips={2 * cfg.max_nan_skips + 1}"
+        )
+        return (
+            f"{head}. The last good checkpoint (step {self.checkpoint_step}) is kept in {self.ckpt_path}: "
+            f"continue from it with {past}, or {start_again}"
+        )
+
     def _queue_step(self) -> None:
         stats = self.train_step()
         self.step += 1
@@ -353,10 +371,7 @@ class Trainer:
             if cfg.nan_policy == "stop" or self.nan_skips > cfg.max_nan_skips:
                 if self._bar is not None:
                     self._bar.close()
-                raise NonFiniteError(
-                    f"non-finite loss or gradient at step {step}; stopped after {self.nan_skips} bad steps. The last good "
-                    f"checkpoint is kept at {self.ckpt_path}. Lower the learning rates or the guidance scale, then --resume."
-                )
+                raise NonFiniteError(self._non_finite_advice(step))
             self.log(f"step {step}: non-finite loss or gradient; step skipped ({self.nan_skips}/{cfg.max_nan_skips})")
         if self._bar is not None:
             self._bar.set_postfix({"loss": f"{r.loss:.4g}", "t": f"{r.t:.0f}"} | summary, refresh=False)

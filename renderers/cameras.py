@@ -230,6 +230,18 @@ class CameraSampler:
     azimuth: tuple[float, float] = (-180.0, 180.0)
     fov_y: tuple[float, float] = (40.0, 50.0)
 
+    def __post_init__(self):
+        # Checked when the config is built: a zero radius or field of view would only fail at the first step,
+        # after --overwrite had already cleared the earlier run.
+        for name in ("radius", "elevation", "azimuth", "fov_y"):
+            rng = getattr(self, name)
+            if len(rng) != 2 or not rng[0] <= rng[1]:
+                raise ValueError(f"{name} must be a range [low, high] with low <= high, got {list(rng)}")
+        if self.radius[0] <= 0:
+            raise ValueError(f"radius must be above 0 (the camera's distance to the centre), got {list(self.radius)}")
+        if not (0 < self.fov_y[0] and self.fov_y[1] < 180):
+            raise ValueError(f"fov_y must lie between 0 and 180 degrees, got {list(self.fov_y)}")
+
     def sample(self, n: int, width: int, height: int, generator: torch.Generator | None = None) -> Cameras:
         u = torch.rand(4, n, generator=generator)
         lerp = lambda rng, x: rng[0] + (rng[1] - rng[0]) * x  # noqa: E731

@@ -370,3 +370,36 @@ def test_ablation_through_ray_gives_the_results_it_gives_in_series(two_nodes, ti
     same = [{k: v for k, v in row.items() if k not in timing} for row in results["series"]]
     assert same == [{k: v for k, v in row.items() if k not in timing} for row in results["ray"]]
     assert {x["node"] for x in summary(tmp_path / "ray")["runs"]} != {None}
+
+
+def test_a_finished_run_whose_mesh_settings_changed_is_pointed_to_dream3d_mesh(tmp_path):
+    """Before, a list edited in mesh.* only was told to delete the finished run's folder and train it again."""
+    import shlex
+
+    from dream3d.batch import build_specs
+    from dream3d.config import load_run_config
+    from dream3d.configtools import to_yaml
+    from dream3d.executor import check_specs
+    from dream3d.pipeline import RunError, config_changes
+
+    entries = [{"prompt": "a red cube", "where": "line 1"}]
+    run_dir = tmp_path / "out" / "a_red_cube"
+    run_dir.mkdir(parents=True)
+    earlier = build_specs(entries, "dreamgaussian", ["train.steps=5"])[0].cfg
+    (run_dir / "config.yaml").write_text(to_yaml(earlier))
+    (run_dir / "metrics.json").write_text('{"mesh": {"faces": 10}}')  # finished
+    now = ["train.steps=5", "mesh.resolution=96", "mesh.extract.blur_sigma=0.5", "output.turntable_frames=12"]
+    spec = build_specs(entries, "dreamgaussian", now)[0]
+    with pytest.raises(RunError, match="training is the same, so mesh it again with: dream3d mesh") as e:
+        check_specs([spec], str(tmp_path / "out"))
+    command = shlex.split(str(e.value).split("mesh it again with: ")[1].split(" (or delete")[0])
+    assert command[:3] == ["dream3d", "mesh", str(run_dir)]
+    # the advised overrides give exactly the settings the list now asks for
+    assert config_changes(spec.cfg, str(run_dir / "config.yaml")) != []
+    remeshed = load_run_config(str(run_dir / "config.yaml"), command[3:])
+    (run_dir / "config.yaml").write_text(to_yaml(remeshed))
+    assert config_changes(spec.cfg, str(run_dir / "config.yaml")) == []
+    # a change to training still needs a new run
+    spec = build_specs(entries, "dreamgaussian", ["train.steps=6", "mesh.resolution=96"])[0]
+    with pytest.raises(RunError, match="delete that folder to run it again"):
+        check_specs([spec], str(tmp_path / "out"))

@@ -410,3 +410,62 @@ def test_generate_help_lists_the_shape_worlds_words():
 
     text = " ".join(run("generate", "--help").stdout.split())  # argparse wraps lines
     assert ", ".join(COLORS) in text and ", ".join(SHAPES) in text, text
+
+
+def test_ctrl_c_advice_is_one_the_cli_accepts(tiny_prior, tmp_path, monkeypatch, capsys):
+    """Ctrl-C before the first checkpoint (loading the prior, say) advised --resume, which is then refused."""
+    import dream3d.pipeline as pipeline
+    from dream3d import cli
+
+    out = str(tmp_path / "run")
+    args = ["generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "-o", out]
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(pipeline, "build_guidance_and_reference", ctrl_c)
+        assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert "nothing to resume; run the same command again" in err and "--resume" not in err, err
+    assert cli.main([*args, "--stop-after", "2"]) == 0  # the same command again is accepted ...
+    capsys.readouterr()
+    with monkeypatch.context() as mp:  # ... and once a checkpoint exists, Ctrl-C points to --resume
+        mp.setattr(pipeline.Trainer, "run", ctrl_c)
+        assert cli.main([*args, "--resume"]) == 130
+        err = capsys.readouterr().err
+        assert "is where training continues: run the same command with --resume" in err, err
+        assert cli.main([*args, "--overwrite"]) == 130  # --overwrite cleared that checkpoint: nothing to resume
+        assert "nothing to resume" in capsys.readouterr().err
+    assert cli.main([*args, "--overwrite", "--stop-after", "2"]) == 0
+    assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().err
+
+
+def test_a_relative_image_path_is_saved_absolute_and_a_resume_elsewhere_reads_the_same_file(
+    tiny_prior, tmp_path, monkeypatch
+):
+    """Before, config.yaml kept --image as typed: a resume from another folder was refused, or read another file."""
+    import imageio.v3 as iio
+
+    from dream3d.config import load_run_config
+    from dream3d.pipeline import RunError, generate
+
+    img = np.zeros((32, 32, 4), np.uint8)
+    img[8:24, 8:24, 3] = 255  # an opaque square: red in folder a, blue in folder b
+    for folder, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+        (tmp_path / folder).mkdir()
+        img[8:24, 8:24, :3] = colour
+        iio.imwrite(tmp_path / folder / "ref.png", img)
+    out = str(tmp_path / "run")
+    over = [*TINY_RUN, f"guidance.prior.model={tiny_prior}", "output.mesh=false"]
+    cfg = lambda: load_run_config("dreamgaussian", over, {"prompt": "a red cube", "image": "ref.png"})  # noqa: E731
+    monkeypatch.chdir(tmp_path / "a")
+    generate(cfg(), out, stop_after=1, log=lambda m: None)
+    saved = load_run_config(os.path.join(out, "config.yaml"))
+    assert saved.image == str(tmp_path / "a" / "ref.png")
+    monkeypatch.chdir(tmp_path / "b")  # the same relative path names another image here: refused, naming it
+    with pytest.raises(RunError, match="image: .*a/ref.png.* -> .*b/ref.png"):
+        generate(cfg(), out, resume=True, log=lambda m: None)
+    # the saved (absolute) path resumes from anywhere, and so does dream3d mesh
+    generate(load_run_config(os.path.join(out, "config.yaml")), out, resume=True, log=lambda m: None)
+    assert os.path.exists(os.path.join(out, "metrics.json"))

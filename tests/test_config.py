@@ -123,6 +123,12 @@ def test_every_schema_key_is_reachable_by_override():
         ("guidance.grad_clip_norm=[1,2]", "guidance.grad_clip_norm: a scheduled scalar must be"),  # Scheduled | None
         ("mesh.extract.blur_sigma=-1", "mesh.extract.blur_sigma must be at least 0"),
         ("representation=nerf mesh.gaussian_color_median=16", "set mesh.gaussian_color_median=0"),
+        # cameras and the VSD student: before, these failed at the first step, after --overwrite had cleared the run
+        ("cameras.fov_y=[0,0]", "'cameras': fov_y must lie between 0 and 180 degrees"),
+        ("cameras.radius=[0,0]", "'cameras': radius must be above 0"),
+        ("cameras.elevation=[30,10]", "'cameras': elevation must be a range [low, high] with low <= high"),
+        ("guidance.method=vsd guidance.lora_rank=0", "lora_rank and lora_steps_per_call must be at least 1"),
+        ("guidance.method=vsd guidance.lora_t_min=1", "need 0 <= lora_t_min < lora_t_max <= 1"),
     ],
 )
 def test_values_a_run_cannot_use_fail_at_load_naming_the_key(override, message):

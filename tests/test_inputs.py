@@ -1,6 +1,7 @@
 """What a run reads and writes at its edges: reference images, prompts the prior cannot read, file modes."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -167,6 +168,29 @@ def test_every_named_image_format_reads_and_an_unreadable_file_names_them(tmp_pa
     with pytest.raises(RunError) as e:
         load_reference_image(str(bad), 32)
     assert all(fmt in str(e.value) for fmt in IMAGE_FORMATS) and "pip install" not in str(e.value), str(e.value)
+
+
+def test_an_image_whose_background_is_not_removed_is_refused_naming_the_fix(tmp_path):
+    """A photo on a dark background (no alpha) made the whole frame the object, with only the generic warning."""
+    from PIL import Image
+
+    from dream3d.pipeline import RunError
+
+    img = np.full((48, 48, 3), 40, np.uint8)  # dark grey background
+    img[12:36, 12:36] = (200, 30, 30)
+    Image.fromarray(img).save(tmp_path / "photo.jpg", quality=95)
+    opaque = np.concatenate([img, np.full((48, 48, 1), 255, np.uint8)], -1)  # an alpha channel that cuts nothing
+    Image.fromarray(opaque).save(tmp_path / "opaque.png")
+    for name, words in (("photo.jpg", "most of its border is not white"), ("opaque.png", "alpha channel is opaque")):
+        with pytest.raises(RunError, match=words) as e, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_reference_image(str(tmp_path / name), 32)
+        assert "transparent background" in str(e.value) and "white background" in str(e.value)
+    # an object cropped tight, touching the frame on two sides, is still read
+    tight = np.zeros((48, 48, 4), np.uint8)
+    tight[:, 10:38] = (200, 30, 30, 255)
+    Image.fromarray(tight).save(tmp_path / "tight.png")
+    assert float(load_reference_image(str(tmp_path / "tight.png"), 32)[1].mean()) > 0.4
 
 
 def test_an_output_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):

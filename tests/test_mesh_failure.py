@@ -257,3 +257,41 @@ def test_mesh_tensor_work_on_cuda_matches_cpu():
     assert abs(choose_threshold(cuda, ExtractConfig()) - choose_threshold(shell, ExtractConfig())) < 1e-5
     filled = fill_hidden(cuda, grid, 0.5, max_visible=2)
     assert filled.is_cuda and torch.equal(filled.cpu(), fill_hidden(shell, grid, 0.5, max_visible=2))
+
+
+def test_a_remesh_that_fails_part_way_keeps_the_earlier_mesh_files_as_a_set(failed_run, tmp_path, monkeypatch):
+    """Before, mesh.glb/obj/png were renamed into place one at a time, so a remesh that failed in the turntable (or
+    was stopped there) left the new mesh beside the old metrics.json, config.yaml and turntable."""
+    import glob
+
+    import dream3d.mesh.export as export
+    from dream3d.pipeline import STAGING_PREFIX
+
+    run = _copy(failed_run[0], tmp_path)
+    assert _cli("mesh", run)[0] == 0
+    names = ("mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png", "metrics.json", "config.yaml")
+    turntable = json.load(open(os.path.join(run, "metrics.json")))["files"]["turntable"]
+    before = {n: open(os.path.join(run, n), "rb").read() for n in (*names, turntable)}
+
+    for error in (RuntimeError("the turntable failed"), KeyboardInterrupt()):
+        with monkeypatch.context() as mp:
+            mp.setattr(export, "render_turntable", _raise(error))
+            with pytest.raises(MeshStageError if isinstance(error, RuntimeError) else KeyboardInterrupt):
+                remesh(run, ["mesh.resolution=24"], log=lambda m: None)
+        for n in (*names[:4], "config.yaml", turntable):
+            assert open(os.path.join(run, n), "rb").read() == before[n], (error, n)
+        metrics = json.load(open(os.path.join(run, "metrics.json")))
+        assert metrics["mesh"] == json.loads(before["metrics.json"])["mesh"] and "mesh_last_error" in metrics
+        assert not glob.glob(os.path.join(run, STAGING_PREFIX + "*"))
+    # and a remesh that succeeds replaces the whole set
+    remesh(run, ["mesh.resolution=24"], log=lambda m: None)
+    for n in ("mesh.glb", "mesh.obj", "metrics.json", "config.yaml"):
+        assert open(os.path.join(run, n), "rb").read() != before[n], n
+    assert "mesh_last_error" not in json.load(open(os.path.join(run, "metrics.json")))
+
+
+def _raise(error):
+    def raises(*a, **k):
+        raise error
+
+    return raises

@@ -348,3 +348,51 @@ def test_a_checkpoint_of_a_non_fused_optimizer_resumes(tiny_prior, tmp_path, pre
     assert all(g["fused"] for g in resumed.opt.param_groups)
     resumed.run()
     assert resumed.step == 4 and resumed.nan_skips == 0
+
+
+def _poison_step(monkeypatch, bad_steps: set[int]):
+    """Make the training steps whose index (0-based) is in ``bad_steps`` non-finite, each time they run."""
+    real = Trainer.train_step
+
+    def train_step(self):
+        if self.step not in bad_steps:
+            return real(self)
+        background = self.background
+        self.background = torch.full_like(background, float("nan"))
+        try:
+            return real(self)
+        finally:
+            self.background = background
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_a_non_finite_stop_gives_advice_the_cli_accepts(tiny_prior, tmp_path, monkeypatch, capsys):
+    """Before, train.nan_policy=stop ended in a traceback that claimed a checkpoint where none was written and
+    advised changing the guidance scale and then --resume, which the resume check refuses."""
+    from dream3d import cli
+
+    base = [
+        "generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "--config", "dreamgaussian",
+        "train.nan_policy=stop", "train.checkpoint_every=1", "output.mesh=false",
+    ]  # fmt: skip
+    # a bad first step: no checkpoint exists, so the advice is to start again
+    _poison_step(monkeypatch, {0})
+    assert cli.main([*base, "-o", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "before any checkpoint was written" in err and "--resume" not in err, err
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    # a bad third step: the step-2 checkpoint stands, and the advised --resume is accepted and skips the bad step
+    monkeypatch.undo()
+    _poison_step(monkeypatch, {2})
+    out = str(tmp_path / "b")
+    assert cli.main([*base, "-o", out]) == 1
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if ln.startswith("dream3d: error:"))
+    assert "last good checkpoint (step 2)" in line and "--resume train.nan_policy=skip" in line, err
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 2
+    assert cli.main([*base, "-o", out, "--resume", "train.nan_policy=skip"]) == 0, capsys.readouterr().err
+    import json
+
+    train = json.load(open(os.path.join(out, "metrics.json")))["train"]
+    assert train["steps"] == 4 and train["nan_skips"] == 1

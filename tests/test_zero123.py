@@ -346,6 +346,15 @@ def test_prior_eval_of_chosen_objects_writes_their_scores_and_sheet(tiny_zero123
     assert main(argv + ["--objects", "red teapot"]) == 2
     err = capsys.readouterr().err
     assert "--objects" in err and "red teapot" in err, err
+    # counts that cannot work, and zero123's options without --kind zero123, are refused before the model loads
+    for bad, words in (
+        (["--views", "0"], "--views and --per-prompt must be at least 1"),
+        (["--views", "-1"], "got -1"),
+        (["--steps", "0"], "--steps between 1 and 1000"),
+    ):
+        assert main(argv + bad) == 2 and words in capsys.readouterr().err, bad
+    assert main(["prior", "eval", "--objects", "blue mug"]) == 2
+    assert "add --kind zero123" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- guidance and generate

@@ -60,6 +60,19 @@ class VSDConfig(GuidanceConfig):
     lora_t_max: float = 1.0
     lora_steps_per_call: int = 1
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lora_rank < 1 or self.lora_steps_per_call < 1:
+            raise ValueError(
+                f"lora_rank and lora_steps_per_call must be at least 1, got {self.lora_rank} and "
+                f"{self.lora_steps_per_call} (for SDS without a student, use guidance.method=sds)"
+            )
+        if not 0 <= self.lora_t_min < self.lora_t_max <= 1 or not 0 <= self.camera_dropout <= 1:
+            raise ValueError(
+                "need 0 <= lora_t_min < lora_t_max <= 1 and camera_dropout in [0, 1], got "
+                f"{self.lora_t_min}, {self.lora_t_max} and {self.camera_dropout}"
+            )
+
 
 def camera_features(views: Views, batch: int, device) -> Tensor:
     """(B, 16) flattened camera-to-world matrices (orbit poses at radius 1 for (elevation, azimuth) views;
