@@ -64,18 +64,16 @@ def build_guidance_and_reference(cfg: RunConfig, log=print) -> tuple:
     image_rule = RULES[cfg.guidance.method].needs_reference
     if image_rule and not cfg.image:  # before the prior loads, which takes minutes at a real model's size
         raise RunError(f"guidance.method={cfg.guidance.method} needs the input image: set image=IMG (--image)")
-    reference = None
-    if cfg.image:
-        r = cfg.reference
-        reference = load_reference_image(cfg.image, r.resolution, object_fraction=r.object_fraction)
+    reference, r = None, cfg.reference
+    if cfg.image:  # read once (at no less than twice the largest size a prior takes), resized for each reader
+        square = read_reference(cfg.image, max(r.resolution, 512), object_fraction=r.object_fraction)
+        reference = resize_reference(square, r.resolution)
         if not cfg.prompt.strip() and not image_rule:
             log("no prompt with the image: the other views get unconditional SDS")
     guidance = build_guidance(cfg)
     if image_rule:
-        r = cfg.reference
-        rgb = reference[0]
-        if guidance.prior.image_size != r.resolution:
-            rgb = load_reference_image(cfg.image, guidance.prior.image_size, object_fraction=r.object_fraction)[0]
+        size = guidance.prior.image_size
+        rgb = reference[0] if size == r.resolution else resize_reference(square, size)[0]
         guidance.set_reference(rgb, r.elevation, r.azimuth, r.radius)
     return guidance, reference
 
@@ -103,6 +101,15 @@ def load_reference_image(
     The mask comes from the alpha channel; without one, pixels brighter than ``background_threshold`` in
     every channel count as a white background (with a warning). With ``object_fraction`` the image is
     cropped to the object and padded so that the object's larger side fills that fraction, centred."""
+    return resize_reference(read_reference(path, size, background_threshold, object_fraction), size)
+
+
+def read_reference(
+    path: str, size: int, background_threshold: float = 0.95, object_fraction: float | None = None
+) -> torch.Tensor:
+    """The input image as a (1, 4, S, S) square of RGB on white and mask (see :func:`load_reference_image`), at
+    its own resolution, or box-filtered to no less than ``2 * size`` where it is larger than that: a phone photo
+    (4000 x 3000) is cropped before it becomes float and is never held at full size more than once."""
     import imageio.v3 as iio
 
     if not os.path.exists(path):
@@ -120,43 +127,57 @@ def load_reference_image(
         img = np.concatenate([np.repeat(img[..., :1], 3, -1), img[..., 1:]], -1)
     if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 8:
         raise RunError(f"image {path!r} has shape {img.shape}; need an RGB or RGBA image of at least 8x8 pixels")
-    x = torch.from_numpy(img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0))
-    if x.shape[-1] == 4:
-        rgb, mask = x[..., :3], x[..., 3:]
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    if img.shape[-1] == 4:
+        foreground = img[..., 3] > scale / 2
     else:
         warnings.warn(
             f"{path} has no alpha channel: taking pixels brighter than {background_threshold} as background",
             stacklevel=2,
         )
-        rgb = x
-        mask = (rgb.min(-1, keepdim=True).values < background_threshold).float()
-    if mask.sum() < 4:
+        foreground = img.min(-1) < background_threshold * scale
+    if foreground.sum() < 4:
         raise RunError(
             f"image {path!r} has no foreground: give an RGBA image with the object opaque, or a white background"
         )
-    border = torch.cat([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    if float(border.mean()) > 0.5:  # the object would be the whole frame: a photo's background, an opaque alpha
+    border = np.concatenate([foreground[0], foreground[-1], foreground[:, 0], foreground[:, -1]])
+    if border.mean() > 0.5:  # the object would be the whole frame: a photo's background, an opaque alpha
         why = (
             "its alpha channel is opaque along most of the border"
-            if x.shape[-1] == 4
+            if img.shape[-1] == 4
             else f"it has no alpha channel and most of its border is not white (brighter than {background_threshold})"
         )
         raise RunError(
             f"image {path!r}: {why}, so the object would fill the frame. Cut the object out (an RGBA image with a "
             "transparent background, e.g. from a background-removal tool) or put it on a white background"
         )
-    rgb = rgb * mask + (1 - mask)
+    if object_fraction is not None:  # crop to the object while the image is still integers
+        ys, xs = np.nonzero(foreground)
+        img = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        foreground = foreground[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(scale)
+    if x.shape[-1] == 4:
+        rgb, mask = x[..., :3], x[..., 3:]
+    else:
+        rgb, mask = x, torch.from_numpy(np.ascontiguousarray(foreground))[..., None].float()
+    rgb.mul_(mask).add_(1 - mask)  # on white
     chw = torch.cat([rgb, mask], -1).permute(2, 0, 1)[None]
+    del x, rgb, mask
+    side = max(chw.shape[-2:]) / (object_fraction or 1.0)  # the square's side once padded
+    if (k := int(side // (2 * size))) >= 2:  # box-filter by k: what the antialiased resize would average anyway
+        chw = _pad_centred(chw, -chw.shape[-2] % k, -chw.shape[-1] % k)  # whole blocks: the object does not move
+        chw = torch.nn.functional.avg_pool2d(chw, k)
     if object_fraction is not None:
-        ys, xs = torch.nonzero(chw[0, 3] > 0.5, as_tuple=True)
-        if len(ys):
-            chw = chw[..., int(ys.min()) : int(ys.max()) + 1, int(xs.min()) : int(xs.max()) + 1]
-            side = max(chw.shape[-2:]) / object_fraction
-            ph, pw = (max(int(round(side)) - n, 0) for n in chw.shape[-2:])
-            chw = _pad_centred(chw, ph, pw)
+        side = max(chw.shape[-2:]) / object_fraction
+        ph, pw = (max(int(round(side)) - n, 0) for n in chw.shape[-2:])
+        chw = _pad_centred(chw, ph, pw)
     # A non-square image is padded with background to a centred square (stretching would distort the object).
     h, w = chw.shape[-2:]
-    chw = _pad_centred(chw, max(w - h, 0), max(h - w, 0))
+    return _pad_centred(chw, max(w - h, 0), max(h - w, 0))
+
+
+def resize_reference(chw: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rgb, mask) of :func:`read_reference`'s square at ``size`` pixels (antialiased)."""
     chw = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     out = chw[0].permute(1, 2, 0)
     return out[None, ..., :3].clamp(0, 1), out[None, ..., 3:].clamp(0, 1)
