@@ -351,3 +351,27 @@ def test_occupancy_grid_marks_the_blob_occupied_and_empty_space_free():
     before = est.occs.clone()
     refresh_occupancy_grid(est, model, 3)
     assert torch.equal(est.occs, before)  # not a refresh step
+
+
+def test_the_occupancy_grid_path_renders_in_larger_ray_chunks(monkeypatch):
+    """With the occupancy grid (CUDA) the samples are sparse and nerfacc's marcher waits on the device several times
+    per chunk: renders take 256k rays at once there, 32k on the dense path, or nerf.ray_chunk when set."""
+    import dream3d.representations.nerf as nerf
+
+    seen = []
+
+    def render_volume_spy(*args, chunk, estimator, **kwargs):
+        seen.append(chunk)
+        return render_volume(*args, chunk=chunk, estimator=None, **kwargs)  # the dense path: no CUDA here
+
+    monkeypatch.setattr(nerf, "render_volume", render_volume_spy)
+    cams = orbit_cameras(10.0, 30.0, 3.0, 45.0, 8, 8)
+    for cfg, estimator, chunk in (
+        (NeRFConfig(**TINY), None, 1 << 15),
+        (NeRFConfig(**TINY), object(), 1 << 18),
+        (NeRFConfig(**TINY, ray_chunk=4096), object(), 4096),
+    ):
+        NeRFModel(cfg).render(cams, estimator=estimator)
+        assert seen.pop() == chunk
+    with pytest.raises(ValueError, match="ray_chunk"):
+        NeRFConfig(ray_chunk=-1)

@@ -89,12 +89,19 @@ class NeRFConfig:
     occupancy_resolution: int = 128
     occupancy_every: int = 16  # refresh every N training steps (an EMA of the density, as nerfacc does)
     occupancy_threshold: float = 0.01
+    # Rays rendered at once; 0: 32k on the dense path, 256k with the occupancy grid, whose samples are sparse and
+    # whose marcher waits on the device several times a chunk (7 host syncs per chunk: 57 a step at 512 px in 32k
+    # chunks). Under autograd every chunk's samples are kept for the backward anyway: a chunk bounds memory only
+    # in renders without gradients (validation, the mesh stage).
+    ray_chunk: int = 0
 
     def __post_init__(self):
         if self.density_activation not in ("softplus", "exp"):
             raise ValueError(f"density_activation must be 'softplus' or 'exp'; got {self.density_activation!r}")
         if self.normal_method not in ("finite_difference", "autograd"):
             raise ValueError(f"normal_method must be 'finite_difference' or 'autograd'; got {self.normal_method!r}")
+        if self.ray_chunk < 0:
+            raise ValueError(f"ray_chunk must be 0 (chosen by the path) or a number of rays; got {self.ray_chunk}")
         if self.background not in ("mlp", "fixed"):
             raise ValueError(f"background must be 'mlp' or 'fixed'; got {self.background!r}")
         if self.light_direction is not None and (len(self.light_direction) != 3 or not any(self.light_direction)):
@@ -430,7 +437,7 @@ class NeRFModel(Representation):
         generator: torch.Generator | None = None,
         backend: str = "auto",
         estimator=None,
-        chunk: int = 1 << 15,
+        chunk: int | None = None,
     ) -> NeRFRender:
         """Render a batch of cameras.
 
@@ -467,7 +474,7 @@ class NeRFModel(Representation):
             estimator=estimator,
             ray_cond=light_positions,
             per_ray=per_ray if orientation else None,
-            chunk=chunk,
+            chunk=chunk or self.cfg.ray_chunk or (1 << 18 if estimator is not None else 1 << 15),
             detail_eps=self.cfg.normal_weight_eps if with_normals else 0.0,
         )
         return NeRFRender(imgs.rgb, imgs.alpha, imgs.depth, imgs.extras.get("normal"), imgs.extras.get("orientation"))
