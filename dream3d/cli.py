@@ -345,8 +345,15 @@ def _how_to_continue(args) -> str:
         return "; run the same command to continue"
     if args.command != "generate":
         return ""
-    if not os.path.exists(os.path.join(args.output or "", "checkpoint.pt")):
+    from .pipeline import mesh_error
+
+    out = args.output or ""
+    if not os.path.exists(os.path.join(out, "checkpoint.pt")):
         return " before the first checkpoint: there is nothing to resume; run the same command again to start over"
+    if os.path.exists(os.path.join(out, "metrics.json")) and mesh_error(out) is None:  # --overwrite put it back
+        return (
+            f" before the first checkpoint: the finished run in {out} is as it was; run the same command to start over"
+        )
     return f"; the checkpoint in {args.output} is where training continues: run the same command with --resume" + (
         " in place of --overwrite" if args.overwrite else ""
     )

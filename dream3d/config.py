@@ -280,6 +280,7 @@ _MINIMUMS = {
     "mesh.extract.blur_sigma": 0,
     "mesh.texture.texture_size": 8,
     "mesh.texture.view_resolution": 8,
+    "mesh.texture.n_azimuth": 1,
     "output.turntable_frames": 1,
     "output.turntable_resolution": 8,
     "reference.resolution": 8,

@@ -110,12 +110,10 @@ def read_reference(
     """The input image as a (1, 4, S, S) square of RGB on white and mask (see :func:`load_reference_image`), at
     its own resolution, or box-filtered to no less than ``2 * size`` where it is larger than that: a phone photo
     (4000 x 3000) is cropped before it becomes float and is never held at full size more than once."""
-    import imageio.v3 as iio
-
     if not os.path.exists(path):
         raise RunError(f"input image {path!r} does not exist")
     try:
-        img = np.asarray(iio.imread(path))
+        img = _read_pixels(path)
     except Exception:  # imageio raises many types for unreadable files, with advice to install plugins we do not use
         raise RunError(
             f"cannot read image {path!r}: it is not a still image in a format dream3d reads "
@@ -127,7 +125,7 @@ def read_reference(
         img = np.concatenate([np.repeat(img[..., :1], 3, -1), img[..., 1:]], -1)
     if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 8:
         raise RunError(f"image {path!r} has shape {img.shape}; need an RGB or RGBA image of at least 8x8 pixels")
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    scale = 65535.0 if img.dtype == np.uint16 else 1.0 if img.dtype.kind == "f" else 255.0
     if img.shape[-1] == 4:
         foreground = img[..., 3] > scale / 2
     else:
@@ -174,6 +172,23 @@ def read_reference(
     # A non-square image is padded with background to a centred square (stretching would distort the object).
     h, w = chw.shape[-2:]
     return _pad_centred(chw, max(w - h, 0), max(h - w, 0))
+
+
+# Pillow modes read as another: a palette keeps its transparency, CMYK's K is not alpha, 1-bit is not boolean.
+_READ_AS = {"P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "1": "L"}
+
+
+def _read_pixels(path: str) -> np.ndarray:
+    """The first frame, turned upright as its EXIF orientation says (a phone photo's), in a mode this module reads."""
+    import imageio.v3 as iio
+
+    meta = iio.immeta(path, index=0, plugin="pillow")
+    mode = _READ_AS.get(meta.get("mode"))
+    if meta.get("mode") == "P" and "transparency" in meta:
+        mode = "RGBA"
+    with warnings.catch_warnings():  # Pillow suggests the RGBA conversion asked for here
+        warnings.filterwarnings("ignore", message="Palette images with Transparency")
+        return np.asarray(iio.imread(path, index=0, plugin="pillow", rotate=True, mode=mode))
 
 
 def resize_reference(chw: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,13 +277,11 @@ def mesh_command(run_dir: str, overrides: list[str] | None = None) -> str:
 
 
 def clear_run(out_dir: str) -> None:
-    """Delete an earlier run's files (--overwrite), so none of them is mistaken for the new run's. Only a
-    folder that holds a run is cleared, and only of the names a run writes (val/step_*.png in val/)."""
+    """Delete a run's files from its folder: only the names a run writes (val/step_*.png in val/), and the mesh
+    stage's staging folders."""
     import glob
     import shutil
 
-    if not holds_run(out_dir):
-        return
     for path in [os.path.join(out_dir, n) for n in RUN_FILES] + glob.glob(os.path.join(out_dir, "val", "step_*.png")):
         if os.path.isfile(path):
             os.remove(path)
@@ -278,6 +291,49 @@ def clear_run(out_dir: str) -> None:
         os.rmdir(os.path.join(out_dir, "val"))
     except OSError:  # absent, or holds something that is not ours
         pass
+
+
+# The hidden folder of a run folder that holds the earlier run while an --overwrite run starts.
+PREVIOUS_PREFIX = ".previous-run-"
+
+
+def set_aside_run(out_dir: str) -> str | None:
+    """--overwrite: move the earlier run's files (the names a run writes, and val/step_*.png) into a hidden folder
+    of ``out_dir``; :func:`settle_previous_run` deletes it or puts it back. None when there is no earlier run."""
+    import glob
+    import shutil
+    import tempfile
+
+    if not holds_run(out_dir):
+        return None
+    for stale in glob.glob(os.path.join(out_dir, PREVIOUS_PREFIX + "*")):  # a killed process's: its run was replaced
+        shutil.rmtree(stale, ignore_errors=True)
+    aside = tempfile.mkdtemp(prefix=PREVIOUS_PREFIX, dir=out_dir)
+    os.makedirs(os.path.join(aside, "val"))
+    names = [n for n in RUN_FILES if os.path.isfile(os.path.join(out_dir, n))]
+    names += [os.path.relpath(p, out_dir) for p in glob.glob(os.path.join(out_dir, "val", "step_*.png"))]
+    for name in names:
+        os.replace(os.path.join(out_dir, name), os.path.join(aside, name))
+    clear_run(out_dir)  # what is left: staging folders, an empty val/
+    return aside
+
+
+def settle_previous_run(out_dir: str, aside: str, log=print) -> None:
+    """Delete the earlier run set aside in ``aside`` once the new run has a checkpoint; otherwise (the new run failed
+    or was stopped before its first one) remove what the new run wrote and put the earlier run back."""
+    import shutil
+
+    if os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    clear_run(out_dir)
+    for folder, _, files in os.walk(aside):
+        for name in files:
+            rel = os.path.relpath(os.path.join(folder, name), aside)
+            os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
+            os.replace(os.path.join(folder, name), os.path.join(out_dir, rel))
+    shutil.rmtree(aside, ignore_errors=True)
+    log(f"the new run stopped before its first checkpoint: the earlier run in {out_dir} is kept as it was")
 
 
 def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -386,17 +442,22 @@ def generate(
             log(f"warning: {why}; for other prompts give a real checkpoint with {key}=...")
         elif (read := reader.caption(cfg.prompt)) != cfg.prompt:
             log(f"the prior reads {cfg.prompt!r} as {read!r}, the form of the captions it was trained on")
-    if overwrite:
-        clear_run(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
-    trainer = Trainer(cfg, cfg.prompt, out_dir, guidance=guidance, reference=reference, log=log)
-    earlier = 0.0  # training time of earlier sittings, so total_seconds of a resumed run covers them too
-    if resume:
-        trainer.load_checkpoint()
-        earlier = trainer.train_seconds
-        log(f"resumed {trainer.ckpt_path} at step {trainer.step}")
-    train_info = trainer.run(stop_after=stop_after)
+    # --overwrite sets the earlier run aside and deletes it only once the new run has a checkpoint: a setting that
+    # fails at the first step (or Ctrl-C before the first checkpoint) puts the earlier run back as it was.
+    previous = set_aside_run(out_dir) if overwrite else None
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
+        trainer = Trainer(cfg, cfg.prompt, out_dir, guidance=guidance, reference=reference, log=log)
+        earlier = 0.0  # training time of earlier sittings, so total_seconds of a resumed run covers them too
+        if resume:
+            trainer.load_checkpoint()
+            earlier = trainer.train_seconds
+            log(f"resumed {trainer.ckpt_path} at step {trainer.step}")
+        train_info = trainer.run(stop_after=stop_after)
+    finally:
+        if previous is not None:
+            settle_previous_run(out_dir, previous, log)
     if trainer.step < cfg.train.steps:
         log(f"stopped at step {trainer.step}/{cfg.train.steps}; continue with --resume")
         return {"stopped_at": trainer.step}

@@ -30,6 +30,10 @@ from .profiling import PhaseTimer
 from .representations import REPRESENTATIONS
 
 
+# torch.compile's inductor modes, and dynamo's debugging backends (trace only: a quick check that a model compiles)
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "eager", "aot_eager")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 400
@@ -57,6 +61,10 @@ class TrainConfig:
             raise ValueError(f"train.nan_policy must be 'skip' or 'stop', got {self.nan_policy!r}")
         if self.log_every < 1:
             raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(
+                f"compile must be null (eager) or one of {', '.join(COMPILE_MODES[1:])}; got {self.compile!r}"
+            )
 
 
 @dataclass
@@ -75,6 +83,13 @@ class ReferenceViewConfig:
     lambda_rgb: float = 1000.0
     lambda_mask: float = 100.0
     every: int = 1  # fit the reference view on every n-th step
+
+    def __post_init__(self):
+        if self.every < 1 or self.radius <= 0 or not 0 < self.fov_y < 180:
+            raise ValueError(
+                f"need every >= 1, radius > 0 and 0 < fov_y < 180 (degrees); got {self.every}, {self.radius} and "
+                f"{self.fov_y}"
+            )
 
 
 class NonFiniteError(FloatingPointError):

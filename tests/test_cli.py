@@ -435,10 +435,14 @@ def test_ctrl_c_advice_is_one_the_cli_accepts(tiny_prior, tmp_path, monkeypatch,
         assert cli.main([*args, "--resume"]) == 130
         err = capsys.readouterr().err
         assert "is where training continues: run the same command with --resume" in err, err
-        assert cli.main([*args, "--overwrite"]) == 130  # --overwrite cleared that checkpoint: nothing to resume
-        assert "nothing to resume" in capsys.readouterr().err
-    assert cli.main([*args, "--overwrite", "--stop-after", "2"]) == 0
+        # --overwrite stopped before its first checkpoint puts the earlier (unfinished) run back: resume it
+        assert cli.main([*args, "--overwrite"]) == 130
+        assert "--resume in place of --overwrite" in capsys.readouterr().err
     assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().err
+    with monkeypatch.context() as mp:  # a finished run that --overwrite put back is not to be resumed
+        mp.setattr(pipeline.Trainer, "run", ctrl_c)
+        assert cli.main([*args, "--overwrite"]) == 130
+        assert "the finished run in" in capsys.readouterr().err and os.path.exists(os.path.join(out, "mesh.glb"))
 
 
 def test_a_relative_image_path_is_saved_absolute_and_a_resume_elsewhere_reads_the_same_file(

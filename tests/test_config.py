@@ -129,6 +129,16 @@ def test_every_schema_key_is_reachable_by_override():
         ("cameras.elevation=[30,10]", "'cameras': elevation must be a range [low, high] with low <= high"),
         ("guidance.method=vsd guidance.lora_rank=0", "lora_rank and lora_steps_per_call must be at least 1"),
         ("guidance.method=vsd guidance.lora_t_min=1", "need 0 <= lora_t_min < lora_t_max <= 1"),
+        # more that failed only at the first step (audit, 2026-12-05)
+        ("guidance.timesteps.t_min=0.9 guidance.timesteps.t_max=0.5", "need 0 <= t_min <= t_max <= 1"),
+        ("guidance.timesteps.t_max=[0,1.5,0.5,100]", "need 0 <= t_min <= t_max <= 1"),
+        ("guidance.view_prompts.template=a_{object}", "must be a format string of {prompt} and {view} only"),
+        ("reference.every=0", "need every >= 1, radius > 0 and 0 < fov_y < 180"),
+        ("reference.fov_y=0", "need every >= 1, radius > 0 and 0 < fov_y < 180"),
+        ("gaussians.densify_interval=0", "densify_interval must be at least 1"),
+        ("train.compile=foo", "compile must be null (eager) or one of default, reduce-overhead"),
+        ("guidance.prior.dtype=foo", "unknown dtype 'foo'"),
+        ("mesh.texture.n_azimuth=0", "mesh.texture.n_azimuth must be at least 1"),
     ],
 )
 def test_values_a_run_cannot_use_fail_at_load_naming_the_key(override, message):

@@ -219,6 +219,41 @@ def test_an_image_whose_background_is_not_removed_is_refused_naming_the_fix(tmp_
     assert float(load_reference_image(str(tmp_path / "tight.png"), 32)[1].mean()) > 0.4
 
 
+def test_images_as_phones_and_image_tools_save_them_read_as_they_look(tmp_path):
+    """An EXIF-rotated JPEG (phone photos) came out lying on its side; a palette PNG's transparency (pngquant) was
+    dropped; a CMYK JPEG's K channel was read as alpha; a 1-bit PNG and a one-frame GIF were refused."""
+    from PIL import Image
+
+    from dream3d.pipeline import RunError
+
+    img = np.full((48, 64, 3), 255, np.uint8)
+    img[8:30, 12:40] = (200, 30, 30)  # an off-centre box: a rotation would move it
+    upright = Image.fromarray(img)
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display": the pixels are stored turned
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    upright.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    upright.convert("1", dither=Image.Dither.NONE).save(tmp_path / "onebit.png")
+    upright.save(tmp_path / "one.gif")
+    rgba = np.concatenate([img, np.full((48, 64, 1), 255, np.uint8)], -1)
+    rgba[img.min(-1) == 255] = 0  # the white background made transparent, then quantized to a palette
+    Image.fromarray(rgba).quantize(8, method=Image.Quantize.FASTOCTREE).save(tmp_path / "palette.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, truth = load_reference_image(str(tmp_path / "upright.png"), 32)
+        for name in ("phone.jpg", "cmyk.jpg", "onebit.png", "one.gif"):
+            _, mask = load_reference_image(str(tmp_path / name), 32)
+            assert float((mask - truth).abs().mean()) < 0.05, name  # (JPEG ringing at the edges: 0.022; sideways: 0.15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the palette's transparency is its alpha: no "no alpha channel" warning
+        rgb, mask = load_reference_image(str(tmp_path / "palette.png"), 32)
+    assert float((mask - truth).abs().mean()) < 0.02 and float(rgb[0, 8, 12, 0]) > 0.6
+    with pytest.raises(RunError, match="cannot read image"):
+        (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+        load_reference_image(str(tmp_path / "bad.png"), 32)
+
+
 def test_an_output_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
     from dream3d.pipeline import RunError, check_output_dir, generate
 

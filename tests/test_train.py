@@ -283,6 +283,13 @@ def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, 
         generate(_cfg(str(tmp_path / "no_model")), out, overwrite=True, **quiet)
     with pytest.raises(RunError, match="one of them"):
         generate(cfg, out, resume=True, overwrite=True, **quiet)
+    # ... and so does one that fails later, at its first step (a setting only training reads, Ctrl-C): the earlier
+    # run is set aside, not deleted, until the new run has a checkpoint (before, --overwrite had deleted it)
+    for error in (ValueError("a setting only the first step reads"), KeyboardInterrupt()):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Trainer, "train_step", lambda self: (_ for _ in ()).throw(error))
+            with pytest.raises(type(error)):
+                generate(_cfg(tiny_prior, "train.val_every=1", "seed=7"), out, overwrite=True, **quiet)
     assert sorted(os.listdir(out)) == listing
     assert all(open(os.path.join(out, name), "rb").read() == data for name, data in before.items())
     # a real overwrite leaves none of the earlier run's files behind (no stale mesh, no old val renders),

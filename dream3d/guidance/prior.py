@@ -63,6 +63,10 @@ class PriorConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     channels_last: bool = False  # U-Net and VAE in channels-last memory (faster fp16 convolutions on recent GPUs)
 
+    def __post_init__(self):
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose auto, {', '.join(_DTYPES)}")
+
 
 def default_prior_candidates() -> list[Path]:
     """Where the embedded prior lives (see :mod:`dream3d.assets`: in the package, the repository, or $DREAM3D_ASSETS)."""
@@ -134,6 +138,16 @@ class ViewPromptConfig:
     back_deg: float = 45.0  # |azimuth| >= 180 - back_deg is the back
     overhead_deg: float = 60.0  # elevation above this is overhead (wins over the azimuth words)
     template: str = "{prompt}, {view} view"
+
+    def __post_init__(self):
+        try:
+            ok = "PROMPT" in self.template.format(prompt="PROMPT", view="VIEW")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"template {self.template!r} must be a format string of {{prompt}} and {{view}} only ({e!r})"
+            ) from None
+        if not ok:
+            raise ValueError(f"template {self.template!r} must hold {{prompt}}")
 
 
 def view_prompts(

@@ -82,6 +82,13 @@ class TimestepConfig:
             )
         if self.total_steps is not None and self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+        for step in (0, 1 << 40):  # a schedule's start and end (where it holds)
+            try:
+                lo, hi = scheduled(self.t_min, step), scheduled(self.t_max, step)
+            except (TypeError, ValueError):
+                return  # not a schedule: config.validate names the key
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"need 0 <= t_min <= t_max <= 1 (fractions of the timesteps), got {lo} and {hi}")
 
 
 def timestep_bounds(cfg: TimestepConfig, step: int, num_train_timesteps: int) -> tuple[int, int]:

@@ -80,6 +80,11 @@ class GaussianConfig:
             raise ValueError(f"sh_degree must be in 0..3 (the 3DGS PLY layout holds up to 3), got {self.sh_degree}")
         if self.color_mode == "sigmoid" and self.sh_degree != 0:
             raise ValueError("color_mode='sigmoid' is view-independent: set sh_degree=0, or use color_mode='sh'")
+        if self.densify_interval < 1 or self.opacity_reset_interval < 0:
+            raise ValueError(
+                f"densify_interval must be at least 1 and opacity_reset_interval at least 0 (never), got "
+                f"{self.densify_interval} and {self.opacity_reset_interval}"
+            )
         if self.split_count < 2:
             raise ValueError(f"split_count must be at least 2, got {self.split_count}")
         if not 0 < self.init_opacity < 1:
