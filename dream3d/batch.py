@@ -27,6 +27,7 @@ from .config import TEXT_PRESET, image_preset, load_run_config
 from .configtools import ConfigError
 from .executor import Resources, RunSpec, check_failures, run_specs, write_summary
 from .gallery import write_gallery
+from .guidance import RULES
 
 ENTRY_KEYS = ("prompt", "image", "seed", "overrides", "config", "name")
 
@@ -44,7 +45,7 @@ def read_prompts(path: str) -> list[dict]:
         import yaml
 
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:  # -sig: a BOM (Windows editors) is not prompt text
                 raw = yaml.safe_load(fh)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
@@ -77,7 +78,7 @@ def read_prompts(path: str) -> list[dict]:
                 raise ConfigError(f"{where}: the entry has neither a prompt nor an image")
             entries.append(entry)
     else:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             entries = [
                 {"where": f"{path}, line {n}", "prompt": line.strip()}
                 for n, line in enumerate(fh, 1)
@@ -101,6 +102,11 @@ def build_specs(entries: list[dict], config: str | None, overrides: list[str]) -
             cfg = load_run_config(preset, list(overrides) + e.get("overrides", []) + seed, extra)
         except ConfigError as err:
             raise ConfigError(f"{e['where']}: {err}") from None
+        if RULES[cfg.guidance.method].needs_reference and not cfg.image:  # refused before any run starts
+            raise ConfigError(
+                f"{e['where']}: guidance.method={cfg.guidance.method} draws the views from an image: give the entry "
+                "an image (- {image: photo.png, prompt: ...}), or a text config such as gaussian-vsd"
+            )
         if e.get("name") is not None:
             name = str(e["name"])
             if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -333,10 +334,28 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, FileNotFoundError) as e:
         print(f"dream3d: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    except OSError as e:  # a folder that is a file, no permission, a full disk: the system's words, in one line
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        print(f"dream3d: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"dream3d: interrupted{_how_to_continue(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+_USER_OS_ERRORS = {
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+}
 
 
 def _how_to_continue(args) -> str:

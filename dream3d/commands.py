@@ -25,7 +25,7 @@ _OVERRIDE = re.compile(r"^[^\s=]+=")
 
 
 def _generate(args) -> None:
-    from .config import TEXT_PRESET, image_preset, load_run_config
+    from .config import CONFIG_DIR, TEXT_PRESET, fixed_run_length, image_preset, load_run_config, preset_path
     from .configtools import to_yaml
     from .pipeline import MeshStageError, RunError, generate
     from .train import NonFiniteError
@@ -37,6 +37,9 @@ def _generate(args) -> None:
     if args.image:
         extra["image"] = args.image
     cfg = load_run_config(args.config or (image_preset() if args.image else TEXT_PRESET), overrides, extra)
+    if args.config and not os.path.samefile(os.path.dirname(preset_path(args.config)), CONFIG_DIR):
+        for note in fixed_run_length(cfg):  # a reused config.yaml or --print-config holds the old run's length
+            print(f"note: {args.config} sets {note}; set it to null to follow train.steps", file=sys.stderr)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return

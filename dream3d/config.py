@@ -93,7 +93,11 @@ class RunConfig:
 
 
 def preset_path(name: str) -> str:
-    """A preset name (``dreamgaussian``) or a YAML file path."""
+    """A preset name (``dreamgaussian``) or a YAML file path. A bare preset name is the preset even where the
+    working folder holds a file or folder of that name (a clone of DreamGaussian, a ``zero123`` weights folder)."""
+    preset = os.path.join(CONFIG_DIR, name + ".yaml")
+    if os.sep not in name and not name.endswith((".yaml", ".yml")) and os.path.isfile(preset):
+        return preset
     if os.path.exists(name):
         return name
     path = os.path.join(CONFIG_DIR, name if name.endswith(".yaml") else name + ".yaml")
@@ -227,6 +231,17 @@ RUN_LENGTH_KEYS = {
     "gaussians.position_lr_max_steps": 1.0,
     "gaussians.densify_until_step": 0.75,
 }
+
+
+def fixed_run_length(cfg: RunConfig) -> list[str]:
+    """The keys of RUN_LENGTH_KEYS set to a number that does not follow this train.steps, as 'key=value (following:
+    N)': in a reused --print-config or config.yaml they hold the old run's length, and would end schedules early."""
+    out = []
+    for key, fraction in RUN_LENGTH_KEYS.items():
+        value, follows = schema_at(cfg, key), int(round(cfg.train.steps * fraction))
+        if key not in cfg.follows_run_length and value != follows:
+            out.append(f"{key}={value} (following train.steps={cfg.train.steps}: {follows})")
+    return out
 
 
 def resolve_run_length(cfg: RunConfig) -> RunConfig:

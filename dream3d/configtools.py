@@ -12,6 +12,7 @@ import collections.abc
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -293,6 +294,8 @@ def _coerce(value, tp, key: str, where: str):
         if isinstance(value, bool):
             return value
         raise bad()
+    if isinstance(value, str) and tp in (int, float) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 (PyYAML) reads 1e-4 as text; OmegaConf, and people, read a number
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -322,7 +325,14 @@ def _coerce(value, tp, key: str, where: str):
     return value
 
 
+# A number with an exponent and no dot in its mantissa (1e-4, 5E3), which YAML 1.1 reads as text.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(names + (["null"] if type(None) in typing.get_args(tp) else []))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

@@ -100,8 +100,8 @@ def check_specs(specs: list[RunSpec], out_dir: str) -> None:
         seen[s.name] = s.title or s.name
         run_dir = os.path.join(out_dir, s.name)
         saved = os.path.join(run_dir, "config.yaml")
-        if not os.path.exists(saved):
-            continue
+        if not any(os.path.exists(os.path.join(run_dir, n)) for n in ("checkpoint.pt", "metrics.json")):
+            continue  # nothing trained yet (a run that failed before its first checkpoint): nothing to lose
         done = is_finished(
             run_dir
         )  # (a run whose mesh stage failed is resumable: mesh.* may change, as --resume allows)

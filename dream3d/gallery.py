@@ -131,8 +131,16 @@ def _rows(out_dir: str) -> list[dict]:
     """The runs to show: summary.json's rows, or every run folder (one holding config.yaml) under ``out_dir``."""
     path = os.path.join(out_dir, "summary.json")
     if os.path.exists(path):
-        with open(path) as fh:
-            return json.load(fh)["runs"]
+        try:
+            with open(path) as fh:
+                return list(json.load(fh)["runs"])
+        except (ValueError, KeyError, TypeError) as e:
+            from .errors import UserError
+
+            raise UserError(
+                f"{path} is not a summary dream3d wrote ({type(e).__name__}: {e}); move it away, and the gallery "
+                "shows every run folder under the folder instead"
+            ) from None
     import yaml
 
     rows = []

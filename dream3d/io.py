@@ -45,7 +45,16 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_save_torch(obj, path: str) -> None:
+    import errno
+    import shutil
+
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch reports a failed write as "[enforce fail at inline_container.cc] ..."
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20
+            raise OSError(
+                errno.ENOSPC, f"could not write {path} (is the disk full? {free:.0f} MB free; torch: {e})"
+            ) from e

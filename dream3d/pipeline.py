@@ -229,6 +229,11 @@ def check_output_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
         raise RunError("--resume continues the run in the folder and --overwrite deletes it; give one of them")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise RunError(f"{out_dir} is a file; give -o a folder")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):  # before the prior loads, not at the first write
+        raise RunError(f"-o {out_dir}: {parent} is a file, so the folder cannot be made; give -o a folder elsewhere")
     finished = os.path.exists(os.path.join(out_dir, "metrics.json"))
     started = os.path.exists(os.path.join(out_dir, "checkpoint.pt"))
     if finished and not overwrite and mesh_error(out_dir) is not None:
@@ -346,7 +351,7 @@ def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> l
     before = {k: schema_at(saved, k) for k in dotted_keys(saved)}
     now = {k: schema_at(cfg, k) for k in dotted_keys(cfg)}
     for d in (before, now):  # the same file spelt another way (./a.png, an absolute path) is the same input
-        for k in ("image", "guidance.prior.model"):
+        for k in ("image", "guidance.prior.model", "guidance.text_prior.model"):
             if isinstance(d.get(k), str) and os.path.exists(d[k]):
                 d[k] = os.path.realpath(d[k])
     keys = [k for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k) and not k.startswith(ignore)]
@@ -411,12 +416,25 @@ def generate(
         raise RunError('the prompt is empty: say what to make, e.g. dream3d generate "a red cube"')
     if stop_after is not None and stop_after < 1:
         raise RunError(f"--stop-after must be at least 1 step, got {stop_after}")
-    if cfg.image:  # saved as an absolute path: a resume or `dream3d mesh` from another folder reads the same file
+    # Local paths are saved absolute: a resume or `dream3d mesh` from another folder reads the same files (a hub id,
+    # which is no local path, stays as it is).
+    if cfg.image:
         cfg.image = os.path.abspath(cfg.image)
+    for prior in (cfg.guidance.prior, getattr(cfg.guidance, "text_prior", None)):
+        if prior is not None and prior.model and os.path.exists(prior.model):
+            prior.model = os.path.abspath(prior.model)
     check_output_dir(out_dir, resume, overwrite)
     if resume:
         check_resume_config(cfg, out_dir)
         keep_run_length(cfg, out_dir)
+        step = torch.load(os.path.join(out_dir, "checkpoint.pt"), map_location="cpu", weights_only=True, mmap=True)[
+            "step"
+        ]
+        if step > cfg.train.steps:
+            raise RunError(
+                f"--resume: the checkpoint in {out_dir} is at step {step}, past train.steps={cfg.train.steps}; "
+                f"resume with train.steps={step} or more"
+            )
     resolve_device(cfg.train.device, "train.device")
     image_rule = RULES[cfg.guidance.method].needs_reference
     if image_rule and not cfg.image:

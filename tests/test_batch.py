@@ -73,10 +73,15 @@ def test_prompt_files_text_and_yaml(tmp_path):
         ("- {seed: 1}\n", "neither a prompt nor an image"),
         ("- {prompt: a red cube, overrides: [train.stepz=1]}\n", "item 1: "),
         ("a: b\n", "is a list"),
+        ("- {prompt: a red cube, config: zero123}\n", "draws the views from an image: give the entry an image"),
     ]:
         yml.write_text(bad)
         with pytest.raises(ConfigError, match=words):
             build_specs(read_prompts(str(yml)), None, [])
+    txt.write_bytes("\ufeffa red cube\n".encode())  # a BOM (Windows editors) is not part of the first prompt
+    assert [e["prompt"] for e in read_prompts(str(txt))] == ["a red cube"]
+    yml.write_bytes("\ufeff- a red cube\n".encode())
+    assert [e["prompt"] for e in read_prompts(str(yml))] == ["a red cube"]
     txt.write_text("a red cube\nA red cube!\n")  # two prompts, one folder
     with pytest.raises(ConfigError, match="would share the folder"):
         check_specs(build_specs(read_prompts(str(txt)), None, []), str(tmp_path / "out"))
@@ -403,3 +408,6 @@ def test_a_finished_run_whose_mesh_settings_changed_is_pointed_to_dream3d_mesh(t
     spec = build_specs(entries, "dreamgaussian", ["train.steps=6", "mesh.resolution=96"])[0]
     with pytest.raises(RunError, match="delete that folder to run it again"):
         check_specs([spec], str(tmp_path / "out"))
+    # ... unless nothing was trained: a run that failed before its first checkpoint is retried with the new list
+    (run_dir / "metrics.json").unlink()
+    check_specs([spec], str(tmp_path / "out"))

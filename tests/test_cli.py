@@ -209,6 +209,8 @@ def test_interrupted_run_resumes(tiny_prior, tmp_path):
     assert r.returncode == 0 and (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
     r = run(*args)
     assert r.returncode == 2 and "--resume" in r.stderr
+    r = run(*args, "train.steps=1", "--resume")  # before, it "finished" at step 2 with train.steps=1 saved
+    assert r.returncode == 2 and "at step 2, past train.steps=1" in r.stderr, r.stderr[-2000:]
     r = run(*args, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 4
@@ -448,7 +450,8 @@ def test_ctrl_c_advice_is_one_the_cli_accepts(tiny_prior, tmp_path, monkeypatch,
 def test_a_relative_image_path_is_saved_absolute_and_a_resume_elsewhere_reads_the_same_file(
     tiny_prior, tmp_path, monkeypatch
 ):
-    """Before, config.yaml kept --image as typed: a resume from another folder was refused, or read another file."""
+    """Before, config.yaml kept --image (and guidance.prior.model) as typed: a resume from another folder was refused,
+    or read another file."""
     import imageio.v3 as iio
 
     from dream3d.config import load_run_config
@@ -461,15 +464,60 @@ def test_a_relative_image_path_is_saved_absolute_and_a_resume_elsewhere_reads_th
         img[8:24, 8:24, :3] = colour
         iio.imwrite(tmp_path / folder / "ref.png", img)
     out = str(tmp_path / "run")
-    over = [*TINY_RUN, f"guidance.prior.model={tiny_prior}", "output.mesh=false"]
+    model = os.path.relpath(tiny_prior, tmp_path / "a")  # a relative model folder is saved absolute too
+    over = [*TINY_RUN, f"guidance.prior.model={model}", "output.mesh=false"]
     cfg = lambda: load_run_config("dreamgaussian", over, {"prompt": "a red cube", "image": "ref.png"})  # noqa: E731
     monkeypatch.chdir(tmp_path / "a")
     generate(cfg(), out, stop_after=1, log=lambda m: None)
     saved = load_run_config(os.path.join(out, "config.yaml"))
     assert saved.image == str(tmp_path / "a" / "ref.png")
+    assert os.path.isabs(saved.guidance.prior.model) and os.path.samefile(saved.guidance.prior.model, tiny_prior)
     monkeypatch.chdir(tmp_path / "b")  # the same relative path names another image here: refused, naming it
     with pytest.raises(RunError, match="image: .*a/ref.png.* -> .*b/ref.png"):
         generate(cfg(), out, resume=True, log=lambda m: None)
     # the saved (absolute) path resumes from anywhere, and so does dream3d mesh
     generate(load_run_config(os.path.join(out, "config.yaml")), out, resume=True, log=lambda m: None)
     assert os.path.exists(os.path.join(out, "metrics.json"))
+
+
+def test_folders_that_cannot_be_made_and_malformed_summaries_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    """Before: NotADirectoryError after the prior had loaded, a KeyError from the gallery, torch's
+    '[enforce fail at inline_container.cc] unexpected pos' for a full disk."""
+    import torch
+
+    from dream3d import cli
+    from dream3d.io import atomic_save_torch
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert cli.main(["generate", "a red cube", "-o", str(afile / "sub")]) == 2
+    assert f"{afile} is a file, so the folder cannot be made" in capsys.readouterr().err
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "summary.json").write_text('{"rows": []}')
+    assert cli.main(["gallery", str(tmp_path / "gallery")]) == 2
+    assert "is not a summary dream3d wrote" in capsys.readouterr().err
+    assert afile.read_text() == "mine"
+
+    def full_disk(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="is the disk full"):
+        atomic_save_torch({"a": 1}, str(tmp_path / "ckpt.pt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "gallery"]  # no temporary left
+
+
+def test_a_reused_config_that_fixes_the_old_run_length_is_noted(tmp_path, capsys):
+    """A --print-config output (or a run's config.yaml) reused with another train.steps kept the old run's schedule
+    lengths without a word: densification stopped at 300 of 2000 steps."""
+    from dream3d import cli
+
+    assert cli.main(["generate", "a red cube", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "x.yaml").write_text(text.replace("  steps: 400\n", "  steps: 2000\n"))
+    assert cli.main(["generate", "a red cube", "--config", str(tmp_path / "x.yaml"), "--print-config"]) == 0
+    err = capsys.readouterr().err
+    assert "sets gaussians.densify_until_step=300 (following train.steps=2000: 1500)" in err, err
+    assert "set it to null to follow train.steps" in err
+    assert cli.main(["generate", "a red cube", "--config", "gaussian-vsd", "train.steps=2000", "--print-config"]) == 0
+    assert "note:" not in capsys.readouterr().err  # a preset's keys follow train.steps

@@ -78,6 +78,7 @@ def test_overrides_fill_nested_fields_with_types():
         ("representation=meshes", ["representation", "meshes", "gaussians, nerf, voxels"]),
         ("guidance.method=magic", ["guidance.method", "magic", "sds, vsd, ism, csd"]),
         ("steps", ["key=value"]),
+        ("guidance.guidance_scale=abc", ["'abc' is not of type float or int or Sequence"]),  # (was "Union")
     ],
 )
 def test_bad_overrides_name_the_key_and_the_fix(override, words):
@@ -85,6 +86,31 @@ def test_bad_overrides_name_the_key_and_the_fix(override, words):
         load_run_config("dreamgaussian", [override])
     for w in words:
         assert w in str(e.value), str(e.value)
+
+
+def test_numbers_with_an_exponent_are_numbers_in_overrides_and_files(tmp_path):
+    """PyYAML reads 1e-4 as text (YAML 1.1); it was refused as 'not of type float' where OmegaConf reads a number."""
+    cfg = load_run_config(
+        "gaussian-vsd", ["guidance.lora_lr=1e-4", "train.steps=1E3", "gaussians.position_lr_init=-2e-3"]
+    )
+    assert cfg.guidance.lora_lr == 1e-4 and cfg.train.steps == 1000 and cfg.gaussians.position_lr_init == -2e-3
+    f = tmp_path / "mine.yaml"
+    f.write_text("base: gaussian-vsd\nguidance:\n  lora_lr: 5e-4\n")
+    assert load_run_config(str(f)).guidance.lora_lr == 5e-4
+    with pytest.raises(ConfigError, match="'1e-4x' is not of type float"):
+        load_run_config("gaussian-vsd", ["guidance.lora_lr=1e-4x"])
+
+
+def test_a_folder_named_like_a_preset_in_the_working_folder_does_not_hide_the_preset(tmp_path, monkeypatch):
+    """A DreamGaussian clone or a zero123 weights folder in the working folder broke even the default commands."""
+    for name in ("dreamgaussian", "zero123", "gaussian-vsd"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "mine.yaml").write_text("base: dreamgaussian\ntrain: {steps: 7}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_run_config("dreamgaussian").guidance.method == "sds"
+    assert load_run_config("zero123").guidance.method == "zero123"
+    assert load_run_config("gaussian-vsd").guidance.method == "vsd"
+    assert load_run_config("mine.yaml").train.steps == 7 and load_run_config("mine.yaml").guidance.method == "sds"
 
 
 def test_unknown_preset_lists_the_presets():
