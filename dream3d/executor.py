@@ -91,6 +91,7 @@ def check_specs(specs: list[RunSpec], out_dir: str) -> None:
     with other settings than its spec now gives (the list was edited after that run)."""
 
     seen: dict[str, str] = {}
+    remesh: list[str] = []  # finished runs whose list changed only in mesh.* / output.*: one command each
     for s in specs:
         if s.name in seen:
             raise ConfigError(
@@ -111,14 +112,18 @@ def check_specs(specs: list[RunSpec], out_dir: str) -> None:
         listed = f"{s.title or s.name} now gives ({'; '.join(changed[:6])})"
         if done and not config_changes(s.cfg, saved, ("mesh.", "output.")):  # training would be the same
             keys = [c.split(":", 1)[0] for c in changed]
-            redo = mesh_command(run_dir, [_override(k, schema_at(s.cfg, k)) for k in keys if k != "output.mesh"])
-            raise RunError(
-                f"{run_dir} holds a finished run with other mesh settings than {listed}; training is the same, so "
-                f"mesh it again with: {redo} (or delete that folder to run it again)"
+            remesh.append(
+                mesh_command(run_dir, [_override(k, schema_at(s.cfg, k)) for k in keys if k != "output.mesh"])
             )
+            continue
         raise RunError(
             f"{run_dir} holds a{' finished' if done else 'n unfinished'} run with other settings than {listed}; "
             "delete that folder to run it again, or use another -o"
+        )
+    if remesh:
+        raise RunError(
+            f"{len(remesh)} finished run(s) in {out_dir} have other mesh settings than the list now gives; training "
+            f"is the same, so mesh them again with: {'; '.join(remesh)} (or delete those folders to run them again)"
         )
 
 

@@ -380,11 +380,13 @@ def check_resume_config(cfg: RunConfig, out_dir: str) -> None:
     """A resumed run must train with the settings it started with (RESUME_MAY_CHANGE aside)."""
     path = os.path.join(out_dir, "config.yaml")
     changed = config_changes(cfg, path, ignore=RESUME_MAY_CHANGE) if os.path.exists(path) else []
+    changed.sort(key=lambda c: not c.startswith(("image:", "prompt:")))  # what the run makes first, never cut off
     if changed:
+        hint = "--image, " if changed[0].startswith("image:") else ""
         raise RunError(
             f"--resume: this command's settings differ from those the run in {out_dir} started with "
             f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}). "
-            "Resume with the same prompt, --config and overrides, or start again with --overwrite"
+            f"Resume with the same {hint}prompt, --config and overrides, or start again with --overwrite"
         )
 
 

@@ -387,23 +387,29 @@ def test_a_finished_run_whose_mesh_settings_changed_is_pointed_to_dream3d_mesh(t
     from dream3d.executor import check_specs
     from dream3d.pipeline import RunError, config_changes
 
-    entries = [{"prompt": "a red cube", "where": "line 1"}]
-    run_dir = tmp_path / "out" / "a_red_cube"
-    run_dir.mkdir(parents=True)
-    earlier = build_specs(entries, "dreamgaussian", ["train.steps=5"])[0].cfg
-    (run_dir / "config.yaml").write_text(to_yaml(earlier))
-    (run_dir / "metrics.json").write_text('{"mesh": {"faces": 10}}')  # finished
+    entries = [{"prompt": "a red cube", "where": "line 1"}, {"prompt": "a blue cone", "where": "line 2"}]
+    run_dirs = [tmp_path / "out" / "a_red_cube", tmp_path / "out" / "a_blue_cone"]
+    for run_dir, earlier in zip(run_dirs, build_specs(entries, "dreamgaussian", ["train.steps=5"])):
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(to_yaml(earlier.cfg))
+        (run_dir / "metrics.json").write_text('{"mesh": {"faces": 10}}')  # finished
     now = ["train.steps=5", "mesh.resolution=96", "mesh.extract.blur_sigma=0.5", "output.turntable_frames=12"]
-    spec = build_specs(entries, "dreamgaussian", now)[0]
-    with pytest.raises(RunError, match="training is the same, so mesh it again with: dream3d mesh") as e:
-        check_specs([spec], str(tmp_path / "out"))
-    command = shlex.split(str(e.value).split("mesh it again with: ")[1].split(" (or delete")[0])
-    assert command[:3] == ["dream3d", "mesh", str(run_dir)]
-    # the advised overrides give exactly the settings the list now asks for
-    assert config_changes(spec.cfg, str(run_dir / "config.yaml")) != []
-    remeshed = load_run_config(str(run_dir / "config.yaml"), command[3:])
-    (run_dir / "config.yaml").write_text(to_yaml(remeshed))
-    assert config_changes(spec.cfg, str(run_dir / "config.yaml")) == []
+    specs = build_specs(entries, "dreamgaussian", now)
+    with pytest.raises(
+        RunError, match="2 finished run.* training is the same, so mesh them again with: dream3d mesh"
+    ) as e:
+        check_specs(specs, str(tmp_path / "out"))
+    commands = str(e.value).split("mesh them again with: ")[1].split(" (or delete")[0].split("; ")
+    assert len(commands) == 2  # every run in one message (before: one folder per try)
+    for command, run_dir, spec in zip(commands, run_dirs, specs):
+        command = shlex.split(command)
+        assert command[:3] == ["dream3d", "mesh", str(run_dir)]
+        # the advised overrides give exactly the settings the list now asks for
+        assert config_changes(spec.cfg, str(run_dir / "config.yaml")) != []
+        remeshed = load_run_config(str(run_dir / "config.yaml"), command[3:])
+        (run_dir / "config.yaml").write_text(to_yaml(remeshed))
+        assert config_changes(spec.cfg, str(run_dir / "config.yaml")) == []
+    run_dir, entries = run_dirs[0], entries[:1]
     # a change to training still needs a new run
     spec = build_specs(entries, "dreamgaussian", ["train.steps=6", "mesh.resolution=96"])[0]
     with pytest.raises(RunError, match="delete that folder to run it again"):

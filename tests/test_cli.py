@@ -475,6 +475,13 @@ def test_a_relative_image_path_is_saved_absolute_and_a_resume_elsewhere_reads_th
     monkeypatch.chdir(tmp_path / "b")  # the same relative path names another image here: refused, naming it
     with pytest.raises(RunError, match="image: .*a/ref.png.* -> .*b/ref.png"):
         generate(cfg(), out, resume=True, log=lambda m: None)
+    # a resume that forgets --image is told so first, however many other settings differ (the list stops at 6)
+    others = ["cameras.radius=[2,3]", "gaussians.num_points=301", "gaussians.init_opacity=0.2", "guidance.guidance_scale=50"]
+    forgot = load_run_config(
+        "dreamgaussian", [*over, *others, "seed=3", "train.batch_size=3"], {"prompt": "a red cube"}
+    )
+    with pytest.raises(RunError, match=r"started with \(image: '.*ref.png' -> None; .*the same --image, prompt"):
+        generate(forgot, out, resume=True, log=lambda m: None)
     # the saved (absolute) path resumes from anywhere, and so does dream3d mesh
     generate(load_run_config(os.path.join(out, "config.yaml")), out, resume=True, log=lambda m: None)
     assert os.path.exists(os.path.join(out, "metrics.json"))
