@@ -306,21 +306,30 @@ def set_aside_run(out_dir: str) -> str | None:
     """--overwrite: move the earlier run's files (the names a run writes, and val/step_*.png) into a hidden folder
     of ``out_dir``; :func:`settle_previous_run` deletes it or puts it back. None when there is no earlier run."""
     import glob
-    import shutil
     import tempfile
 
     if not holds_run(out_dir):
         return None
-    for stale in glob.glob(os.path.join(out_dir, PREVIOUS_PREFIX + "*")):  # a killed process's: its run was replaced
-        shutil.rmtree(stale, ignore_errors=True)
     aside = tempfile.mkdtemp(prefix=PREVIOUS_PREFIX, dir=out_dir)
     os.makedirs(os.path.join(aside, "val"))
     names = [n for n in RUN_FILES if os.path.isfile(os.path.join(out_dir, n))]
     names += [os.path.relpath(p, out_dir) for p in glob.glob(os.path.join(out_dir, "val", "step_*.png"))]
-    for name in names:
-        os.replace(os.path.join(out_dir, name), os.path.join(aside, name))
+    try:
+        for name in names:
+            os.replace(os.path.join(out_dir, name), os.path.join(aside, name))
+    except BaseException:  # a move that fails (or Ctrl-C) part-way: put back what moved
+        settle_previous_run(out_dir, aside, log=lambda m: None)
+        raise
     clear_run(out_dir)  # what is left: staging folders, an empty val/
     return aside
+
+
+def recover_set_aside_runs(out_dir: str, log=print) -> None:
+    """Settle what a killed --overwrite left: its earlier run is put back unless the new run reached a checkpoint."""
+    import glob
+
+    for aside in sorted(glob.glob(os.path.join(out_dir, PREVIOUS_PREFIX + "*"))):
+        settle_previous_run(out_dir, aside, log)
 
 
 def settle_previous_run(out_dir: str, aside: str, log=print) -> None:
@@ -425,6 +434,8 @@ def generate(
     for prior in (cfg.guidance.prior, getattr(cfg.guidance, "text_prior", None)):
         if prior is not None and prior.model and os.path.exists(prior.model):
             prior.model = os.path.abspath(prior.model)
+    if os.path.isdir(out_dir):  # before the folder is judged: a killed --overwrite may have left its earlier run aside
+        recover_set_aside_runs(out_dir, log)
     check_output_dir(out_dir, resume, overwrite)
     if resume:
         check_resume_config(cfg, out_dir)
@@ -620,6 +631,7 @@ def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
     Also finishes a run whose mesh stage failed. Updates the run's config.yaml and the ``mesh`` and ``files``
     entries of its metrics.json."""
     overrides = list(overrides or [])
+    recover_set_aside_runs(run_dir, log)  # a killed --overwrite's earlier run, put back
     for name in ("config.yaml", "checkpoint.pt", "metrics.json"):
         if not os.path.exists(os.path.join(run_dir, name)):
             raise RunError(f"{run_dir} has no {name}: only a finished dream3d run folder can be meshed again")

@@ -292,6 +292,16 @@ def test_failed_starts_keep_the_earlier_run_and_overwrite_clears_it(tiny_prior, 
                 generate(_cfg(tiny_prior, "train.val_every=1", "seed=7"), out, overwrite=True, **quiet)
     assert sorted(os.listdir(out)) == listing
     assert all(open(os.path.join(out, name), "rb").read() == data for name, data in before.items())
+    # an --overwrite killed before its first checkpoint (no Python left to put the earlier run back): the next
+    # command in the folder finds the earlier run set aside and puts it back first
+    from dream3d.pipeline import PREVIOUS_PREFIX, set_aside_run
+
+    set_aside_run(out)
+    open(os.path.join(out, "config.yaml"), "w").write("the killed run's config")
+    with pytest.raises(RunError, match="holds a finished run"):
+        generate(cfg, out, **quiet)
+    assert sorted(os.listdir(out)) == listing and not any(n.startswith(PREVIOUS_PREFIX) for n in os.listdir(out))
+    assert all(open(os.path.join(out, name), "rb").read() == data for name, data in before.items())
     # a real overwrite leaves none of the earlier run's files behind (no stale mesh, no old val renders),
     # and nothing that a run does not write
     open(os.path.join(out, "val", "notes.txt"), "w").write("mine")
