@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import sys
+import time
 
 from . import __version__
 from .commands import UserError, add_batch_and_gallery, add_generate_and_ablate
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parse_args(parser, argv)
+    args.started = time.time()  # a checkpoint older than this is an earlier run's
     try:
         args.func(args)
     except (UserError, ConfigError, FileNotFoundError) as e:
@@ -372,6 +374,11 @@ def _how_to_continue(args) -> str:
     if os.path.exists(os.path.join(out, "metrics.json")) and mesh_error(out) is None:  # --overwrite put it back
         return (
             f" before the first checkpoint: the finished run in {out} is as it was; run the same command to start over"
+        )
+    if args.overwrite and os.path.getmtime(os.path.join(out, "checkpoint.pt")) < args.started:  # the earlier run's
+        return (
+            f" before the first checkpoint: the earlier run in {out} is back as it was; run the same command to start "
+            "over, or --resume with that run's own settings to continue it"
         )
     return f"; the checkpoint in {args.output} is where training continues: run the same command with --resume" + (
         " in place of --overwrite" if args.overwrite else ""

@@ -37,7 +37,7 @@ def _generate(args) -> None:
     if args.image:
         extra["image"] = args.image
     cfg = load_run_config(args.config or (image_preset() if args.image else TEXT_PRESET), overrides, extra)
-    if args.config and not os.path.samefile(os.path.dirname(preset_path(args.config)), CONFIG_DIR):
+    if args.config and not os.path.samefile(os.path.dirname(os.path.abspath(preset_path(args.config))), CONFIG_DIR):
         for note in fixed_run_length(cfg):  # a reused config.yaml or --print-config holds the old run's length
             print(f"note: {args.config} sets {note}; set it to null to follow train.steps", file=sys.stderr)
     if args.print_config:

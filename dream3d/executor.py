@@ -107,6 +107,8 @@ def check_specs(specs: list[RunSpec], out_dir: str) -> None:
             run_dir
         )  # (a run whose mesh stage failed is resumable: mesh.* may change, as --resume allows)
         changed = config_changes(s.cfg, saved, () if done else RESUME_MAY_CHANGE)
+        if done and not s.cfg.output.mesh:  # a list that no longer asks for a mesh: the finished run's stays
+            changed = [c for c in changed if not c.startswith("output.")]
         if not changed:
             continue
         listed = f"{s.title or s.name} now gives ({'; '.join(changed[:6])})"

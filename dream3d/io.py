@@ -55,6 +55,8 @@ def atomic_save_torch(obj, path: str) -> None:
             torch.save(obj, tmp)
         except RuntimeError as e:  # torch reports a failed write as "[enforce fail at inline_container.cc] ..."
             free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20
+            if "inline_container" not in str(e) and free > 1024:
+                raise
             raise OSError(
                 errno.ENOSPC, f"could not write {path} (is the disk full? {free:.0f} MB free; torch: {e})"
             ) from e

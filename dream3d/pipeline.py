@@ -298,8 +298,11 @@ def clear_run(out_dir: str) -> None:
         pass
 
 
-# The hidden folder of a run folder that holds the earlier run while an --overwrite run starts.
+# The hidden folder of a run folder that holds the earlier run while an --overwrite run starts: .previous-run-PID-*.
+# Markers in it say how far a move went, so that a process killed at any point loses nothing: COMPLETE once every
+# file is aside, RESTORING once a put-back has begun (the files in the run folder are then the earlier run's).
 PREVIOUS_PREFIX = ".previous-run-"
+_COMPLETE, _RESTORING = ".complete", ".restoring"
 
 
 def set_aside_run(out_dir: str) -> str | None:
@@ -310,44 +313,75 @@ def set_aside_run(out_dir: str) -> str | None:
 
     if not holds_run(out_dir):
         return None
-    aside = tempfile.mkdtemp(prefix=PREVIOUS_PREFIX, dir=out_dir)
+    aside = tempfile.mkdtemp(prefix=f"{PREVIOUS_PREFIX}{os.getpid()}-", dir=out_dir)
     os.makedirs(os.path.join(aside, "val"))
     names = [n for n in RUN_FILES if os.path.isfile(os.path.join(out_dir, n))]
     names += [os.path.relpath(p, out_dir) for p in glob.glob(os.path.join(out_dir, "val", "step_*.png"))]
     try:
         for name in names:
             os.replace(os.path.join(out_dir, name), os.path.join(aside, name))
-    except BaseException:  # a move that fails (or Ctrl-C) part-way: put back what moved
-        settle_previous_run(out_dir, aside, log=lambda m: None)
+        open(os.path.join(aside, _COMPLETE), "w").close()
+    except BaseException:  # a move that fails (or Ctrl-C) part-way: put back what moved, touch nothing else
+        _move_back(aside, out_dir)
         raise
     clear_run(out_dir)  # what is left: staging folders, an empty val/
     return aside
 
 
-def recover_set_aside_runs(out_dir: str, log=print) -> None:
-    """Settle what a killed --overwrite left: its earlier run is put back unless the new run reached a checkpoint."""
-    import glob
-
-    for aside in sorted(glob.glob(os.path.join(out_dir, PREVIOUS_PREFIX + "*"))):
-        settle_previous_run(out_dir, aside, log)
-
-
-def settle_previous_run(out_dir: str, aside: str, log=print) -> None:
+def settle_previous_run(out_dir: str, aside: str, log=print) -> bool:
     """Delete the earlier run set aside in ``aside`` once the new run has a checkpoint; otherwise (the new run failed
-    or was stopped before its first one) remove what the new run wrote and put the earlier run back."""
+    or was stopped before its first one) remove what the new run wrote and put the earlier run back. Returns whether
+    the earlier run was put back."""
     import shutil
 
-    if os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
+    complete, restoring = (os.path.exists(os.path.join(aside, m)) for m in (_COMPLETE, _RESTORING))
+    if not complete:  # the set-aside itself was cut short: no new run has written anything
+        _move_back(aside, out_dir)
+        return True
+    if not restoring and os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
         shutil.rmtree(aside, ignore_errors=True)
-        return
-    clear_run(out_dir)
+        return False
+    if not restoring:  # (a put-back cut short must not clear the files it already put back)
+        open(os.path.join(aside, _RESTORING), "w").close()
+        clear_run(out_dir)
+    _move_back(aside, out_dir)
+    log(f"the new run stopped before its first checkpoint: the earlier run in {out_dir} is back as it was")
+    return True
+
+
+def _move_back(aside: str, out_dir: str) -> None:
+    import shutil
+
     for folder, _, files in os.walk(aside):
         for name in files:
+            if folder == aside and name in (_COMPLETE, _RESTORING):
+                continue
             rel = os.path.relpath(os.path.join(folder, name), aside)
             os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
             os.replace(os.path.join(folder, name), os.path.join(out_dir, rel))
     shutil.rmtree(aside, ignore_errors=True)
-    log(f"the new run stopped before its first checkpoint: the earlier run in {out_dir} is kept as it was")
+
+
+def recover_set_aside_runs(out_dir: str, log=print) -> None:
+    """Settle what a killed --overwrite left: its earlier run is put back unless the new run reached a checkpoint.
+    An aside whose process still runs (an --overwrite training in this folder now) is left alone."""
+    import glob
+
+    for aside in sorted(glob.glob(os.path.join(out_dir, PREVIOUS_PREFIX + "*"))):
+        pid = os.path.basename(aside)[len(PREVIOUS_PREFIX) :].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        settle_previous_run(out_dir, aside, log)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -486,16 +520,17 @@ def generate(
             earlier = trainer.train_seconds
             log(f"resumed {trainer.ckpt_path} at step {trainer.step}")
         train_info = trainer.run(stop_after=stop_after)
+        # Everything training made is on disk before the mesh stage starts: the final checkpoint (a last step
+        # skipped as non-finite left it one step behind), the representation and metrics.json.
+        if trainer.step >= cfg.train.steps and trainer.checkpoint_step != trainer.step:
+            trainer.save_checkpoint()
     finally:
-        if previous is not None:
-            settle_previous_run(out_dir, previous, log)
+        restored = previous is not None and settle_previous_run(out_dir, previous, log)
     if trainer.step < cfg.train.steps:
+        if restored:  # stopped before a checkpoint: nothing of the new run is kept
+            return {"stopped_at": trainer.step}
         log(f"stopped at step {trainer.step}/{cfg.train.steps}; continue with --resume")
         return {"stopped_at": trainer.step}
-    # Everything training made is on disk before the mesh stage starts: the final checkpoint (a last step
-    # skipped as non-finite left it one step behind), the representation and metrics.json.
-    if trainer.checkpoint_step != trainer.step:
-        trainer.save_checkpoint()
     files = save_representation(trainer, out_dir)
     metrics = {
         "prompt": cfg.prompt,
@@ -663,6 +698,7 @@ def finish_mesh(cfg: RunConfig, run_dir: str, log=print) -> dict:
             metrics["total_seconds"] + metrics["mesh"]["seconds"], 2
         )  # the run's whole job
         write_metrics(run_dir, metrics)
+    cfg.output.mesh = True  # the run has its mesh now (a batch list asking for it is satisfied)
     atomic_write_text(os.path.join(run_dir, "config.yaml"), to_yaml(cfg))
     log(f"meshed in {metrics['mesh']['seconds']:.0f}s: {', '.join(sorted(metrics['files'].values()))} in {run_dir}")
     return metrics

@@ -410,6 +410,8 @@ def test_a_finished_run_whose_mesh_settings_changed_is_pointed_to_dream3d_mesh(t
         (run_dir / "config.yaml").write_text(to_yaml(remeshed))
         assert config_changes(spec.cfg, str(run_dir / "config.yaml")) == []
     run_dir, entries = run_dirs[0], entries[:1]
+    # a list that no longer asks for a mesh leaves the finished run's alone (no advice that could loop)
+    check_specs(build_specs(entries, "dreamgaussian", [*now, "output.mesh=false"]), str(tmp_path / "out"))
     # a change to training still needs a new run
     spec = build_specs(entries, "dreamgaussian", ["train.steps=6", "mesh.resolution=96"])[0]
     with pytest.raises(RunError, match="delete that folder to run it again"):

@@ -437,9 +437,11 @@ def test_ctrl_c_advice_is_one_the_cli_accepts(tiny_prior, tmp_path, monkeypatch,
         assert cli.main([*args, "--resume"]) == 130
         err = capsys.readouterr().err
         assert "is where training continues: run the same command with --resume" in err, err
-        # --overwrite stopped before its first checkpoint puts the earlier (unfinished) run back: resume it
-        assert cli.main([*args, "--overwrite"]) == 130
-        assert "--resume in place of --overwrite" in capsys.readouterr().err
+        # --overwrite stopped before its first checkpoint puts the earlier (unfinished) run back: that checkpoint is
+        # the earlier run's, which --resume continues with its own settings, not this command's
+        assert cli.main([*args, "seed=5", "--overwrite"]) == 130
+        err = capsys.readouterr().err
+        assert "the earlier run in" in err and "--resume with that run's own settings" in err, err
     assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().err
     with monkeypatch.context() as mp:  # a finished run that --overwrite put back is not to be resumed
         mp.setattr(pipeline.Trainer, "run", ctrl_c)
@@ -476,7 +478,12 @@ def test_a_relative_image_path_is_saved_absolute_and_a_resume_elsewhere_reads_th
     with pytest.raises(RunError, match="image: .*a/ref.png.* -> .*b/ref.png"):
         generate(cfg(), out, resume=True, log=lambda m: None)
     # a resume that forgets --image is told so first, however many other settings differ (the list stops at 6)
-    others = ["cameras.radius=[2,3]", "gaussians.num_points=301", "gaussians.init_opacity=0.2", "guidance.guidance_scale=50"]
+    others = [
+        "cameras.radius=[2,3]",
+        "gaussians.num_points=301",
+        "gaussians.init_opacity=0.2",
+        "guidance.guidance_scale=50",
+    ]
     forgot = load_run_config(
         "dreamgaussian", [*over, *others, "seed=3", "train.batch_size=3"], {"prompt": "a red cube"}
     )
@@ -511,6 +518,13 @@ def test_folders_that_cannot_be_made_and_malformed_summaries_are_one_line_errors
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OSError, match="is the disk full"):
         atomic_save_torch({"a": 1}, str(tmp_path / "ckpt.pt"))
+
+    def other_error(obj, f):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(torch, "save", other_error)  # not a failed write (with room on the disk): left as it is
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        atomic_save_torch({"a": 1}, str(tmp_path / "ckpt.pt"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "gallery"]  # no temporary left
 
 
@@ -528,3 +542,13 @@ def test_a_reused_config_that_fixes_the_old_run_length_is_noted(tmp_path, capsys
     assert "set it to null to follow train.steps" in err
     assert cli.main(["generate", "a red cube", "--config", "gaussian-vsd", "train.steps=2000", "--print-config"]) == 0
     assert "note:" not in capsys.readouterr().err  # a preset's keys follow train.steps
+
+
+def test_a_config_file_named_without_a_folder_is_read(tmp_path, monkeypatch, capsys):
+    """`--config mine.yaml` in the working folder (a regression of the run-length note, found in review)."""
+    from dream3d import cli
+
+    (tmp_path / "mine.yaml").write_text("base: dreamgaussian\ntrain: {steps: 7}\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["generate", "a red cube", "--config", "mine.yaml", "--print-config"]) == 0
+    assert "steps: 7" in capsys.readouterr().out

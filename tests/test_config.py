@@ -158,6 +158,10 @@ def test_every_schema_key_is_reachable_by_override():
         # more that failed only at the first step (audit, 2026-12-05)
         ("guidance.timesteps.t_min=0.9 guidance.timesteps.t_max=0.5", "need 0 <= t_min <= t_max <= 1"),
         ("guidance.timesteps.t_max=[0,1.5,0.5,100]", "need 0 <= t_min <= t_max <= 1"),
+        (  # schedules that cross between their ends: t_max falls to 0.3 by step 100, t_min starts falling at 900
+            "guidance.timesteps.t_max=[0,0.9,0.3,100] guidance.timesteps.t_min=[900,0.8,0.2,1000]",
+            "need 0 <= t_min <= t_max <= 1",
+        ),
         ("guidance.view_prompts.template=a_{object}", "must be a format string of {prompt} and {view} only"),
         ("reference.every=0", "need every >= 1, radius > 0 and 0 < fov_y < 180"),
         ("reference.fov_y=0", "need every >= 1, radius > 0 and 0 < fov_y < 180"),

@@ -355,7 +355,7 @@ def test_occupancy_grid_marks_the_blob_occupied_and_empty_space_free():
 
 def test_the_occupancy_grid_path_renders_in_larger_ray_chunks(monkeypatch):
     """With the occupancy grid (CUDA) the samples are sparse and nerfacc's marcher waits on the device several times
-    per chunk: renders take 256k rays at once there, 32k on the dense path, or nerf.ray_chunk when set."""
+    per chunk: training renders take 256k rays at once there, 32k on the dense path, or nerf.ray_chunk when set."""
     import dream3d.representations.nerf as nerf
 
     seen = []
@@ -373,5 +373,8 @@ def test_the_occupancy_grid_path_renders_in_larger_ray_chunks(monkeypatch):
     ):
         NeRFModel(cfg).render(cams, estimator=estimator)
         assert seen.pop() == chunk
+    with torch.no_grad():  # renders without gradients keep small chunks: there a chunk bounds the memory
+        NeRFModel(NeRFConfig(**TINY)).render(cams, estimator=object())
+    assert seen.pop() == 1 << 15
     with pytest.raises(ValueError, match="ray_chunk"):
         NeRFConfig(ray_chunk=-1)

@@ -413,3 +413,67 @@ def test_a_non_finite_stop_gives_advice_the_cli_accepts(tiny_prior, tmp_path, mo
 
     train = json.load(open(os.path.join(out, "metrics.json")))["train"]
     assert train["steps"] == 4 and train["nan_skips"] == 1
+
+
+@pytest.mark.parametrize("cut_at", [1, 2, 3, 5])
+def test_a_set_aside_or_put_back_cut_short_at_any_file_loses_nothing(tmp_path, monkeypatch, cut_at):
+    """--overwrite moves the earlier run aside file by file, and puts it back the same way: stopped after any
+    file (Ctrl-C, a failing move, a kill), the next command finds the earlier run whole (review, 2026-12-05)."""
+    import dream3d.pipeline as pipeline
+
+    out = tmp_path / "run"
+    (out / "val").mkdir(parents=True)
+    files = {n: n.encode() * 3 for n in ("metrics.json", "checkpoint.pt", "config.yaml", "gaussians.ply", "mesh.glb")}
+    files["val/step_00001.png"] = b"png"
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+
+    def as_before():
+        found = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        return found == files
+
+    real, calls = os.replace, []
+
+    def cut(a, b):
+        calls.append(a)
+        if len(calls) == cut_at:
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    # the set-aside cut short: what moved is put back at once
+    with monkeypatch.context() as mp:
+        mp.setattr(pipeline.os, "replace", cut)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.set_aside_run(str(out))
+    assert as_before()
+    # a whole set-aside, a new run that wrote its config and a render, then a put-back cut short
+    aside = pipeline.set_aside_run(str(out))
+    (out / "config.yaml").write_text("the new run's")
+    (out / "val").mkdir(exist_ok=True)
+    (out / "val" / "step_00002.png").write_bytes(b"new")
+    calls.clear()
+    with monkeypatch.context() as mp:
+        mp.setattr(pipeline.os, "replace", cut)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.settle_previous_run(str(out), aside, log=lambda m: None)
+    pipeline.recover_set_aside_runs(str(out), log=lambda m: None)  # what the next command does first
+    assert as_before() and not any(p.name.startswith(pipeline.PREVIOUS_PREFIX) for p in out.iterdir())
+
+
+def test_a_set_aside_of_a_process_still_running_is_left_alone(tmp_path):
+    """Another command in the folder must not put the earlier run back under an --overwrite still training there."""
+    import dream3d.pipeline as pipeline
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("earlier")
+    aside = pipeline.set_aside_run(str(out))
+    (out / "config.yaml").write_text("the live run's")
+    live = out / f"{pipeline.PREVIOUS_PREFIX}{os.getppid()}-x"  # a process that is alive, and not this one
+    os.rename(aside, live)
+    pipeline.recover_set_aside_runs(str(out), log=lambda m: None)
+    assert (out / "config.yaml").read_text() == "the live run's" and live.exists()
+    dead = out / f"{pipeline.PREVIOUS_PREFIX}999999999-x"  # no such process: a killed run's, settled
+    os.rename(live, dead)
+    pipeline.recover_set_aside_runs(str(out), log=lambda m: None)
+    assert (out / "config.yaml").read_text() == "earlier" and not dead.exists()

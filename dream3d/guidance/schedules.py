@@ -82,9 +82,10 @@ class TimestepConfig:
             )
         if self.total_steps is not None and self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
-        for step in (0, 1 << 40):  # a schedule's start and end (where it holds)
+        ends = [v[i] for v in (self.t_min, self.t_max) if isinstance(v, (list, tuple)) and len(v) == 4 for i in (0, 3)]
+        for step in (0, *ends, 1 << 40):  # both are linear between these steps: checking them checks every step
             try:
-                lo, hi = scheduled(self.t_min, step), scheduled(self.t_max, step)
+                lo, hi = scheduled(self.t_min, int(step)), scheduled(self.t_max, int(step))
             except (TypeError, ValueError):
                 return  # not a schedule: config.validate names the key
             if not 0 <= lo <= hi <= 1:

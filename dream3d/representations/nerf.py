@@ -91,8 +91,8 @@ class NeRFConfig:
     occupancy_threshold: float = 0.01
     # Rays rendered at once; 0: 32k on the dense path, 256k with the occupancy grid, whose samples are sparse and
     # whose marcher waits on the device several times a chunk (7 host syncs per chunk: 57 a step at 512 px in 32k
-    # chunks). Under autograd every chunk's samples are kept for the backward anyway: a chunk bounds memory only
-    # in renders without gradients (validation, the mesh stage).
+    # chunks), in training renders: under autograd every chunk's samples are kept for the backward anyway. Renders
+    # without gradients (validation, the mesh stage) keep 32k, where a chunk bounds the memory.
     ray_chunk: int = 0
 
     def __post_init__(self):
@@ -474,7 +474,9 @@ class NeRFModel(Representation):
             estimator=estimator,
             ray_cond=light_positions,
             per_ray=per_ray if orientation else None,
-            chunk=chunk or self.cfg.ray_chunk or (1 << 18 if estimator is not None else 1 << 15),
+            chunk=chunk
+            or self.cfg.ray_chunk
+            or (1 << 18 if estimator is not None and torch.is_grad_enabled() else 1 << 15),
             detail_eps=self.cfg.normal_weight_eps if with_normals else 0.0,
         )
         return NeRFRender(imgs.rgb, imgs.alpha, imgs.depth, imgs.extras.get("normal"), imgs.extras.get("orientation"))
