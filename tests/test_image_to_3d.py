@@ -209,3 +209,24 @@ def test_benchmark_runs_both_presets_scores_and_skips_finished_runs(bench, tiny_
     with pytest.raises(SystemExit):
         bench.main(argv + ["--seed", "1"], eval_cfg=QUICK)
     assert [(out / "inputs" / f).read_bytes() for f in ("a_green_house.png", "inputs.json")] == before
+
+    # benchmarks/remesh.py on this folder: the copy meshed with the runs' own settings scores as the runs do (far
+    # side and reference fit included: scored as an image run, against the same input); a finer mesh differs
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "remesh.py"
+    spec = importlib.util.spec_from_file_location("remesh", path)
+    remesh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(remesh)
+    re_out = tmp_path / "re"
+    table = remesh.main(
+        [str(out), "--out", str(re_out), "--variant", "base:", "--variant", "fine:mesh.resolution=48"], eval_cfg=QUICK
+    )
+    assert set(table) == {f"{v}/{p}" for v in ("base", "fine") for p in ("dreamgaussian", "zero123")}
+    for preset in ("dreamgaussian", "zero123"):
+        s = report["summary"][preset]
+        base, fine = table[f"base/{preset}"], table[f"fine/{preset}"]
+        for key in ("iou", "far_side_rate", "reference_iou", "mesh_reference_iou", "chamfer_l1"):
+            assert base[key] == pytest.approx(s[key], abs=1e-6), key
+        assert fine["mesh_reference_iou"] != pytest.approx(s["mesh_reference_iou"], abs=1e-6)
+        assert fine["reference_iou"] == s["reference_iou"]  # the run's own (the Gaussians'), not the mesh's
+    assert "### zero123" in (re_out / "fine" / "image_to_3d.md").read_text()
+    assert json.loads((re_out / "remesh.json").read_text())["variants"] == {"base": [], "fine": ["mesh.resolution=48"]}
