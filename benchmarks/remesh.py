@@ -2,7 +2,7 @@
 
     python benchmarks/remesh.py runs/q18_baseline --out runs/q18_mesh \\
         --variant base: --variant blur2:mesh.extract.blur_sigma=2 \\
-        --variant "median:mesh.gaussian_color_median=16 mesh.texture.delight_direction=[0.35,0.85,0.45]"
+        --variant "median:mesh.gaussian_color_median=16"
 
     python benchmarks/remesh.py runs/i3_base --out runs/i3_mesh --variant base: \
         --variant "blur3:mesh.extract.blur_sigma=3 mesh.extract.threshold_ratio=0.25"
@@ -121,7 +121,14 @@ def main(argv=None, eval_cfg: EvalConfig | None = None) -> dict:
             summary = score_image_runs(os.path.join(args.out, name), runs, inputs, eval_cfg or EvalConfig())
         else:
             summary = quality.main(
-                ["--no-generate", "--no-baseline", "--presets", ",".join(presets), "--out", os.path.join(args.out, name)]
+                [
+                    "--no-generate",
+                    "--no-baseline",
+                    "--presets",
+                    ",".join(presets),
+                    "--out",
+                    os.path.join(args.out, name),
+                ]
                 + ["--prompts", ";".join(sorted({prompt_of(args.runs, p, s) for p, s in runs}))]
             )["summary"]
         for preset in presets:

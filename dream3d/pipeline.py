@@ -17,6 +17,8 @@ import warnings
 import numpy as np
 import torch
 
+from renderers.cameras import orbit_cameras
+
 from . import __version__
 from .config import RunConfig, load_run_config
 from .configtools import dotted_keys, schema_at, to_plain, to_yaml
@@ -24,6 +26,7 @@ from .devices import resolve_device
 from .guidance import RULES
 from .io import atomic_write_text
 from .mesh.export import export_mesh
+from .mesh.texture import project_image
 from .representations import REPRESENTATIONS
 from .train import Trainer
 
@@ -709,8 +712,28 @@ def save_representation(trainer, out_dir: str) -> dict:
 
 
 def extract_textured_mesh(trainer, cfg: RunConfig):
-    """The mesh stage on the trained representation (each knows its own: a density grid, renders for colour)."""
-    return trainer.model.extract_mesh(cfg.mesh)
+    """The mesh stage on the trained representation (each knows its own: a density grid, renders for colour);
+    for image-to-3D, then the input image painted where its camera sees the mesh (mesh.reference_projection)."""
+    mesh, info = trainer.model.extract_mesh(cfg.mesh)
+    if cfg.image and cfg.mesh.reference_projection.enabled and len(mesh.faces):
+        if os.path.exists(cfg.image):
+            mesh, info["reference_projected"] = paint_input_image(mesh, cfg)
+        else:  # moved since training: the bake from the renders stands on its own
+            warnings.warn(
+                f"the input image {cfg.image} is gone, so the mesh's texture comes from the renders alone; put it "
+                "back to paint it onto the mesh (or pass mesh.reference_projection.enabled=false)",
+                stacklevel=2,
+            )
+    return mesh, info
+
+
+def paint_input_image(mesh, cfg: RunConfig):
+    """(mesh, fraction of its texels painted): the input image projected from the reference camera."""
+    r, rp = cfg.reference, cfg.mesh.reference_projection
+    rgb, mask = load_reference_image(cfg.image, rp.resolution, object_fraction=r.object_fraction)
+    camera = orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, rp.resolution, rp.resolution)
+    diag = float((mesh.vertices.amax(0) - mesh.vertices.amin(0)).norm())
+    return project_image(mesh, rgb, mask, camera, rp, cfg.mesh.texture.depth_tolerance * diag)
 
 
 @torch.no_grad()

@@ -183,6 +183,10 @@ def test_benchmark_runs_both_presets_scores_and_skips_finished_runs(bench, tiny_
         )
         entry = report["inputs"][0]
         assert f"elevation: {entry['elevation']}" in (run / "config.yaml").read_text()  # the input's camera
+        # zero123's mesh stage paints the input onto what its camera sees (mesh.reference_projection); the other
+        # preset's texture is the bake alone
+        painted = metrics["mesh"].get("reference_projected")
+        assert (0 < painted < 1) if preset == "zero123" else painted is None, painted
         (r,) = report["results"][preset]
         assert r["prompt"] == prompt and r["held_out"] and 0 <= r["iou"] <= 1
         assert r["far_side_correct"] in (True, False) and r["far_side_margin_twin"] is not None

@@ -586,3 +586,90 @@ def test_remesh_benchmark_meshes_a_copy_and_leaves_the_run_alone(tiny_prior, tmp
     assert np.allclose(mesh(tmp_path / "base").vertices, mesh(src).vertices)
     assert len(mesh(tmp_path / "blur").vertices) != len(mesh(src).vertices)
     assert load_run_config(str(tmp_path / "blur" / "config.yaml")).mesh.extract.blur_sigma == 2
+
+
+# ------------------------------------------------------------------------------- the input image projected
+
+
+def test_input_image_is_painted_where_its_camera_sees_the_surface(box_mesh):
+    """project_image: from the input's camera the painted mesh shows the input (where the input's mask covers it);
+    what that camera does not see, or sees outside the mask, keeps the bake; the angle ramp blends in between."""
+    from dream3d.mesh.texture import ReferenceProjectionConfig, project_image, render_albedo
+    from renderers.cameras import orbit_cameras
+
+    S = 96
+    cam = orbit_cameras(0.0, 30.0, 2.8, 45.0, S, S)
+    _, sil = box_render(cam)  # (1, S, S, 1): the box's silhouette from the input camera
+    green, yellow = torch.tensor([0.1, 0.8, 0.2]), torch.tensor([0.9, 0.8, 0.1])
+    cols = torch.arange(S)[None, None, :, None]
+    pattern = torch.where(cols < S // 2, green, yellow).expand(1, S, S, 3)
+    mask = sil * (torch.arange(S)[None, :, None, None] >= S // 2)  # the image's top half is not the object
+    rgb = pattern * mask + (1 - mask)  # on white, as load_reference_image gives it
+    diag = float((box_mesh.vertices.amax(0) - box_mesh.vertices.amin(0)).norm())
+    steep = ReferenceProjectionConfig(cos_start=0.0, cos_full=0.3)  # both faces this camera sees fully painted
+    painted, fraction = project_image(box_mesh, rgb, mask, cam, steep, 0.01 * diag)
+    assert 0.1 < fraction < 0.3  # two of six faces, less the half outside the mask
+    before, _ = render_albedo(box_mesh, cam, (1.0, 1.0, 1.0))
+    after, alpha = render_albedo(painted, cam, (1.0, 1.0, 1.0))
+    inner = torch.nn.functional.max_pool2d(-alpha.permute(0, 3, 1, 2), 5, 1, 2).permute(0, 2, 3, 1)[..., 0] < -0.5
+    away = (cols[..., 0] - S // 2 + 0.5).abs() > 3  # off the pattern's seam
+    rows = torch.arange(S)[None, :, None]
+    shown, hidden = inner & away & (rows >= S // 2 + 3), inner & (rows < S // 2 - 3)
+    assert shown.sum() > 300 and hidden.sum() > 300
+    err = (after - pattern).abs().amax(-1)[shown]  # the input, texel for texel (the bake differs by ~0.75),
+    assert float(err.mean()) < 0.02 and float(torch.quantile(err, 0.9)) < 0.02  # but where the box's rounded edges blur
+    assert float((after - before).abs()[hidden].amax()) < 0.02  # outside the mask: the bake
+    back = orbit_cameras(0.0, 210.0, 2.8, 45.0, S, S)  # sees the -Z and -X faces only
+    torch.testing.assert_close(render_albedo(painted, back)[0], render_albedo(box_mesh, back)[0])
+
+    # The default ramp, from each face's cosine to the camera: the +Z face (about 0.85) takes the input, the +X face
+    # (0.25 to 0.45 in this perspective) part of it, the -X face (hidden) none
+    flat = green.expand(1, S, S, 3) * sil + (1 - sil)
+    painted, _ = project_image(box_mesh, flat, sil, cam, ReferenceProjectionConfig(), 0.01 * diag)
+    tri = box_mesh.vertices[box_mesh.faces]
+    n = torch.nn.functional.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1), dim=-1)
+    fc = tri.mean(1)
+    cos = (torch.nn.functional.normalize(cam.origins - fc, dim=-1) * n).sum(-1)
+    uv = box_mesh.uv[box_mesh.faces].mean(1)[None]
+    old, new = sample_texture(box_mesh.texture, uv)[0], sample_texture(painted.texture, uv)[0]
+    for axis, sign in ((2, 1), (0, 1), (0, -1)):
+        on = (sign * n[:, axis] > 0.99) & ((fc.abs() < HALF - 0.05).sum(-1) == 2) & (fc[:, 1].abs() > 0.05)
+        assert on.sum() > 20
+        weight = ((cos[on] - 0.3) / 0.3).clamp(0, 1)[:, None]
+        assert (0.05 < weight).any() == (sign > 0) and ((weight < 0.95).any() if axis == 0 else (weight == 1).all())
+        err = (new[on] - torch.lerp(old[on], green.expand_as(old[on]), weight)).abs()
+        assert float(err.mean()) < 0.02 and float(err.max()) < 0.15, (axis, sign)  # none painted: mean ~0.2 at +X
+
+
+def test_mesh_stage_paints_the_input_image_and_goes_on_without_it(box_mesh, tmp_path):
+    """pipeline.extract_textured_mesh: an image run with mesh.reference_projection on paints its input onto the
+    mesh; if the input has been moved since training, the bake stands alone and a warning names the file and the
+    fix (a finished training is never lost to the mesh stage); text runs are never painted."""
+    import types
+
+    import imageio.v3 as iio
+
+    from dream3d.config import RunConfig
+    from dream3d.pipeline import extract_textured_mesh
+
+    trainer = types.SimpleNamespace(model=types.SimpleNamespace(extract_mesh=lambda cfg: (box_mesh, {})))
+    image = tmp_path / "input.png"
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[16:48, 16:48] = (20, 200, 40, 255)
+    iio.imwrite(image, rgba)
+    cfg = RunConfig(prompt="", image=str(image))
+    cfg.reference.elevation, cfg.reference.azimuth = 0.0, 30.0
+    cfg.mesh.reference_projection.enabled = True
+    mesh, info = extract_textured_mesh(trainer, cfg)
+    assert 0 < info["reference_projected"] < 0.5
+    assert float((mesh.texture - box_mesh.texture).abs().amax()) > 0.3
+
+    image.unlink()
+    with pytest.warns(UserWarning, match=r"input\.png is gone.*reference_projection\.enabled=false"):
+        mesh, info = extract_textured_mesh(trainer, cfg)
+    assert "reference_projected" not in info and torch.equal(mesh.texture, box_mesh.texture)
+
+    text = RunConfig(prompt="a green box")
+    text.mesh.reference_projection.enabled = True
+    mesh, info = extract_textured_mesh(trainer, text)
+    assert "reference_projected" not in info and torch.equal(mesh.texture, box_mesh.texture)

@@ -21,6 +21,7 @@ from .density import Grid, function_density_grid, gaussian_bounds, gaussian_dens
 from .extract import ExtractConfig, extract_mesh
 from .texture import (
     LossFn,
+    ReferenceProjectionConfig,
     RefineConfig,
     RenderFn,
     TextureConfig,
@@ -43,6 +44,7 @@ class MeshConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     texture: TextureConfig = field(default_factory=TextureConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    reference_projection: ReferenceProjectionConfig = field(default_factory=ReferenceProjectionConfig)
     refine_loss: str = "l1"  # when refining against render_fn without a custom loss_fn
     # Gaussians: bake the colours of a render where each Gaussian takes the per-channel median colour of its k
     # nearest Gaussians (itself included; 0: its own). SDS leaves single Gaussians off-colour (a yellow torus

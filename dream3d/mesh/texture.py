@@ -78,6 +78,27 @@ class RefineConfig:
     seed: int = 0
 
 
+@dataclass
+class ReferenceProjectionConfig:
+    """Image-to-3D: the input image painted onto the surface its camera sees, after the bake. The representation's
+    renders are blurrier than the input (small features such as a snowman's eyes fade), so where the input shows
+    the surface its own pixels are the texture (DreamGaussian's second stage fits the texture to the input by
+    optimisation; this projects it directly). Blended in by the angle, so no seam marks where its view turns
+    grazing. Only runs with an input image use it."""
+
+    enabled: bool = False
+    resolution: int = 256  # the input is read at this size
+    cos_start: float = 0.3  # weight 0 at this cosine between the surface normal and the direction to the camera,
+    cos_full: float = 0.6  # rising to 1 (the input's colour alone) at this one
+
+    def __post_init__(self):
+        if not 0 <= self.cos_start < self.cos_full <= 1 or self.resolution < 8:
+            raise ValueError(
+                f"need 0 <= cos_start < cos_full <= 1 and resolution >= 8; got {self.cos_start}, {self.cos_full} "
+                f"and {self.resolution}"
+            )
+
+
 # ----------------------------------------------------------------------------------------------- unwrap
 
 
@@ -187,6 +208,28 @@ def _texel_surface(vertices: Tensor, faces: Tensor, uv: Tensor, size: int) -> tu
     return covered.reshape(S, S), pos, nrm
 
 
+def _texel_views(
+    vertices: Tensor, faces: Tensor, pos: Tensor, nrm: Tensor, cams: Cameras, tol: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each texel's surface point ``pos`` (T, 3) lands in each camera: whether it is the nearest surface
+    there (the mesh's own depth buffer, within ``tol`` plus the depth a tilted surface spans across one pixel,
+    counted up to a tilt of 72 degrees), its pixel coordinates (B, T, 2), and the cosine between its normal and the
+    direction to the camera (B, T)."""
+    depth = rasterize_mesh(vertices, faces, cams).depth  # (B, H, W), 0 where empty
+    xy, z = project_points(pos, cams)
+    H, W = depth.shape[1:]
+    j, i = xy[..., 0].floor().long(), xy[..., 1].floor().long()
+    inside = (j >= 0) & (j < W) & (i >= 0) & (i < H) & (z > 0)
+    b = torch.arange(len(cams), device=pos.device)[:, None].expand_as(j)
+    d = depth[b, i.clamp(0, H - 1), j.clamp(0, W - 1)]
+    to_cam = F.normalize(cams.origins.to(pos.device)[:, None, :] - pos[None], dim=-1)
+    cos = (to_cam * nrm[None]).sum(-1)
+    pixel = z / cams.K.to(pos)[:, None, 0, 0]  # a pixel's width in world units at the texel's depth
+    tilt = (1 - cos.clamp(0.3, 1) ** 2).sqrt() / cos.clamp(0.3, 1)  # depth change per unit of width
+    visible = inside & (d > 0) & ((z - d).abs() < tol + pixel * tilt)
+    return visible, xy, cos
+
+
 @torch.no_grad()
 def back_project(
     vertices: Tensor, faces: Tensor, uv: Tensor, render_fn: RenderFn, cameras: Cameras, cfg: TextureConfig
@@ -205,16 +248,7 @@ def back_project(
         cams = cameras[s : s + cfg.views_per_batch].to(dev)
         rgb, alpha = render_fn(cams)
         rgb, alpha = rgb.to(dev).float(), alpha.to(dev).float()
-        depth = rasterize_mesh(vertices, faces, cams).depth  # (B, H, W), 0 where empty
-        xy, z = project_points(pos, cams)
-        H, W = depth.shape[1:]
-        j, i = xy[..., 0].floor().long(), xy[..., 1].floor().long()
-        inside = (j >= 0) & (j < W) & (i >= 0) & (i < H) & (z > 0)
-        b = torch.arange(len(cams), device=dev)[:, None].expand_as(j)
-        d = depth[b, i.clamp(0, H - 1), j.clamp(0, W - 1)]
-        visible = inside & (d > 0) & ((z - d).abs() < tol)
-        to_cam = F.normalize(cams.origins.to(dev)[:, None, :] - pos[None], dim=-1)
-        cos = (to_cam * nrm[None]).sum(-1)
+        visible, xy, cos = _texel_views(vertices, faces, pos, nrm, cams, tol)
         w = torch.where(visible & (cos > cfg.min_cos), cos.clamp_min(0) ** cfg.angle_power, torch.zeros_like(cos))
         num += (w[..., None] * _sample_image(rgb, xy)).sum(0)
         den += (w * _sample_image(alpha, xy)[..., 0]).sum(0)
@@ -230,7 +264,6 @@ def back_project(
 def fill_texture(tex: Tensor, seen: Tensor, covered: Tensor, pos: Tensor) -> Tensor:
     """Give unseen covered texels the colour of the nearest seen texel in 3D, then every texel outside the
     charts the colour of the nearest covered texel in the image (gutter padding)."""
-    from scipy.ndimage import distance_transform_edt
     from scipy.spatial import cKDTree
 
     out = tex.detach().cpu().numpy().copy()
@@ -247,10 +280,42 @@ def fill_texture(tex: Tensor, seen: Tensor, covered: Tensor, pos: Tensor) -> Ten
         cov_cols = out[cov_np]
         cov_cols[~seen_in_cov] = cov_cols[seen_in_cov][nn]
         out[cov_np] = cov_cols
-    if not cov_np.all():
-        _, (ii, jj) = distance_transform_edt(~cov_np, return_indices=True)
-        out = out[ii, jj]
-    return torch.from_numpy(out).to(tex.device)
+    return _pad_gutter(torch.from_numpy(out).to(tex.device), covered)
+
+
+def _pad_gutter(tex: Tensor, covered: Tensor) -> Tensor:
+    """Every texel outside the charts (``covered`` False) takes the colour of the nearest covered texel."""
+    from scipy.ndimage import distance_transform_edt
+
+    cov_np = covered.cpu().numpy()
+    if cov_np.all():
+        return tex
+    _, (ii, jj) = distance_transform_edt(~cov_np, return_indices=True)
+    return tex[torch.from_numpy(ii).to(tex.device), torch.from_numpy(jj).to(tex.device)]
+
+
+@torch.no_grad()
+def project_image(
+    mesh: TexturedMesh, rgb: Tensor, mask: Tensor, camera: Cameras, cfg: ReferenceProjectionConfig, tol: float
+) -> tuple[TexturedMesh, float]:
+    """``mesh`` with the image (``rgb`` (1, H, W, 3) on white, ``mask`` (1, H, W, 1)) painted onto the texels
+    ``camera`` (one camera of H x W) sees, blended by :class:`ReferenceProjectionConfig`'s angle ramp and the
+    mask (the silhouette's edge and any surface outside it keep the bake). ``tol``: the depth test's, in world
+    units. Returns the mesh and the fraction of covered texels that took some of the image."""
+    dev = mesh.vertices.device
+    S = mesh.texture.shape[0]
+    covered, pos, nrm = _texel_surface(mesh.vertices, mesh.faces, mesh.uv, S)
+    visible, xy, cos = _texel_views(mesh.vertices, mesh.faces, pos, nrm, camera.to(dev), tol)
+    rgb, mask = rgb.to(dev).float(), mask.to(dev).float()
+    premult = rgb - (1 - mask)  # rgb on white is colour * mask + (1 - mask)
+    m = _sample_image(mask, xy)[0, :, 0]
+    colour = (_sample_image(premult, xy)[0] / m.clamp_min(1e-3)[:, None]).clamp(0, 1)
+    w = ((cos[0] - cfg.cos_start) / (cfg.cos_full - cfg.cos_start)).clamp(0, 1)
+    w = w * ((m - 0.5) / 0.5).clamp(0, 1) * visible[0]
+    tex = mesh.texture.clone()
+    tex[covered] = torch.lerp(tex[covered], colour, w[:, None])
+    painted = float((w > 0).float().mean()) if len(w) else 0.0
+    return TexturedMesh(mesh.vertices, mesh.faces, mesh.uv, _pad_gutter(tex, covered)), painted
 
 
 def texture_mesh(
