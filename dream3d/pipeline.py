@@ -716,12 +716,12 @@ def extract_textured_mesh(trainer, cfg: RunConfig):
     for image-to-3D, then the input image painted where its camera sees the mesh (mesh.reference_projection)."""
     mesh, info = trainer.model.extract_mesh(cfg.mesh)
     if cfg.image and cfg.mesh.reference_projection.enabled and len(mesh.faces):
-        if os.path.exists(cfg.image):
+        try:
             mesh, info["reference_projected"] = paint_input_image(mesh, cfg)
-        else:  # moved since training: the bake from the renders stands on its own
+        except RunError as e:  # moved or spoiled since training: the bake from the renders stands on its own
             warnings.warn(
-                f"the input image {cfg.image} is gone, so the mesh's texture comes from the renders alone; put it "
-                "back to paint it onto the mesh (or pass mesh.reference_projection.enabled=false)",
+                f"the input image cannot be painted onto the mesh ({e}), so its texture comes from the renders "
+                "alone; put the image back to paint it (or pass mesh.reference_projection.enabled=false)",
                 stacklevel=2,
             )
     return mesh, info
