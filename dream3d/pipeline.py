@@ -732,8 +732,7 @@ def paint_input_image(mesh, cfg: RunConfig):
     r, rp = cfg.reference, cfg.mesh.reference_projection
     rgb, mask = load_reference_image(cfg.image, rp.resolution, object_fraction=r.object_fraction)
     camera = orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, rp.resolution, rp.resolution)
-    diag = float((mesh.vertices.amax(0) - mesh.vertices.amin(0)).norm())
-    return project_image(mesh, rgb, mask, camera, rp, cfg.mesh.texture.depth_tolerance * diag)
+    return project_image(mesh, rgb, mask, camera, rp, cfg.mesh.texture.depth_tolerance)
 
 
 @torch.no_grad()

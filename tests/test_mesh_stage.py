@@ -605,9 +605,8 @@ def test_input_image_is_painted_where_its_camera_sees_the_surface(box_mesh):
     pattern = torch.where(cols < S // 2, green, yellow).expand(1, S, S, 3)
     mask = sil * (torch.arange(S)[None, :, None, None] >= S // 2)  # the image's top half is not the object
     rgb = pattern * mask + (1 - mask)  # on white, as load_reference_image gives it
-    diag = float((box_mesh.vertices.amax(0) - box_mesh.vertices.amin(0)).norm())
     steep = ReferenceProjectionConfig(cos_start=0.0, cos_full=0.3)  # both faces this camera sees fully painted
-    painted, fraction = project_image(box_mesh, rgb, mask, cam, steep, 0.01 * diag)
+    painted, fraction = project_image(box_mesh, rgb, mask, cam, steep, 0.01)
     assert 0.1 < fraction < 0.3  # two of six faces, less the half outside the mask
     before, _ = render_albedo(box_mesh, cam, (1.0, 1.0, 1.0))
     after, alpha = render_albedo(painted, cam, (1.0, 1.0, 1.0))
@@ -625,7 +624,7 @@ def test_input_image_is_painted_where_its_camera_sees_the_surface(box_mesh):
     # The default ramp, from each face's cosine to the camera: the +Z face (about 0.85) takes the input, the +X face
     # (0.25 to 0.45 in this perspective) part of it, the -X face (hidden) none
     flat = green.expand(1, S, S, 3) * sil + (1 - sil)
-    painted, _ = project_image(box_mesh, flat, sil, cam, ReferenceProjectionConfig(), 0.01 * diag)
+    painted, _ = project_image(box_mesh, flat, sil, cam, ReferenceProjectionConfig(), 0.01)
     tri = box_mesh.vertices[box_mesh.faces]
     n = torch.nn.functional.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1), dim=-1)
     fc = tri.mean(1)

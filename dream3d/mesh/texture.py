@@ -208,6 +208,11 @@ def _texel_surface(vertices: Tensor, faces: Tensor, uv: Tensor, size: int) -> tu
     return covered.reshape(S, S), pos, nrm
 
 
+def _world_tolerance(vertices: Tensor, fraction: float) -> float:
+    """``fraction`` of the mesh's bounding-box diagonal, in world units (the depth test's tolerance)."""
+    return fraction * float((vertices.amax(0) - vertices.amin(0)).norm())
+
+
 def _texel_views(
     vertices: Tensor, faces: Tensor, pos: Tensor, nrm: Tensor, cams: Cameras, tol: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -242,8 +247,7 @@ def back_project(
     covered, pos, nrm = _texel_surface(vertices, faces, uv.to(dev), S)
     num = torch.zeros(pos.shape[0], 3, device=dev)
     den = torch.zeros(pos.shape[0], device=dev)
-    diag = float((vertices.amax(0) - vertices.amin(0)).norm())
-    tol = cfg.depth_tolerance * diag
+    tol = _world_tolerance(vertices, cfg.depth_tolerance)
     for s in range(0, len(cameras), cfg.views_per_batch):
         cams = cameras[s : s + cfg.views_per_batch].to(dev)
         rgb, alpha = render_fn(cams)
@@ -296,15 +300,21 @@ def _pad_gutter(tex: Tensor, covered: Tensor) -> Tensor:
 
 @torch.no_grad()
 def project_image(
-    mesh: TexturedMesh, rgb: Tensor, mask: Tensor, camera: Cameras, cfg: ReferenceProjectionConfig, tol: float
+    mesh: TexturedMesh,
+    rgb: Tensor,
+    mask: Tensor,
+    camera: Cameras,
+    cfg: ReferenceProjectionConfig,
+    depth_tolerance: float,
 ) -> tuple[TexturedMesh, float]:
     """``mesh`` with the image (``rgb`` (1, H, W, 3) on white, ``mask`` (1, H, W, 1)) painted onto the texels
     ``camera`` (one camera of H x W) sees, blended by :class:`ReferenceProjectionConfig`'s angle ramp and the
-    mask (the silhouette's edge and any surface outside it keep the bake). ``tol``: the depth test's, in world
-    units. Returns the mesh and the fraction of covered texels that took some of the image."""
+    mask (the silhouette's edge and any surface outside it keep the bake). ``depth_tolerance``: the depth test's, as a
+    fraction of the mesh's bounding-box diagonal (:class:`TextureConfig`'s). Returns the mesh and the fraction of covered texels that took some of the image."""
     dev = mesh.vertices.device
     S = mesh.texture.shape[0]
     covered, pos, nrm = _texel_surface(mesh.vertices, mesh.faces, mesh.uv, S)
+    tol = _world_tolerance(mesh.vertices, depth_tolerance)
     visible, xy, cos = _texel_views(mesh.vertices, mesh.faces, pos, nrm, camera.to(dev), tol)
     rgb, mask = rgb.to(dev).float(), mask.to(dev).float()
     premult = rgb - (1 - mask)  # rgb on white is colour * mask + (1 - mask)
