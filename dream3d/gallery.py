@@ -51,6 +51,7 @@ RUN_FILES = (
     "nerf.safetensors",
     "config.yaml",
     "metrics.json",
+    "reference.png",
     "generate.log",
 )
 SCORES = (  # score key, label, format (a format string, a function, or None for yes / no)

@@ -24,7 +24,7 @@ from .config import RunConfig, load_run_config
 from .configtools import dotted_keys, schema_at, to_plain, to_yaml
 from .devices import resolve_device
 from .guidance import RULES
-from .io import atomic_write_text
+from .io import atomic_path, atomic_write_text
 from .mesh.export import export_mesh
 from .mesh.texture import project_image
 from .representations import REPRESENTATIONS
@@ -60,16 +60,18 @@ def build_guidance(cfg: RunConfig, generator_seed: int | None = None):
         return rule(prior, cfg.guidance, generator=torch.Generator().manual_seed(seed))
 
 
-def build_guidance_and_reference(cfg: RunConfig, log=print) -> tuple:
+def build_guidance_and_reference(cfg: RunConfig, log=print, square: torch.Tensor | None = None) -> tuple:
     """The guidance rule and, for image-to-3D, the reference view the trainer fits: the input image as (rgb, mask)
     at ``reference.resolution``. A rule that reads the image itself (Zero123) gets it at the prior's own size, with
-    the reference camera."""
+    the reference camera. ``square`` is the input as :func:`run_reference` gives it (read from ``cfg.image`` if
+    not given)."""
     image_rule = RULES[cfg.guidance.method].needs_reference
     if image_rule and not cfg.image:  # before the prior loads, which takes minutes at a real model's size
         raise RunError(f"guidance.method={cfg.guidance.method} needs the input image: set image=IMG (--image)")
     reference, r = None, cfg.reference
-    if cfg.image:  # read once (at no less than twice the largest size a prior takes), resized for each reader
-        square = read_reference(cfg.image, max(r.resolution, 512), object_fraction=r.object_fraction)
+    if cfg.image:  # read once, resized for each reader
+        if square is None:
+            square = run_reference(cfg)
         reference = resize_reference(square, r.resolution)
         if not cfg.prompt.strip() and not image_rule:
             log("no prompt with the image: the other views get unconditional SDS")
@@ -79,6 +81,54 @@ def build_guidance_and_reference(cfg: RunConfig, log=print) -> tuple:
         rgb = reference[0] if size == r.resolution else resize_reference(square, size)[0]
         guidance.set_reference(rgb, r.elevation, r.azimuth, r.radius)
     return guidance, reference
+
+
+# The input image as a run reads it, saved in its folder: a square of RGB on white with the mask as alpha, 8 bits.
+# A resume and the mesh stage read this file, so an image replaced or moved since the run started changes nothing.
+REFERENCE_FILE = "reference.png"
+
+
+def run_reference(cfg: RunConfig, out_dir: str | None = None, resume: bool = False) -> torch.Tensor:
+    """The (1, 4, S, S) input square a run trains on. A fresh run reads ``cfg.image`` at no less than twice the
+    largest size a prior takes (S at most max(reference.resolution, 512)), rounded to the 8 bits that
+    :func:`save_reference` keeps, so its first sitting sees exactly what a resume reads back from REFERENCE_FILE."""
+    saved = os.path.join(out_dir, REFERENCE_FILE) if out_dir else None
+    if resume and saved and os.path.exists(saved):
+        return read_saved_reference(saved)
+    size = max(cfg.reference.resolution, 512)
+    square = read_reference(cfg.image, size, object_fraction=cfg.reference.object_fraction)
+    if resume:  # a run from before REFERENCE_FILE was saved: as its first sitting read it
+        return square
+    if square.shape[-1] > size:
+        square = torch.nn.functional.interpolate(
+            square, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return _to_8bit(square).float() / 255
+
+
+def _to_8bit(square: torch.Tensor) -> torch.Tensor:
+    return (square * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def save_reference(path: str, square: torch.Tensor) -> None:
+    """:func:`run_reference`'s square as an RGBA PNG (written to a temporary file, then renamed)."""
+    import imageio.v3 as iio
+
+    with atomic_path(path, suffix=".png") as tmp:
+        iio.imwrite(tmp, _to_8bit(square)[0].permute(1, 2, 0).numpy())
+
+
+def read_saved_reference(path: str) -> torch.Tensor:
+    """The square that :func:`save_reference` wrote, as the run read it."""
+    import imageio.v3 as iio
+
+    try:
+        pixels = np.asarray(iio.imread(path, plugin="pillow", mode="RGBA"))
+    except Exception:
+        raise RunError(
+            f"cannot read {path}, the input image as this run read it; delete it to read the run's image again"
+        ) from None
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255
 
 
 def describe_prior(prior) -> dict:
@@ -216,6 +266,7 @@ RUN_FILES = (
     "metrics.json",
     "checkpoint.pt",
     "config.yaml",
+    REFERENCE_FILE,
     *REPRESENTATION_FILES,
     "mesh.glb",
     "mesh.obj",
@@ -504,7 +555,8 @@ def generate(
             log(f"{out_dir} finished training; running its mesh stage (no training)")
             return finish_mesh(cfg, out_dir, log)
     t_start = time.time()
-    guidance, reference = build_guidance_and_reference(cfg, log)
+    square = run_reference(cfg, out_dir, resume) if cfg.image else None
+    guidance, reference = build_guidance_and_reference(cfg, log, square)
     for reader, key in guidance.prompt_readers() if cfg.prompt else []:
         if why := reader.outside_vocabulary(cfg.prompt):  # the embedded prior knows its world's words only
             log(f"warning: {why}; for other prompts give a real checkpoint with {key}=...")
@@ -515,6 +567,8 @@ def generate(
     previous = set_aside_run(out_dir) if overwrite else None
     try:
         os.makedirs(out_dir, exist_ok=True)
+        if square is not None and not resume:
+            save_reference(os.path.join(out_dir, REFERENCE_FILE), square)
         atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
         trainer = Trainer(cfg, cfg.prompt, out_dir, guidance=guidance, reference=reference, log=log)
         earlier = 0.0  # training time of earlier sittings, so total_seconds of a resumed run covers them too
@@ -638,7 +692,7 @@ def mesh_and_export(trainer, cfg: RunConfig, out_dir: str, files: dict) -> dict:
     t0 = time.time()
     for stale in glob.glob(os.path.join(out_dir, STAGING_PREFIX + "*")):  # left by a process killed in the stage
         shutil.rmtree(stale, ignore_errors=True)
-    mesh, mesh_info = extract_textured_mesh(trainer, cfg)
+    mesh, mesh_info = extract_textured_mesh(trainer, cfg, out_dir)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
         staged = export_mesh(
@@ -711,14 +765,21 @@ def save_representation(trainer, out_dir: str) -> dict:
     return trainer.model.save(out_dir)
 
 
-def extract_textured_mesh(trainer, cfg: RunConfig):
+def extract_textured_mesh(trainer, cfg: RunConfig, run_dir: str):
     """The mesh stage on the trained representation (each knows its own: a density grid, renders for colour);
     for image-to-3D, then the input image painted where its camera sees the mesh (mesh.reference_projection)."""
     mesh, info = trainer.model.extract_mesh(cfg.mesh)
-    if cfg.image and cfg.mesh.reference_projection.enabled and len(mesh.faces):
+    if not cfg.mesh.reference_projection.enabled:
+        return mesh, info
+    if not cfg.image:
+        info["reference_projected"] = "skipped: a text run has no input image"
+    elif not len(mesh.faces):
+        info["reference_projected"] = "skipped: the mesh is empty"
+    else:
         try:
-            mesh, info["reference_projected"] = paint_input_image(mesh, cfg)
+            mesh, info["reference_projected"] = paint_input_image(mesh, cfg, run_dir)
         except RunError as e:  # moved or spoiled since training: the bake from the renders stands on its own
+            info["reference_projected"] = f"skipped: {e}"
             warnings.warn(
                 f"the input image cannot be painted onto the mesh ({e}), so its texture comes from the renders "
                 "alone; put the image back to paint it (or pass mesh.reference_projection.enabled=false)",
@@ -727,10 +788,15 @@ def extract_textured_mesh(trainer, cfg: RunConfig):
     return mesh, info
 
 
-def paint_input_image(mesh, cfg: RunConfig):
-    """(mesh, fraction of its texels painted): the input image projected from the reference camera."""
+def paint_input_image(mesh, cfg: RunConfig, run_dir: str):
+    """(mesh, fraction of its texels painted): the input image projected from the reference camera. The image is
+    the one the run trained on (its REFERENCE_FILE; a run from before that file reads ``cfg.image``)."""
     r, rp = cfg.reference, cfg.mesh.reference_projection
-    rgb, mask = load_reference_image(cfg.image, rp.resolution, object_fraction=r.object_fraction)
+    saved = os.path.join(run_dir, REFERENCE_FILE)
+    if os.path.exists(saved):
+        rgb, mask = resize_reference(read_saved_reference(saved), rp.resolution)
+    else:
+        rgb, mask = load_reference_image(cfg.image, rp.resolution, object_fraction=r.object_fraction)
     camera = orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, rp.resolution, rp.resolution)
     return project_image(mesh, rgb, mask, camera, rp, cfg.mesh.texture.depth_tolerance)
 

@@ -187,6 +187,7 @@ def test_benchmark_runs_both_presets_scores_and_skips_finished_runs(bench, tiny_
         # preset's texture is the bake alone
         painted = metrics["mesh"].get("reference_projected")
         assert (0 < painted < 1) if preset == "zero123" else painted is None, painted
+        assert (run / "reference.png").is_file()  # the input as the run read it, which the mesh stage paints
         (r,) = report["results"][preset]
         assert r["prompt"] == prompt and r["held_out"] and 0 <= r["iou"] <= 1
         assert r["far_side_correct"] in (True, False) and r["far_side_margin_twin"] is not None

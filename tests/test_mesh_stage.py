@@ -640,37 +640,101 @@ def test_input_image_is_painted_where_its_camera_sees_the_surface(box_mesh):
         assert float(err.mean()) < 0.02 and float(err.max()) < 0.15, (axis, sign)  # none painted: mean ~0.2 at +X
 
 
-def test_mesh_stage_paints_the_input_image_and_goes_on_without_it(box_mesh, tmp_path):
-    """pipeline.extract_textured_mesh: an image run with mesh.reference_projection on paints its input onto the
-    mesh; if the input has been moved since training, the bake stands alone and a warning names the file and the
-    fix (a finished training is never lost to the mesh stage); text runs are never painted."""
+def test_surface_hidden_behind_another_part_keeps_the_bake():
+    """project_image's depth test: a wall behind a block faces the input camera squarely and lies inside the
+    image's mask (the block covers it there), so only the depth test keeps the block's colours off the wall."""
+    from dream3d.mesh.texture import ReferenceProjectionConfig, _texel_surface, project_image, render_albedo, unwrap_uv
+    from renderers.cameras import orbit_cameras
+
+    wall = trimesh.creation.box(extents=(1.6, 1.6, 0.1))
+    wall.apply_translation((0, 0, -0.5))
+    block = trimesh.creation.box(extents=(0.6, 0.6, 0.3))
+    block.apply_translation((0, 0, 0.3))
+    both = trimesh.util.concatenate([wall, block])
+    v, f, uv, _ = unwrap_uv(torch.tensor(both.vertices, dtype=torch.float32), torch.tensor(both.faces), 128)
+    grey = TexturedMesh(v, f, uv, torch.full((128, 128, 3), 0.5))
+    S = 128
+    cam = orbit_cameras(0.0, 0.0, 2.8, 45.0, S, S)  # on +Z, looking at the block in front of the wall
+    _, sil = render_albedo(grey, cam)
+    green = torch.tensor([0.1, 0.8, 0.2])
+    painted, _ = project_image(grey, green * sil + (1 - sil), sil, cam, ReferenceProjectionConfig(), 0.01)
+
+    covered, pos, nrm = _texel_surface(v, f, uv, 128)
+    tex = painted.texture[covered]
+    front_of_wall = (nrm[:, 2] > 0.99) & ((pos[:, 2] + 0.45).abs() < 1e-3) & (pos[:, :2].abs() < 0.75).all(-1)
+    # the wall texels whose ray to the camera passes through the block (slab test)
+    d = torch.nn.functional.normalize(cam.origins[0] - pos, dim=-1)
+    lo, hi = torch.tensor([-0.3, -0.3, 0.15]), torch.tensor([0.3, 0.3, 0.45])
+    inv = 1 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
+    t1, t2 = (lo - pos) * inv, (hi - pos) * inv
+    behind = (torch.minimum(t1, t2).amax(-1) < torch.maximum(t1, t2).amin(-1)) & front_of_wall
+    # away from the edge of the block's shadow on the wall (about 0.3 * 3.3 / 2.65 = 0.37 from the centre)
+    deep = behind & (pos[:, :2].abs() < 0.3).all(-1)
+    clear = front_of_wall & ~behind & (pos[:, :2].abs() > 0.45).any(-1)
+    assert deep.sum() > 200 and clear.sum() > 200, (deep.sum(), clear.sum())
+    assert float((tex[deep] - 0.5).abs().amax()) < 0.02  # hidden: the bake (without the depth test: green)
+    assert float((tex[clear] - green).abs().amax()) < 0.02  # seen squarely: the input
+    block_front = (nrm[:, 2] > 0.99) & ((pos[:, 2] - 0.45).abs() < 1e-3)
+    assert float((tex[block_front] - green).abs().amax(-1).median()) < 0.02
+
+
+def test_mesh_stage_paints_the_image_the_run_trained_on_and_goes_on_without_it(box_mesh, tmp_path):
+    """pipeline.extract_textured_mesh: an image run with mesh.reference_projection on paints the input it trained
+    on (RUN/reference.png) onto the mesh, where its camera sees it: a render from that camera shows the input. An
+    input image replaced since training changes nothing. A run without reference.png (made before it was saved)
+    reads its image; if that is spoiled or gone the bake stands alone, a warning names the file and the fix (a
+    finished training is never lost to the mesh stage) and metrics.json records why. Text runs are not painted."""
     import types
 
     import imageio.v3 as iio
 
     from dream3d.config import RunConfig
-    from dream3d.pipeline import extract_textured_mesh
+    from dream3d.mesh.texture import render_albedo
+    from dream3d.pipeline import REFERENCE_FILE, extract_textured_mesh, resize_reference, run_reference, save_reference
+    from renderers.cameras import orbit_cameras
 
     trainer = types.SimpleNamespace(model=types.SimpleNamespace(extract_mesh=lambda cfg: (box_mesh, {})))
     image = tmp_path / "input.png"
     rgba = np.zeros((64, 64, 4), np.uint8)
-    rgba[16:48, 16:48] = (20, 200, 40, 255)
+    rgba[12:52, 8:32] = (20, 200, 40, 255)  # left green, right yellow: a camera off by a mirror or a shift shows
+    rgba[12:52, 32:56] = (230, 200, 30, 255)
     iio.imwrite(image, rgba)
     cfg = RunConfig(prompt="", image=str(image))
-    cfg.reference.elevation, cfg.reference.azimuth = 0.0, 30.0
+    cfg.reference.elevation, cfg.reference.azimuth = 0.0, 0.0  # sees the box's +Z face only, squarely
     cfg.mesh.reference_projection.enabled = True
-    mesh, info = extract_textured_mesh(trainer, cfg)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_reference(str(run / REFERENCE_FILE), run_reference(cfg))
+    iio.imwrite(image, np.ascontiguousarray(rgba[:, ::-1]))  # replaced since training: not what is painted
+    mesh, info = extract_textured_mesh(trainer, cfg, str(run))
     assert 0 < info["reference_projected"] < 0.5
-    assert float((mesh.texture - box_mesh.texture).abs().amax()) > 0.3
+
+    S = cfg.mesh.reference_projection.resolution
+    want, mask = resize_reference(run_reference(cfg, str(run), resume=True), S)
+    r = cfg.reference
+    got, alpha = render_albedo(mesh, orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, S, S), (1, 1, 1))
+    core = torch.nn.functional.max_pool2d(-torch.minimum(alpha, mask).permute(0, 3, 1, 2), 9, 1, 4) < -0.5
+    seam = (torch.arange(S) - S / 2 + 0.5).abs() < 6
+    inner = core[0, 0] & ~seam[None, :]
+    assert inner.sum() > 0.1 * S * S
+    err = (got - want)[0].abs().amax(-1)[inner]
+    assert float(err.mean()) < 0.005 and float(torch.quantile(err, 0.95)) < 0.01  # a camera 12° off: mean 0.04
+
+    (run / REFERENCE_FILE).unlink()  # an older run: its image is read (now the mirrored one)
+    mesh, _ = extract_textured_mesh(trainer, cfg, str(run))
+    got_old, _ = render_albedo(mesh, orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, S, S), (1, 1, 1))
+    assert float((got_old - want)[0].abs().amax(-1)[inner].mean()) > 0.2  # green and yellow swapped
 
     image.write_bytes(b"not an image")  # spoiled, then gone: the mesh stage goes on with the bake
     for _ in range(2):
         with pytest.warns(UserWarning, match=r"input\.png.*renders alone.*reference_projection\.enabled=false"):
-            mesh, info = extract_textured_mesh(trainer, cfg)
-        assert "reference_projected" not in info and torch.equal(mesh.texture, box_mesh.texture)
+            mesh, info = extract_textured_mesh(trainer, cfg, str(run))
+        assert info["reference_projected"].startswith("skipped: ") and "input.png" in info["reference_projected"]
+        assert torch.equal(mesh.texture, box_mesh.texture)
         image.unlink(missing_ok=True)
 
     text = RunConfig(prompt="a green box")
     text.mesh.reference_projection.enabled = True
-    mesh, info = extract_textured_mesh(trainer, text)
-    assert "reference_projected" not in info and torch.equal(mesh.texture, box_mesh.texture)
+    mesh, info = extract_textured_mesh(trainer, text, str(run))
+    assert info["reference_projected"] == "skipped: a text run has no input image"
+    assert torch.equal(mesh.texture, box_mesh.texture)

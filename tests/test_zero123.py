@@ -506,6 +506,39 @@ def test_generate_with_an_image_and_a_tiny_zero123_runs_end_to_end(tiny_zero123,
     assert RULES["zero123"] is Zero123SDS
 
 
+def test_an_image_run_keeps_the_input_it_read_and_resumes_exactly_from_it(tiny_zero123, tmp_path):
+    """A fresh image run saves the input as it read it (RUN/reference.png); a resume trains on that file, so an
+    input image replaced in between changes nothing: the resumed run ends bit for bit as one run straight through."""
+    import imageio.v3 as iio
+
+    from dream3d.config import load_run_config
+    from dream3d.pipeline import REFERENCE_FILE, generate, run_reference
+
+    rgb, _ = _cubes(1, 64)
+    img = np.concatenate([rgb[0].numpy(), (rgb[0].min(-1, keepdim=True).values < 0.99).numpy()], -1)
+    image = tmp_path / "cube.png"
+    iio.imwrite(image, (img * 255).astype(np.uint8))
+    overrides = TINY_RUN + [
+        f"guidance.prior.model={tiny_zero123}",
+        "guidance.prior.device=cpu",
+        "train.device=cpu",
+        "output.mesh=false",
+    ]
+    cfg = lambda: load_run_config("zero123", overrides, {"image": str(image)})  # noqa: E731
+    quiet = dict(log=lambda m: None)
+    generate(cfg(), str(tmp_path / "whole"), **quiet)
+    generate(cfg(), str(tmp_path / "parts"), stop_after=2, **quiet)
+    saved = tmp_path / "parts" / REFERENCE_FILE
+    torch.testing.assert_close(run_reference(cfg(), str(tmp_path / "parts"), resume=True), run_reference(cfg()))
+    assert iio.imread(saved).shape[-1] == 4  # the mask as alpha
+
+    iio.imwrite(image, (img[:, ::-1] * 255).astype(np.uint8))  # replaced between the sittings
+    generate(cfg(), str(tmp_path / "parts"), resume=True, **quiet)
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["model"] for r in ("whole", "parts"))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (tmp_path / "whole" / REFERENCE_FILE).read_bytes() == saved.read_bytes()
+
+
 def test_image_preset_is_zero123_once_the_embedded_one_is_shipped(tiny_zero123, monkeypatch):
     import dream3d.config as config
 
