@@ -34,7 +34,7 @@ from dream3d.evaluate import EvalConfig, default_classifier  # noqa: E402
 from dream3d.io import atomic_write_text  # noqa: E402
 from dream3d.pipeline import remesh  # noqa: E402
 
-COPIED = ("checkpoint.pt", "config.yaml", "metrics.json", "gaussians.ply", "generate.log")
+COPIED = ("checkpoint.pt", "config.yaml", "metrics.json", "reference.png", "gaussians.ply", "generate.log")
 
 
 def finished_runs(root: str) -> list[tuple[str, str]]:

@@ -88,17 +88,17 @@ def build_guidance_and_reference(cfg: RunConfig, log=print, square: torch.Tensor
 REFERENCE_FILE = "reference.png"
 
 
-def run_reference(cfg: RunConfig, out_dir: str | None = None, resume: bool = False) -> torch.Tensor:
-    """The (1, 4, S, S) input square a run trains on. A fresh run reads ``cfg.image`` at no less than twice the
-    largest size a prior takes (S at most max(reference.resolution, 512)), rounded to the 8 bits that
-    :func:`save_reference` keeps, so its first sitting sees exactly what a resume reads back from REFERENCE_FILE."""
+def run_reference(cfg: RunConfig, out_dir: str | None = None, resume: bool = False, log=print) -> torch.Tensor:
+    """The (1, 4, S, S) input square a run trains on. A resume reads the run's REFERENCE_FILE. A fresh run reads
+    ``cfg.image`` at no less than twice the largest size a prior takes (S at most max(reference.resolution, 512)),
+    rounded to the 8 bits that :func:`save_reference` keeps, so its first sitting sees exactly what a resume reads."""
     saved = os.path.join(out_dir, REFERENCE_FILE) if out_dir else None
     if resume and saved and os.path.exists(saved):
         return read_saved_reference(saved)
+    if resume:  # a run from before REFERENCE_FILE was saved, or one whose file was deleted
+        log(f"{saved} is missing: reading {cfg.image} again (the resume is exact only if it is unchanged)")
     size = max(cfg.reference.resolution, 512)
     square = read_reference(cfg.image, size, object_fraction=cfg.reference.object_fraction)
-    if resume:  # a run from before REFERENCE_FILE was saved: as its first sitting read it
-        return square
     if square.shape[-1] > size:
         square = torch.nn.functional.interpolate(
             square, size=(size, size), mode="bilinear", antialias=True, align_corners=False
@@ -124,9 +124,12 @@ def read_saved_reference(path: str) -> torch.Tensor:
 
     try:
         pixels = np.asarray(iio.imread(path, plugin="pillow", mode="RGBA"))
+        if pixels.shape[0] != pixels.shape[1] or pixels[..., 3].min() == 255:
+            raise ValueError("not a square with a transparent background")
     except Exception:
         raise RunError(
-            f"cannot read {path}, the input image as this run read it; delete it to read the run's image again"
+            f"cannot read {path}, the input image as this run read it (a square RGBA PNG with a transparent "
+            "background); delete it to read the run's image again"
         ) from None
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255
 
@@ -555,7 +558,7 @@ def generate(
             log(f"{out_dir} finished training; running its mesh stage (no training)")
             return finish_mesh(cfg, out_dir, log)
     t_start = time.time()
-    square = run_reference(cfg, out_dir, resume) if cfg.image else None
+    square = run_reference(cfg, out_dir, resume, log) if cfg.image else None
     guidance, reference = build_guidance_and_reference(cfg, log, square)
     for reader, key in guidance.prompt_readers() if cfg.prompt else []:
         if why := reader.outside_vocabulary(cfg.prompt):  # the embedded prior knows its world's words only
@@ -567,9 +570,9 @@ def generate(
     previous = set_aside_run(out_dir) if overwrite else None
     try:
         os.makedirs(out_dir, exist_ok=True)
-        if square is not None and not resume:
+        atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))  # first: it marks a run's folder
+        if square is not None and (not resume or not os.path.exists(os.path.join(out_dir, REFERENCE_FILE))):
             save_reference(os.path.join(out_dir, REFERENCE_FILE), square)
-        atomic_write_text(os.path.join(out_dir, "config.yaml"), to_yaml(cfg))
         trainer = Trainer(cfg, cfg.prompt, out_dir, guidance=guidance, reference=reference, log=log)
         earlier = 0.0  # training time of earlier sittings, so total_seconds of a resumed run covers them too
         if resume:
@@ -782,7 +785,8 @@ def extract_textured_mesh(trainer, cfg: RunConfig, run_dir: str):
             info["reference_projected"] = f"skipped: {e}"
             warnings.warn(
                 f"the input image cannot be painted onto the mesh ({e}), so its texture comes from the renders "
-                "alone; put the image back to paint it (or pass mesh.reference_projection.enabled=false)",
+                f"alone; to paint it, fix that and run {mesh_command(run_dir)} (or pass "
+                "mesh.reference_projection.enabled=false)",
                 stacklevel=2,
             )
     return mesh, info

@@ -720,6 +720,13 @@ def test_mesh_stage_paints_the_image_the_run_trained_on_and_goes_on_without_it(b
     err = (got - want)[0].abs().amax(-1)[inner]
     assert float(err.mean()) < 0.005 and float(torch.quantile(err, 0.95)) < 0.01  # a camera 12° off: mean 0.04
 
+    kept = (run / REFERENCE_FILE).read_bytes()
+    (run / REFERENCE_FILE).write_bytes(b"spoiled")  # the bake stands; the warning names the file and the retry
+    with pytest.warns(UserWarning, match=r"reference\.png.*delete it.*renders alone.*dream3d mesh .*run"):
+        mesh, info = extract_textured_mesh(trainer, cfg, str(run))
+    assert torch.equal(mesh.texture, box_mesh.texture) and info["reference_projected"].startswith("skipped: ")
+    (run / REFERENCE_FILE).write_bytes(kept)
+
     (run / REFERENCE_FILE).unlink()  # an older run: its image is read (now the mirrored one)
     mesh, _ = extract_textured_mesh(trainer, cfg, str(run))
     got_old, _ = render_albedo(mesh, orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, S, S), (1, 1, 1))

@@ -508,16 +508,22 @@ def test_generate_with_an_image_and_a_tiny_zero123_runs_end_to_end(tiny_zero123,
 
 def test_an_image_run_keeps_the_input_it_read_and_resumes_exactly_from_it(tiny_zero123, tmp_path):
     """A fresh image run saves the input as it read it (RUN/reference.png); a resume trains on that file, so an
-    input image replaced in between changes nothing: the resumed run ends bit for bit as one run straight through."""
+    input image replaced in between changes nothing: the resumed run ends bit for bit as one run straight through.
+    The input is larger than the 512 px kept, with soft edges, so the first sitting must train on the
+    resized, 8-bit square that the file holds. A spoiled file stops the resume and names itself."""
     import imageio.v3 as iio
 
     from dream3d.config import load_run_config
-    from dream3d.pipeline import REFERENCE_FILE, generate, run_reference
+    from dream3d.pipeline import REFERENCE_FILE, RunError, generate, read_reference, run_reference
 
-    rgb, _ = _cubes(1, 64)
-    img = np.concatenate([rgb[0].numpy(), (rgb[0].min(-1, keepdim=True).values < 0.99).numpy()], -1)
+    rgb, _ = _cubes(1, 200)
+    alpha = torch.nn.functional.avg_pool2d((rgb[0].min(-1).values < 0.99).float()[None], 5, 1, 2)[0, ..., None]
+    img = torch.nn.functional.interpolate(
+        torch.cat([rgb[0], alpha], -1).permute(2, 0, 1)[None], size=(700, 700), mode="bilinear"
+    )[0].permute(1, 2, 0)
+    img = img.clamp(0, 1).numpy()
     image = tmp_path / "cube.png"
-    iio.imwrite(image, (img * 255).astype(np.uint8))
+    iio.imwrite(image, (img * 255).round().astype(np.uint8))
     overrides = TINY_RUN + [
         f"guidance.prior.model={tiny_zero123}",
         "guidance.prior.device=cpu",
@@ -529,14 +535,34 @@ def test_an_image_run_keeps_the_input_it_read_and_resumes_exactly_from_it(tiny_z
     generate(cfg(), str(tmp_path / "whole"), **quiet)
     generate(cfg(), str(tmp_path / "parts"), stop_after=2, **quiet)
     saved = tmp_path / "parts" / REFERENCE_FILE
-    torch.testing.assert_close(run_reference(cfg(), str(tmp_path / "parts"), resume=True), run_reference(cfg()))
-    assert iio.imread(saved).shape[-1] == 4  # the mask as alpha
+    kept = run_reference(cfg(), str(tmp_path / "parts"), resume=True)
+    torch.testing.assert_close(kept, run_reference(cfg()), rtol=0, atol=0)
+    assert kept.shape[-1] == 512 and iio.imread(saved).shape == (512, 512, 4)  # the mask as alpha
+    raw = read_reference(str(image), 512, object_fraction=cfg().reference.object_fraction)
+    resized = torch.nn.functional.interpolate(raw, size=(512, 512), mode="bilinear", antialias=True)
+    assert raw.shape[-1] > 512 and 0 < float((kept - resized).abs().amax()) <= 0.5 / 255 + 1e-6  # rounded to 8 bits
 
     iio.imwrite(image, (img[:, ::-1] * 255).astype(np.uint8))  # replaced between the sittings
     generate(cfg(), str(tmp_path / "parts"), resume=True, **quiet)
     a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["model"] for r in ("whole", "parts"))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (tmp_path / "whole" / REFERENCE_FILE).read_bytes() == saved.read_bytes()
+
+    # killed just after saving the file (config.yaml is written first, so the folder is still known as a run's)
+    import dream3d.pipeline as pipeline
+
+    def save_then_die(*a, save=pipeline.save_reference):
+        save(*a)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "save_reference", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            generate(cfg(), str(tmp_path / "spoiled"), **quiet)
+    generate(cfg(), str(tmp_path / "spoiled"), overwrite=True, stop_after=2, **quiet)
+    (tmp_path / "spoiled" / REFERENCE_FILE).write_bytes(b"spoiled")
+    with pytest.raises(RunError, match=r"cannot read .*spoiled/reference\.png.*delete it"):
+        generate(cfg(), str(tmp_path / "spoiled"), resume=True, **quiet)
 
 
 def test_image_preset_is_zero123_once_the_embedded_one_is_shipped(tiny_zero123, monkeypatch):

@@ -87,7 +87,7 @@ class ReferenceProjectionConfig:
     grazing. Only runs with an input image use it."""
 
     enabled: bool = False
-    resolution: int = 256  # the input is read at this size
+    resolution: int = 256  # the input is resized to this (from the run's reference.png, at most 512 px)
     cos_start: float = 0.3  # weight 0 at this cosine between the surface normal and the direction to the camera,
     cos_full: float = 0.6  # rising to 1 (the input's colour alone) at this one
 
