@@ -79,6 +79,29 @@ def _tiny(root):
     )
 
 
+def test_an_out_folder_of_other_files_is_refused_before_training_and_a_model_folder_is_replaced(tmp_path):
+    """Training replaces --out whole when it ends: a folder of someone's files is refused at the start (it was
+    deleted at the end, after the training), a file too; an earlier model there is replaced."""
+    from dream3d.errors import UserError
+
+    cfg = _tiny(tmp_path)
+    (tmp_path / "prior").mkdir()
+    (tmp_path / "prior" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds files but no model.*new or empty folder"):
+        train_prior(cfg, log=lambda m: None)
+    assert (tmp_path / "prior" / "notes.txt").read_text() == "mine" and not (tmp_path / "work").exists()
+    (tmp_path / "prior" / "notes.txt").unlink()
+    train_prior(cfg, log=lambda m: None)  # an empty folder takes the model
+    assert (tmp_path / "prior" / "model_index.json").is_file()
+    cfg.unet_steps, cfg.work_dir = 5, str(tmp_path / "work2")  # a model folder is replaced by the next training
+    train_prior(cfg, log=lambda m: None)
+    assert json.loads((tmp_path / "prior" / "training.json").read_text())["config"]["unet_steps"] == 5
+    (tmp_path / "file").write_text("x")
+    cfg.out = str(tmp_path / "file")
+    with pytest.raises(UserError, match="is a file"):
+        train_prior(cfg, log=lambda m: None)
+
+
 def test_tiny_training_resumes_exactly_as_an_uninterrupted_run(tmp_path):
     from safetensors.torch import load_file
 

@@ -20,6 +20,20 @@ from tqdm.auto import tqdm
 from ..io import atomic_save_torch
 
 
+def check_model_out(out: str) -> None:
+    """Refuse an output folder whose files the finished training would lose: it replaces ``out`` whole, which is
+    right for an earlier model of its own (a diffusers folder: model_index.json) and wrong for anything else."""
+    from ..errors import UserError
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file; give a folder for the model")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "model_index.json")):
+        raise UserError(
+            f"--out {out} holds files but no model (no model_index.json), and training replaces the folder whole "
+            "when it ends: give a new or empty folder, or a model folder to replace"
+        )
+
+
 class Stop(Exception):
     """The step budget of this sitting is spent (``stop_after``): the checkpoint on disk is where to resume."""
 
@@ -61,6 +75,7 @@ class ResumableTraining:
 
     def __init__(self, cfg, log=print):
         self.cfg, self.log = cfg, log
+        check_model_out(cfg.out)  # before hours of training, not at their end
         os.makedirs(cfg.work_dir, exist_ok=True)
         self.ckpt_path = os.path.join(cfg.work_dir, "checkpoint.pt")
         self.g = torch.Generator().manual_seed(cfg.seed)
