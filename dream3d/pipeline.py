@@ -342,13 +342,11 @@ def clear_run(out_dir: str) -> None:
     """Delete a run's files from its folder: only the names a run writes (val/step_*.png in val/), and the mesh
     stage's staging folders."""
     import glob
-    import shutil
 
     for path in [os.path.join(out_dir, n) for n in RUN_FILES] + glob.glob(os.path.join(out_dir, "val", "step_*.png")):
         if os.path.isfile(path):
             os.remove(path)
-    for staging in glob.glob(os.path.join(out_dir, STAGING_PREFIX + "*")):
-        shutil.rmtree(staging, ignore_errors=True)
+    remove_staging(out_dir)
     try:
         os.rmdir(os.path.join(out_dir, "val"))
     except OSError:  # absent, or holds something that is not ours
@@ -688,13 +686,11 @@ def mesh_and_export(trainer, cfg: RunConfig, out_dir: str, files: dict) -> dict:
     The files are written into a hidden folder in ``out_dir`` and moved into place only once all of them exist,
     so a stage that fails or is stopped part-way (in the turntable, say) leaves the run's earlier mesh files as
     a complete set, matching its metrics.json."""
-    import glob
     import shutil
     import tempfile
 
     t0 = time.time()
-    for stale in glob.glob(os.path.join(out_dir, STAGING_PREFIX + "*")):  # left by a process killed in the stage
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_staging(out_dir)  # left by a process killed in the stage
     mesh, mesh_info = extract_textured_mesh(trainer, cfg, out_dir)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
@@ -718,6 +714,15 @@ def mesh_and_export(trainer, cfg: RunConfig, out_dir: str, files: dict) -> dict:
 
 # The hidden folder in a run folder where the mesh stage writes its files before moving them into place.
 STAGING_PREFIX = ".mesh-stage-"
+
+
+def remove_staging(out_dir: str) -> None:
+    """Delete the mesh stage's hidden folders in ``out_dir`` (only a stage that is not running leaves one)."""
+    import glob
+    import shutil
+
+    for staging in glob.glob(os.path.join(out_dir, STAGING_PREFIX + "*")):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remesh(run_dir: str, overrides: list[str] | None = None, log=print) -> dict:
