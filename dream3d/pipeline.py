@@ -802,10 +802,15 @@ def paint_input_image(mesh, cfg: RunConfig, run_dir: str):
     the one the run trained on (its REFERENCE_FILE; a run from before that file reads ``cfg.image``)."""
     r, rp = cfg.reference, cfg.mesh.reference_projection
     saved = os.path.join(run_dir, REFERENCE_FILE)
-    if os.path.exists(saved):
-        rgb, mask = resize_reference(read_saved_reference(saved), rp.resolution)
-    else:
-        rgb, mask = load_reference_image(cfg.image, rp.resolution, object_fraction=r.object_fraction)
+    if not os.path.exists(saved):  # an older run, or the file deleted: the image as it is now, kept for later meshes
+        square = run_reference(cfg)
+        warnings.warn(
+            f"{saved} is missing: painting {cfg.image} as it is now (saved as {REFERENCE_FILE}); if that image "
+            "changed since training, the paint is misaligned: pass mesh.reference_projection.enabled=false",
+            stacklevel=2,
+        )
+        save_reference(saved, square)
+    rgb, mask = resize_reference(read_saved_reference(saved), rp.resolution)
     camera = orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, rp.resolution, rp.resolution)
     return project_image(mesh, rgb, mask, camera, rp, cfg.mesh.texture.depth_tolerance)
 

@@ -727,8 +727,11 @@ def test_mesh_stage_paints_the_image_the_run_trained_on_and_goes_on_without_it(b
     assert torch.equal(mesh.texture, box_mesh.texture) and info["reference_projected"].startswith("skipped: ")
     (run / REFERENCE_FILE).write_bytes(kept)
 
-    (run / REFERENCE_FILE).unlink()  # an older run: its image is read (now the mirrored one)
-    mesh, _ = extract_textured_mesh(trainer, cfg, str(run))
+    (run / REFERENCE_FILE).unlink()  # an older run: its image is read (now the mirrored one), with a warning,
+    with pytest.warns(UserWarning, match=r"reference\.png is missing: painting .*input\.png as it is now"):
+        mesh, _ = extract_textured_mesh(trainer, cfg, str(run))
+    assert (run / REFERENCE_FILE).is_file()  # and kept, so later meshes paint the same
+    (run / REFERENCE_FILE).unlink()
     got_old, _ = render_albedo(mesh, orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, S, S), (1, 1, 1))
     assert float((got_old - want)[0].abs().amax(-1)[inner].mean()) > 0.2  # green and yellow swapped
 
