@@ -44,6 +44,18 @@ def _generate(args) -> None:
         print(to_yaml(cfg), end="")
         return
     if not cfg.prompt.strip() and not cfg.image:  # what to make is asked for before where to put it
+        started = os.path.join(args.output or "", "config.yaml")
+        if args.resume and os.path.isfile(started):
+            import yaml
+
+            with open(started) as fh:
+                run = yaml.safe_load(fh) or {}
+            given = [f"--image {run['image']}"] if run.get("image") else []
+            given += [repr(run["prompt"])] if run.get("prompt") else []
+            raise UserError(
+                f"--resume continues the run in {args.output} as it was started: give {' and '.join(given) or 'its prompt'}"
+                f" again (see {started})"
+            )
         raise UserError('the prompt is empty: say what to make, e.g. dream3d generate "a red cube" -o out/red_cube')
     if not args.output:
         raise UserError("give an output folder with -o DIR")

@@ -407,6 +407,13 @@ def test_generate_asks_for_the_prompt_before_the_folder_and_shows_o_as_required(
     assert " -o DIR " in " ".join(usage.split()) and "[-o" not in usage, usage
 
 
+def test_resume_without_the_runs_image_names_what_to_give(tmp_path):
+    """An image run resumed without --image is told to give it (and its prompt), not that the prompt is empty."""
+    (tmp_path / "config.yaml").write_text("prompt: a green mug\nimage: /photos/mug.png\n")
+    r = run("generate", "-o", str(tmp_path), "--resume")
+    assert r.returncode == 2 and "--image /photos/mug.png and 'a green mug' again" in r.stderr, r.stderr
+
+
 def test_generate_help_lists_the_shape_worlds_words():
     from dream3d.world.shapes import COLORS, SHAPES
 
