@@ -100,9 +100,7 @@ def run_reference(cfg: RunConfig, out_dir: str | None = None, resume: bool = Fal
     size = max(cfg.reference.resolution, 512)
     square = read_reference(cfg.image, size, object_fraction=cfg.reference.object_fraction)
     if square.shape[-1] > size:
-        square = torch.nn.functional.interpolate(
-            square, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
+        square = _resize_square(square, size)
     return _to_8bit(square).float() / 255
 
 
@@ -249,9 +247,12 @@ def _read_pixels(path: str) -> np.ndarray:
 
 def resize_reference(chw: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(rgb, mask) of :func:`read_reference`'s square at ``size`` pixels (antialiased)."""
-    chw = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    out = chw[0].permute(1, 2, 0)
+    out = _resize_square(chw, size)[0].permute(1, 2, 0)
     return out[None, ..., :3].clamp(0, 1), out[None, ..., 3:].clamp(0, 1)
+
+
+def _resize_square(chw: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def _pad_centred(chw: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
@@ -802,7 +803,9 @@ def paint_input_image(mesh, cfg: RunConfig, run_dir: str):
     the one the run trained on (its REFERENCE_FILE; a run from before that file reads ``cfg.image``)."""
     r, rp = cfg.reference, cfg.mesh.reference_projection
     saved = os.path.join(run_dir, REFERENCE_FILE)
-    if not os.path.exists(saved):  # an older run, or the file deleted: the image as it is now, kept for later meshes
+    if os.path.exists(saved):
+        square = read_saved_reference(saved)
+    else:  # an older run, or the file deleted: the image as it is now, kept for later meshes
         square = run_reference(cfg)
         warnings.warn(
             f"{saved} is missing: painting {cfg.image} as it is now (saved as {REFERENCE_FILE}); if that image "
@@ -810,7 +813,7 @@ def paint_input_image(mesh, cfg: RunConfig, run_dir: str):
             stacklevel=2,
         )
         save_reference(saved, square)
-    rgb, mask = resize_reference(read_saved_reference(saved), rp.resolution)
+    rgb, mask = resize_reference(square, rp.resolution)
     camera = orbit_cameras(r.elevation, r.azimuth, r.radius, r.fov_y, rp.resolution, rp.resolution)
     return project_image(mesh, rgb, mask, camera, rp, cfg.mesh.texture.depth_tolerance)
 
