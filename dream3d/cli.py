@@ -126,7 +126,10 @@ def _zero123_eval(args) -> None:
 def _prior_eval(args) -> None:
     if args.kind != "zero123" and (args.views is not None or args.objects):
         raise UserError("--views and --objects choose zero123's novel views: add --kind zero123")
+    if args.kind == "zero123" and args.per_prompt is not None:
+        raise UserError("--per-prompt counts the text prior's samples; zero123 draws --views per object instead")
     args.views = 8 if args.views is None else args.views
+    args.per_prompt = 4 if args.per_prompt is None else args.per_prompt
     if args.views < 1 or args.per_prompt < 1 or not 1 <= args.steps <= 1000:
         raise UserError(
             "--views and --per-prompt must be at least 1 and --steps between 1 and 1000 (the training timesteps); "
@@ -258,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="zero123: novel views of every world object from a front-ish camera against the true renders (PSNR, "
         "mask IoU, the classifier's colour and shape), held-out objects reported apart",
     )
-    e.add_argument("--per-prompt", type=int, default=4)
+    e.add_argument("--per-prompt", type=int, help="text: samples per prompt (default 4)")
     e.add_argument("--views", type=int, help="zero123: views per object, evenly around it (default 8)")
     e.add_argument(
         "--objects",
@@ -366,7 +369,7 @@ def _how_to_continue(args) -> str:
         return "; run the same command to continue"
     if args.command != "generate":
         return ""
-    from .pipeline import mesh_error
+    from .pipeline import mesh_command, mesh_error
 
     out = args.output or ""
     if not os.path.exists(os.path.join(out, "checkpoint.pt")):
@@ -380,6 +383,8 @@ def _how_to_continue(args) -> str:
             f" before the first checkpoint: the earlier run in {out} is back as it was; run the same command to start "
             "over, or --resume with that run's own settings to continue it"
         )
+    if mesh_error(out) is not None:  # trained; stopped in the mesh stage (the pipeline logged the same command)
+        return f" in the mesh stage; the trained run in {out} is kept: finish it with {mesh_command(out)}"
     return f"; the checkpoint in {args.output} is where training continues: run the same command with --resume" + (
         " in place of --overwrite" if args.overwrite else ""
     )

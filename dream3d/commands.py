@@ -168,7 +168,10 @@ def add_generate_and_ablate(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the unfinished run in the output folder (same settings)"
     )
     again.add_argument(
-        "--overwrite", action="store_true", help="start again even if the output folder holds a run (deletes its files)"
+        "--overwrite",
+        action="store_true",
+        help="start again even if the output folder holds a run (its files are deleted once the new run's first "
+        "checkpoint is written; until then, a failure or Ctrl-C puts them back)",
     )
     g.add_argument("--stop-after", type=int, help="stop after this many steps, leaving a checkpoint for --resume")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -166,9 +166,15 @@ def read_reference(
     (4000 x 3000) is cropped before it becomes float and is never held at full size more than once."""
     if not os.path.exists(path):
         raise RunError(f"input image {path!r} does not exist")
+    if os.path.isdir(path):
+        raise RunError(f"input image {path!r} is a folder: give one image file in it")
     try:
         img = _read_pixels(path)
-    except Exception:  # imageio raises many types for unreadable files, with advice to install plugins we do not use
+    except (
+        Exception
+    ) as e:  # imageio raises many types for unreadable files, with advice to install plugins we do not use
+        if "truncated" in str(e):  # Pillow knew the format, and the data ended early
+            raise RunError(f"cannot read image {path!r}: the file is cut short ({e}); copy or save it again") from None
         raise RunError(
             f"cannot read image {path!r}: it is not a still image in a format dream3d reads "
             f"({', '.join(IMAGE_FORMATS)})"
@@ -179,7 +185,7 @@ def read_reference(
         img = np.concatenate([np.repeat(img[..., :1], 3, -1), img[..., 1:]], -1)
     if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 8:
         raise RunError(f"image {path!r} has shape {img.shape}; need an RGB or RGBA image of at least 8x8 pixels")
-    scale = 65535.0 if img.dtype == np.uint16 else 1.0 if img.dtype.kind == "f" else 255.0
+    scale = _full_scale(img, path)
     if img.shape[-1] == 4:
         foreground = img[..., 3] > scale / 2
     else:
@@ -191,6 +197,12 @@ def read_reference(
     if foreground.sum() < 4:
         raise RunError(
             f"image {path!r} has no foreground: give an RGBA image with the object opaque, or a white background"
+        )
+    if object_fraction is None and (coverage := float(foreground.mean())) < 0.01:
+        warnings.warn(
+            f"the object in {path} covers {coverage:.2%} of the image: at the training resolution it is a few "
+            "pixels. Pass reference.object_fraction=0.6 to crop the image to the object (it then fills 60 % of it)",
+            stacklevel=2,
         )
     border = np.concatenate([foreground[0], foreground[-1], foreground[:, 0], foreground[:, -1]])
     if border.mean() > 0.5:  # the object would be the whole frame: a photo's background, an opaque alpha
@@ -226,6 +238,24 @@ def read_reference(
     # A non-square image is padded with background to a centred square (stretching would distort the object).
     h, w = chw.shape[-2:]
     return _pad_centred(chw, max(w - h, 0), max(h - w, 0))
+
+
+def _full_scale(img: np.ndarray, path: str) -> float:
+    """The pixel value of full white: 255 for 8 bits, 65535 for 16; a 32-bit integer image (Pillow's "I", as some
+    16-bit files open) by its largest value; floating point must lie in 0-1."""
+    top = float(img.max())
+    if img.dtype == np.uint8:
+        return 255.0
+    if img.dtype == np.uint16:
+        return 65535.0
+    if img.dtype.kind in "iu" and img.min() >= 0 and top <= 65535:
+        return 255.0 if top <= 255 else 65535.0
+    if img.dtype.kind == "f" and np.isfinite(img).all() and img.min() >= 0 and top <= 1:
+        return 1.0
+    raise RunError(
+        f"image {path!r} holds {img.dtype} pixels from {img.min()} to {top:g}: dream3d reads 8- and 16-bit images "
+        "and floating point in 0-1. Save it as an 8-bit PNG"
+    )
 
 
 # Pillow modes read as another: a palette keeps its transparency, CMYK's K is not alpha, 1-bit is not boolean.
@@ -453,8 +483,24 @@ def config_changes(cfg: RunConfig, path: str, ignore: tuple[str, ...] = ()) -> l
         for k in ("image", "guidance.prior.model", "guidance.text_prior.model"):
             if isinstance(d.get(k), str) and os.path.exists(d[k]):
                 d[k] = os.path.realpath(d[k])
+    if before.get("image") != now.get("image") and is_runs_input(cfg, os.path.dirname(path)):
+        now["image"] = before["image"]  # the run's input moved or copied: the run reads its own copy anyway
     keys = [k for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k) and not k.startswith(ignore)]
     return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys]
+
+
+def is_runs_input(cfg: RunConfig, run_dir: str) -> bool:
+    """Whether ``cfg.image`` reads as the square the run in ``run_dir`` saved (its REFERENCE_FILE): the same input
+    under another path. A run whose image was moved is then resumed with the new path, not refused."""
+    saved = os.path.join(run_dir, REFERENCE_FILE)
+    if not (cfg.image and os.path.isfile(cfg.image) and os.path.exists(saved)):
+        return False
+    try:
+        with warnings.catch_warnings():  # (read again only to compare: its warnings were given when the run started)
+            warnings.simplefilter("ignore")
+            return torch.equal(run_reference(cfg), read_saved_reference(saved))
+    except RunError:
+        return False
 
 
 # Settings a resumed run may change: they do not touch what each step does (schedules that follow train.steps
@@ -622,7 +668,10 @@ def write_metrics(run_dir: str, metrics: dict) -> None:
 
 def _retry_hints(error: BaseException, cfg: RunConfig) -> list[str]:
     """Overrides that make a retry likelier to succeed; only for out-of-memory errors, where they help."""
-    oom = isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(error).lower()
+    said = str(error).lower()
+    oom = isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or any(
+        words in said for words in ("out of memory", "can't allocate memory", "cannot allocate memory")
+    )  # (CUDA's words, then torch's CPU allocator's)
     if not oom:
         return []
     hints = []

@@ -150,6 +150,19 @@ def test_recentring_puts_the_object_in_the_middle_at_the_asked_size(tmp_path):
     assert abs(float(xs.float().mean()) - 37) < 1 and abs(float(ys.float().mean()) - 7) < 1
 
 
+def test_a_tiny_object_is_warned_about_naming_the_crop(tmp_path):
+    img = np.zeros((200, 200, 4), np.uint8)
+    img[100:110, 50:60] = (0, 200, 0, 255)  # 0.25 % of the frame
+    path = _png(tmp_path / "far.png", img)
+    with pytest.warns(UserWarning, match=r"covers 0\.25% .*reference\.object_fraction=0\.6"):
+        load_reference_image(path, 64)
+    img[100:130, 50:80] = (0, 200, 0, 255)  # 2.25 %: no warning, nor with the crop asked for
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_reference_image(_png(tmp_path / "near.png", img), 64)
+        load_reference_image(path, 64, object_fraction=0.6)
+
+
 def test_a_large_image_is_box_filtered_first_and_matches_a_full_resolution_resize(tmp_path):
     """A photo-sized image is cropped while it is integers and box-filtered to twice the asked size before the
     antialiased resize (a 6000 x 6000 PNG peaked at 2.9 GB; now 1.0 GB). Reference: the whole image made float,
@@ -194,6 +207,38 @@ def test_every_named_image_format_reads_and_an_unreadable_file_names_them(tmp_pa
     with pytest.raises(RunError) as e:
         load_reference_image(str(bad), 32)
     assert all(fmt in str(e.value) for fmt in IMAGE_FORMATS) and "pip install" not in str(e.value), str(e.value)
+
+
+def test_images_dream3d_cannot_read_are_named_for_what_they_are(tmp_path):
+    """A cut-short file, a folder and pixels of an unknown range were all reported as 'not a still image' or 'no
+    foreground'. A 32-bit integer image of 16-bit values (as Pillow opens some 16-bit files) reads as 16 bits."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    from dream3d.pipeline import RunError
+
+    img = np.full((32, 32, 4), 0, np.uint8)
+    img[8:24, 8:24] = (200, 30, 30, 255)
+    iio.imwrite(tmp_path / "whole.png", img)
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    wide = np.full((32, 32), 65535, np.int32)
+    wide[8:24, 8:24] = 1000
+    Image.fromarray(wide, mode="I").save(tmp_path / "wide.tif")
+    hdr = np.full((32, 32), 255.0, np.float32)
+    hdr[8:24, 8:24] = 76.5
+    Image.fromarray(hdr, mode="F").save(tmp_path / "hdr.tif")
+    for name, words in (
+        ("cut.png", "cut short .*save it again"),
+        (".", "is a folder"),
+        ("hdr.tif", "float32 pixels from 76.5 to 255.*floating point in 0-1. Save it as an 8-bit PNG"),
+    ):
+        with pytest.raises(RunError, match=words), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_reference_image(str(tmp_path / name), 32)
+    with pytest.warns(UserWarning, match="no alpha channel"):
+        rgb, mask = load_reference_image(str(tmp_path / "wide.tif"), 32)
+    assert float(mask.mean()) == 0.25 and float(rgb[0, 16, 16, 0]) == pytest.approx(1000 / 65535, abs=1e-6)
 
 
 def test_an_image_whose_background_is_not_removed_is_refused_naming_the_fix(tmp_path):

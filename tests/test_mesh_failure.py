@@ -197,6 +197,27 @@ def test_ctrl_c_in_the_mesh_stage_keeps_the_run(failed_run, tmp_path, monkeypatc
     assert os.path.exists(os.path.join(run, "checkpoint.pt")) and os.path.exists(os.path.join(run, "gaussians.ply"))
 
 
+def test_ctrl_c_in_the_mesh_stage_of_generate_names_one_way_on(failed_run, tmp_path, tiny_prior, monkeypatch):
+    """generate's last line agrees with the mesh stage's: the training is done, `dream3d mesh RUN` finishes it
+    (it once said that training continues from the checkpoint with --resume)."""
+    import dream3d.pipeline as pipeline
+
+    run = _copy(failed_run[0], tmp_path)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "extract_textured_mesh", interrupted)
+    rc, err = _cli(
+        "generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "--config", "dreamgaussian",
+        "-o", run, "--resume",
+    )  # fmt: skip
+    last = err.strip().splitlines()[-1]
+    assert rc == 130 and last.startswith("dream3d: interrupted in the mesh stage"), err[-2000:]
+    assert last.endswith(f"finish it with dream3d mesh {run}") and "training continues" not in err, last
+    assert mesh_error(run) == "interrupted (Ctrl-C)" and os.path.exists(os.path.join(run, "checkpoint.pt"))
+
+
 def test_out_of_memory_in_the_mesh_stage_hints_a_smaller_grid(failed_run, tmp_path, monkeypatch):
     import dream3d.pipeline as pipeline
 
@@ -211,6 +232,17 @@ def test_out_of_memory_in_the_mesh_stage_hints_a_smaller_grid(failed_run, tmp_pa
     assert e.value.retry == f"dream3d mesh {run} mesh.resolution=128"
     assert "\n" not in str(e.value) and "Tried to allocate 8.00 GiB" in str(e.value)
     assert "resolution: 40" in open(os.path.join(run, "config.yaml")).read()  # a failed remesh keeps the run's settings
+
+    def cpu_oom(*a, **k):  # what torch's CPU allocator raises
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:116] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    monkeypatch.setattr(pipeline, "extract_textured_mesh", cpu_oom)
+    with pytest.raises(MeshStageError) as e:
+        remesh(run, ["mesh.resolution=256"], log=lambda m: None)
+    assert e.value.retry == f"dream3d mesh {run} mesh.resolution=128"
 
 
 # ------------------------------------------------------------------------------- device placement

@@ -351,6 +351,7 @@ def test_prior_eval_of_chosen_objects_writes_their_scores_and_sheet(tiny_zero123
         (["--views", "0"], "--views and --per-prompt must be at least 1"),
         (["--views", "-1"], "got -1"),
         (["--steps", "0"], "--steps between 1 and 1000"),
+        (["--per-prompt", "0"], "zero123 draws --views per object instead"),  # not zero123's: named as such
     ):
         assert main(argv + bad) == 2 and words in capsys.readouterr().err, bad
     assert main(["prior", "eval", "--objects", "blue mug"]) == 2
@@ -547,6 +548,20 @@ def test_an_image_run_keeps_the_input_it_read_and_resumes_exactly_from_it(tiny_z
     a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["model"] for r in ("whole", "parts"))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (tmp_path / "whole" / REFERENCE_FILE).read_bytes() == saved.read_bytes()
+
+    # the image moved since the run started: resumed with its new path; another image under a new path is refused
+    first = tmp_path / "first.png"
+    iio.imwrite(first, (img * 255).round().astype(np.uint8))
+    moving = lambda path: load_run_config("zero123", overrides, {"image": str(path)})  # noqa: E731
+    generate(moving(first), str(tmp_path / "moved"), stop_after=2, **quiet)
+    (tmp_path / "elsewhere").mkdir()
+    first.rename(tmp_path / "elsewhere" / "first.png")
+    with pytest.raises(RunError, match=r"image: .*first\.png.* -> .*cube\.png"):  # cube.png is the flipped one
+        generate(moving(image), str(tmp_path / "moved"), resume=True, **quiet)
+    generate(moving(tmp_path / "elsewhere" / "first.png"), str(tmp_path / "moved"), resume=True, **quiet)
+    assert load_run_config(str(tmp_path / "moved" / "config.yaml")).image == str(tmp_path / "elsewhere" / "first.png")
+    a = torch.load(tmp_path / "moved" / "checkpoint.pt", weights_only=True)["model"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
 
     # killed just after saving the file (config.yaml is written first, so the folder is still known as a run's)
     import dream3d.pipeline as pipeline
