@@ -83,15 +83,17 @@ def build_guidance_and_reference(cfg: RunConfig, log=print, square: torch.Tensor
     return guidance, reference
 
 
-# The input image as a run reads it, saved in its folder: a square of RGB on white with the mask as alpha, 8 bits.
-# A resume and the mesh stage read this file, so an image replaced or moved since the run started changes nothing.
+# The input image as a run reads it, saved in its folder: the square, 8-bit RGBA with the colour not blended with
+# the background (as PNGs are meant, so the file reads as the same input when given as --image, and shows right on
+# any background). A resume and the mesh stage read this file, so an image replaced or moved since changes nothing.
 REFERENCE_FILE = "reference.png"
 
 
 def run_reference(cfg: RunConfig, out_dir: str | None = None, resume: bool = False, log=print) -> torch.Tensor:
-    """The (1, 4, S, S) input square a run trains on. A resume reads the run's REFERENCE_FILE. A fresh run reads
-    ``cfg.image`` at no less than twice the largest size a prior takes (S at most max(reference.resolution, 512)),
-    rounded to the 8 bits that :func:`save_reference` keeps, so its first sitting sees exactly what a resume reads."""
+    """The (1, 4, S, S) input square a run trains on (RGB on white, mask). A resume reads the run's REFERENCE_FILE.
+    A fresh run reads ``cfg.image`` at no less than twice the largest size a prior takes (S at most
+    max(reference.resolution, 512)), through the 8 bits that :func:`save_reference` keeps, so its first sitting
+    sees exactly what a resume reads."""
     saved = os.path.join(out_dir, REFERENCE_FILE) if out_dir else None
     if resume and saved and os.path.exists(saved):
         return read_saved_reference(saved)
@@ -101,11 +103,23 @@ def run_reference(cfg: RunConfig, out_dir: str | None = None, resume: bool = Fal
     square = read_reference(cfg.image, size, object_fraction=cfg.reference.object_fraction)
     if square.shape[-1] > size:
         square = _resize_square(square, size)
-    return _to_8bit(square).float() / 255
+    return _square_from_file(_file_pixels(square))
 
 
-def _to_8bit(square: torch.Tensor) -> torch.Tensor:
-    return (square * 255).round().clamp(0, 255).to(torch.uint8)
+def _file_pixels(square: torch.Tensor) -> np.ndarray:
+    """(S, S, 4) uint8 RGBA of a square of RGB on white: the colour un-blended from the white (white where the
+    alpha is 0)."""
+    rgb, alpha = square[0, :3], square[0, 3:]
+    colour = torch.where(alpha > 0, (rgb - (1 - alpha)) / alpha.clamp_min(1e-12), 1.0)
+    rgba = torch.cat([colour.clamp(0, 1), alpha.clamp(0, 1)])
+    return (rgba * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _square_from_file(pixels: np.ndarray) -> torch.Tensor:
+    """The inverse of :func:`_file_pixels`, blended on white as :func:`read_reference` blends an input."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255)
+    rgb, alpha = x[..., :3], x[..., 3:]
+    return torch.cat([rgb * alpha + (1 - alpha), alpha], -1).permute(2, 0, 1)[None]
 
 
 def save_reference(path: str, square: torch.Tensor) -> None:
@@ -113,7 +127,7 @@ def save_reference(path: str, square: torch.Tensor) -> None:
     import imageio.v3 as iio
 
     with atomic_path(path, suffix=".png") as tmp:
-        iio.imwrite(tmp, _to_8bit(square)[0].permute(1, 2, 0).numpy())
+        iio.imwrite(tmp, _file_pixels(square))
 
 
 def read_saved_reference(path: str) -> torch.Tensor:
@@ -129,7 +143,7 @@ def read_saved_reference(path: str) -> torch.Tensor:
             f"cannot read {path}, the input image as this run read it (a square RGBA PNG with a transparent "
             "background); delete it to read the run's image again"
         ) from None
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255
+    return _square_from_file(pixels)
 
 
 def describe_prior(prior) -> dict:
