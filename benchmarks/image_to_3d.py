@@ -398,6 +398,11 @@ def main(argv=None, eval_cfg: EvalConfig | None = None) -> dict:
     )
     ap.add_argument("--limit", type=int, help="use only the first N objects")
     ap.add_argument(
+        "--only",
+        help='only these objects, e.g. "an orange chair,a green chair", with the cameras they have in the whole '
+        "benchmark (to try a setting on the objects it is for)",
+    )
+    ap.add_argument(
         "--steps",
         type=int,
         help="override train.steps of every preset (the settings of dream3d.config.RUN_LENGTH_KEYS follow it)",
@@ -421,6 +426,11 @@ def main(argv=None, eval_cfg: EvalConfig | None = None) -> dict:
 
     prompts = list(OBJECTS[: args.limit] if args.limit else OBJECTS)
     inputs = input_entries(os.path.join(args.out, "inputs"), prompts, args.seed)
+    if args.only:
+        chosen = [p.strip() for p in args.only.split(",") if p.strip()]
+        if unknown := [p for p in chosen if p not in prompts]:
+            ap.error(f"--only: {', '.join(map(repr, unknown))} not among the objects ({', '.join(prompts)})")
+        inputs = [e for e in inputs if e["prompt"] in chosen]  # drawn for the whole list: the same cameras
     try:
         specs = run_specs(inputs, overrides)  # a misspelt preset or key fails here
         executor.check_specs(specs, args.out)  # and a folder holding a run with other settings (another --seed)

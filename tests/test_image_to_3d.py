@@ -127,6 +127,17 @@ def test_input_images_are_front_ish_rgba_renders_centred_and_whole(bench, tmp_pa
     assert 0.1 < float((mask > 0.5).float().mean()) < 0.5
 
 
+def test_only_some_objects_keep_the_cameras_of_the_whole_benchmark(bench, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    report = bench.main(["--only", "a yellow mug", "--presets", "dreamgaussian", "--no-generate", "--out", out])
+    (entry,) = report["inputs"]
+    assert entry["prompt"] == "a yellow mug" == bench.OBJECTS[1]
+    assert (entry["elevation"], entry["azimuth"]) == bench.draw_cameras(len(bench.OBJECTS), 0)[1]
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "a yellow teapot", "--no-generate", "--out", out])
+    assert "'a yellow teapot' not among the objects" in capsys.readouterr().err
+
+
 def test_overrides_for_one_preset(bench):
     got = bench.split_overrides(["train.steps=3", "zero123:guidance.prior.model=/m"], ["dreamgaussian", "zero123"])
     assert got == {"dreamgaussian": ["train.steps=3"], "zero123": ["train.steps=3", "guidance.prior.model=/m"]}
