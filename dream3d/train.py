@@ -80,11 +80,15 @@ class ReferenceViewConfig:
     # preprocessing does for photos); None: the image as it is. Off by default: the shape world's renders
     # (objects 0.5-0.72 of the frame, centred in 3D) fit better as they are (README, Image-to-3D).
     object_fraction: float | None = None
-    lambda_rgb: float = 1000.0
-    lambda_mask: float = 100.0
+    # Scheduled scalars: [0, 0, 1000, 400] ramps the colour loss in over 400 steps, as DreamGaussian's
+    # warmup_rgb_loss, so that the prior shapes the object before the input's colours pin it
+    lambda_rgb: Scheduled = 1000.0
+    lambda_mask: Scheduled = 100.0
     every: int = 1  # fit the reference view on every n-th step
 
     def __post_init__(self):
+        for name in ("lambda_rgb", "lambda_mask"):
+            scheduled(getattr(self, name), 0)  # a malformed schedule fails here, naming its form
         if self.every < 1 or self.radius <= 0 or not 0 < self.fov_y < 180:
             raise ValueError(
                 f"need every >= 1, radius > 0 and 0 < fov_y < 180 (degrees); got {self.every}, {self.radius} and "
@@ -210,8 +214,8 @@ class Trainer:
                 prgb, palpha, _ = self.render(rc, shading="albedo", generator=self.g_model)
                 loss = (
                     loss
-                    + cfg.reference.lambda_rgb * torch.nn.functional.mse_loss(prgb, ref_rgb)
-                    + cfg.reference.lambda_mask * torch.nn.functional.mse_loss(palpha, ref_mask)
+                    + scheduled(cfg.reference.lambda_rgb, step) * torch.nn.functional.mse_loss(prgb, ref_rgb)
+                    + scheduled(cfg.reference.lambda_mask, step) * torch.nn.functional.mse_loss(palpha, ref_mask)
                 )
         with self.timer("backward"):
             self.opt.zero_grad(set_to_none=True)

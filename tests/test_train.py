@@ -477,3 +477,25 @@ def test_a_set_aside_of_a_process_still_running_is_left_alone(tmp_path):
     os.rename(live, dead)
     pipeline.recover_set_aside_runs(str(out), log=lambda m: None)
     assert (out / "config.yaml").read_text() == "earlier" and not dead.exists()
+
+
+def test_the_reference_losses_follow_their_schedules(tiny_prior, tmp_path):
+    """reference.lambda_rgb and lambda_mask are scheduled scalars (DreamGaussian's colour-loss warm-up): each
+    step's loss is the weights of that step times the reference view's colour and mask errors."""
+    cfg = _cfg(tiny_prior, "reference.lambda_rgb=[0,0,1000,4]", "reference.lambda_mask=[1,50,5,3]")
+    g = torch.Generator().manual_seed(0)
+    rgb, mask = torch.rand(1, 24, 24, 3, generator=g), (torch.rand(1, 24, 24, 1, generator=g) > 0.5).float()
+    tr = Trainer(
+        cfg, cfg.prompt, str(tmp_path), guidance=build_guidance(cfg), reference=(rgb, mask), log=lambda m: None
+    )
+    weights = []
+    for step in range(6):
+        with torch.no_grad():
+            prgb, palpha, _ = tr.render(tr._reference_cameras(24), shading="albedo")
+        rgb_err, mask_err = float(((prgb - rgb) ** 2).mean()), float(((palpha - mask) ** 2).mean())
+        tr.step = step
+        loss, guidance_loss = (float(x) for x in tr.train_step()[:2])
+        weights.append((1000 * min(step, 4) / 4, 50 if step <= 1 else 5 if step >= 3 else 27.5))
+        reference_loss = weights[-1][0] * rgb_err + weights[-1][1] * mask_err
+        assert loss - guidance_loss == pytest.approx(reference_loss, rel=1e-4), step
+    assert weights[0][0] == 0 and weights[2] == (500, 27.5)  # the schedules' middles were crossed
