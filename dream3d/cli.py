@@ -383,7 +383,8 @@ def _how_to_continue(args) -> str:
             f" before the first checkpoint: the earlier run in {out} is back as it was; run the same command to start "
             "over, or --resume with that run's own settings to continue it"
         )
-    if mesh_error(out) is not None:  # trained; stopped in the mesh stage (the pipeline logged the same command)
+    # stopped in this command's mesh stage (an older run's failed stage, trained on now, left its error behind)
+    if mesh_error(out) and os.path.getmtime(os.path.join(out, "metrics.json")) >= args.started:
         return f" in the mesh stage; the trained run in {out} is kept: finish it with {mesh_command(out)}"
     return f"; the checkpoint in {args.output} is where training continues: run the same command with --resume" + (
         " in place of --overwrite" if args.overwrite else ""

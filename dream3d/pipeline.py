@@ -84,8 +84,8 @@ def build_guidance_and_reference(cfg: RunConfig, log=print, square: torch.Tensor
 
 
 # The input image as a run reads it, saved in its folder: the square, 8-bit RGBA with the colour not blended with
-# the background (as PNGs are meant, so the file reads as the same input when given as --image, and shows right on
-# any background). A resume and the mesh stage read this file, so an image replaced or moved since changes nothing.
+# the background (as PNGs are meant, so it shows right on any background, and given as --image without
+# reference.object_fraction it reads as the same input). A resume and the mesh stage read this file, so an image replaced or moved since changes nothing.
 REFERENCE_FILE = "reference.png"
 
 
@@ -122,20 +122,29 @@ def _square_from_file(pixels: np.ndarray) -> torch.Tensor:
     return torch.cat([rgb * alpha + (1 - alpha), alpha], -1).permute(2, 0, 1)[None]
 
 
+# A text chunk that marks REFERENCE_FILE's colour as straight. Runs from before 2026-12-06 saved it blended on
+# white, without the mark, and are read that way, so that they resume on what they trained on.
+_STRAIGHT = ("dream3d-alpha", "straight")
+
+
 def save_reference(path: str, square: torch.Tensor) -> None:
     """:func:`run_reference`'s square as an RGBA PNG (written to a temporary file, then renamed)."""
-    import imageio.v3 as iio
+    from PIL import Image, PngImagePlugin
 
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*_STRAIGHT)
     with atomic_path(path, suffix=".png") as tmp:
-        iio.imwrite(tmp, _file_pixels(square))
+        Image.fromarray(_file_pixels(square), "RGBA").save(tmp, format="PNG", pnginfo=info)
 
 
 def read_saved_reference(path: str) -> torch.Tensor:
     """The square that :func:`save_reference` wrote, as the run read it."""
-    import imageio.v3 as iio
+    from PIL import Image
 
     try:
-        pixels = np.asarray(iio.imread(path, plugin="pillow", mode="RGBA"))
+        with Image.open(path) as im:
+            straight = im.info.get(_STRAIGHT[0]) == _STRAIGHT[1]
+            pixels = np.array(im.convert("RGBA"))  # (a writable copy, for torch.from_numpy)
         if pixels.shape[0] != pixels.shape[1] or pixels[..., 3].min() == 255:
             raise ValueError("not a square with a transparent background")
     except Exception:
@@ -143,6 +152,8 @@ def read_saved_reference(path: str) -> torch.Tensor:
             f"cannot read {path}, the input image as this run read it (a square RGBA PNG with a transparent "
             "background); delete it to read the run's image again"
         ) from None
+    if not straight:  # saved blended on white, before the mark
+        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255
     return _square_from_file(pixels)
 
 
@@ -184,9 +195,8 @@ def read_reference(
         raise RunError(f"input image {path!r} is a folder: give one image file in it")
     try:
         img = _read_pixels(path)
-    except (
-        Exception
-    ) as e:  # imageio raises many types for unreadable files, with advice to install plugins we do not use
+    # (imageio raises many types for unreadable files, with advice to install plugins we do not use)
+    except Exception as e:
         if "truncated" in str(e):  # Pillow knew the format, and the data ended early
             raise RunError(f"cannot read image {path!r}: the file is cut short ({e}); copy or save it again") from None
         raise RunError(

@@ -87,8 +87,6 @@ class ReferenceViewConfig:
     every: int = 1  # fit the reference view on every n-th step
 
     def __post_init__(self):
-        for name in ("lambda_rgb", "lambda_mask"):
-            scheduled(getattr(self, name), 0)  # a malformed schedule fails here, naming its form
         if self.every < 1 or self.radius <= 0 or not 0 < self.fov_y < 180:
             raise ValueError(
                 f"need every >= 1, radius > 0 and 0 < fov_y < 180 (degrees); got {self.every}, {self.radius} and "

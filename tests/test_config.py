@@ -165,6 +165,7 @@ def test_every_schema_key_is_reachable_by_override():
         ("guidance.view_prompts.template=a_{object}", "must be a format string of {prompt} and {view} only"),
         ("reference.every=0", "need every >= 1, radius > 0 and 0 < fov_y < 180"),
         ("reference.fov_y=0", "need every >= 1, radius > 0 and 0 < fov_y < 180"),
+        ("reference.lambda_rgb=[0,1000]", "reference.lambda_rgb: a scheduled scalar must be a number or"),
         ("gaussians.densify_interval=0", "densify_interval must be at least 1"),
         ("train.compile=foo", "compile must be null (eager) or one of default, reduce-overhead"),
         ("guidance.prior.dtype=foo", "unknown dtype 'foo'"),

@@ -323,3 +323,23 @@ def test_an_output_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path)
     check_output_dir(str(tmp_path / "quiet"), resume=False, overwrite=False)
     (mine / "config.yaml").write_text("prompt: a red cube\n")  # a run that stopped before its first checkpoint
     check_output_dir(str(mine), resume=False, overwrite=False)
+
+
+def test_a_saved_input_of_either_format_reads_as_its_run_read_it(tmp_path):
+    """RUN/reference.png: today's holds the colour straight (marked so); a run from before 2026-12-06 saved it
+    blended on white, unmarked, and must still resume on exactly what it trained on."""
+    import imageio.v3 as iio
+
+    from dream3d.pipeline import _file_pixels, _square_from_file, read_saved_reference, save_reference
+
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(16, 16, 4, generator=g) * 255).round().to(torch.uint8).numpy()
+    pixels[0, 0, 3] = 0  # a transparent background pixel, as every saved input has
+    square = _square_from_file(_file_pixels(_square_from_file(pixels)))  # what a run trains on: a fixed point
+    save_reference(str(tmp_path / "new.png"), square)
+    assert torch.equal(read_saved_reference(str(tmp_path / "new.png")), square)
+    old = (square[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()  # blended on white, no mark
+    iio.imwrite(tmp_path / "old.png", old)
+    assert torch.equal(
+        read_saved_reference(str(tmp_path / "old.png")), torch.from_numpy(old).permute(2, 0, 1)[None] / 255
+    )

@@ -217,6 +217,19 @@ def test_ctrl_c_in_the_mesh_stage_of_generate_names_one_way_on(failed_run, tmp_p
     assert last.endswith(f"finish it with dream3d mesh {run}") and "training continues" not in err, last
     assert mesh_error(run) == "interrupted (Ctrl-C)" and os.path.exists(os.path.join(run, "checkpoint.pt"))
 
+    # The same run resumed to train longer and stopped in training: its metrics.json still holds the old mesh
+    # error, but what continues it is --resume (dream3d mesh refuses an unfinished run)
+    from dream3d.train import Trainer
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    os.utime(os.path.join(run, "metrics.json"), (0, 0))  # written by an earlier command
+    rc, err = _cli(
+        "generate", "a red cube", *TINY_RUN, f"guidance.prior.model={tiny_prior}", "--config", "dreamgaussian",
+        "-o", run, "--resume", "train.steps=8",
+    )  # fmt: skip
+    last = err.strip().splitlines()[-1]
+    assert rc == 130 and "run the same command with --resume" in last and "dream3d mesh" not in last, last
+
 
 def test_out_of_memory_in_the_mesh_stage_hints_a_smaller_grid(failed_run, tmp_path, monkeypatch):
     import dream3d.pipeline as pipeline
