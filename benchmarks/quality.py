@@ -236,7 +236,10 @@ def main(argv=None) -> dict:
     if args.limit:
         prompts = prompts[: args.limit]
     for p in prompts:
-        parse_prompt(p)  # fail now, with the vocabulary, not after an hour of generating
+        try:
+            parse_prompt(p)  # fail now, with the vocabulary, not after an hour of generating
+        except ValueError as e:
+            ap.error(f"--prompts are separated by ';': {e}" if "," in p and args.prompts else str(e))
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps else [])
     bad = [o for o in overrides if "=" not in o]

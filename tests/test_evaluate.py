@@ -517,6 +517,17 @@ def test_holdout_prompts_are_other_pairings_of_every_shape(quality):
     assert any(p.startswith("an ") for p in quality.holdout_prompts())  # phrased as people write it
 
 
+def test_quality_benchmark_refuses_prompts_outside_the_world_before_generating(tmp_path, quality, capsys):
+    for given, words in (
+        ("a blue chair,a red chair", "--prompts are separated by ';'"),  # was a traceback
+        ("a blue teapot", "outside the shape world's vocabulary"),
+    ):
+        with pytest.raises(SystemExit):
+            quality.main(["--prompts", given, "--out", str(tmp_path / "q")])
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
 def test_quality_benchmark_scores_finished_runs(tmp_path, quality):
     """benchmarks/quality.py --no-generate on run folders holding a perfect snowman and a two-faced one."""
     import json
