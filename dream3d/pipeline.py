@@ -85,7 +85,8 @@ def build_guidance_and_reference(cfg: RunConfig, log=print, square: torch.Tensor
 
 # The input image as a run reads it, saved in its folder: the square, 8-bit RGBA with the colour not blended with
 # the background (as PNGs are meant, so it shows right on any background, and given as --image without
-# reference.object_fraction it reads as the same input). A resume and the mesh stage read this file, so an image replaced or moved since changes nothing.
+# reference.object_fraction it reads as the same input). A resume and the mesh stage read this file, so an image
+# replaced or moved since changes nothing.
 REFERENCE_FILE = "reference.png"
 
 
