@@ -314,7 +314,7 @@ def fmt(x, spec=".3f") -> str:
 def summary_table(summaries: dict[str, dict]) -> str:
     head = (
         "| preset | objects | IoU | IoU held out | far side correct | ref IoU | ref PSNR | mesh ref IoU | mesh ref PSNR "
-        "| Chamfer ×100 | F@2% | s / run |"
+        "| Chamfer ×100 | F@2% | NC | colour noise | speckle | s / run |"
     )
     rows = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for preset, s in summaries.items():
@@ -325,6 +325,7 @@ def summary_table(summaries: dict[str, dict]) -> str:
             f"{fmt(s['iou'])} | {fmt(s['iou_held_out'])} ({s['held_out_objects']}) | {far} | "
             f"{fmt(s['reference_iou'])} | {fmt(s['reference_psnr'], '.1f')} | {fmt(s['mesh_reference_iou'])} | "
             f"{fmt(s['mesh_reference_psnr'], '.1f')} | {fmt(chamfer, '.2f')} | {fmt(s.get(fscore_key(0.02)))} | "
+            f"{fmt(s['normal_consistency'])} | {fmt(s['color_noise'])} | {fmt(s.get('color_speckle'))} | "
             f"{fmt(s['seconds'], '.0f')} |"
         )
     return "\n".join(rows)
@@ -501,7 +502,8 @@ def main(argv=None, eval_cfg: EvalConfig | None = None) -> dict:
         "closer to the ground truth than to it turned 180 deg about +Y and than to its two-faced twin, where they "
         "differ (dream3d.evaluate.far_side_check; margins below 0 favour the truth). ref IoU / PSNR: the run's "
         "metrics.json, the Gaussians at the reference camera (reference.resolution px); mesh ref: the exported mesh's texture from "
-        "that camera against the input (128 px). Chamfer-L1 and F-score at 2 % as in benchmarks/quality.py. "
+        "that camera against the input (128 px). Chamfer-L1, F-score at 2 %, normal consistency (NC), colour noise and "
+        "its fine part, speckle, as in benchmarks/quality.py. "
         "s / run: each run's total_seconds.",
         "",
         table,

@@ -123,7 +123,7 @@ def summary_table(summaries: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-# the reconstruction measures (dream3d.evaluate: surface_measures, appearance, color_noise): key, heading, format
+# the reconstruction measures (dream3d.evaluate: surface_measures, appearance, color_noise, color_speckle): key, heading, format
 MEASURES = (
     ("chamfer_l1", "Chamfer ×100", lambda v: f"{100 * v:.2f}"),
     (fscore_key(0.01), "F@1%", lambda v: f"{v:.3f}"),
@@ -132,6 +132,7 @@ MEASURES = (
     ("psnr", "PSNR", lambda v: f"{v:.2f}"),
     ("ssim", "SSIM", lambda v: f"{v:.3f}"),
     ("color_noise", "colour noise", lambda v: f"{v:.4f}"),
+    ("color_speckle", "speckle", lambda v: f"{v:.4f}"),
 )
 
 
@@ -182,7 +183,7 @@ def contact_sheet(results: list[dict], cfg: EvalConfig, size: int = 128) -> np.n
             f"{r['prompt']}\nIoU {r['iou']:.2f}\ncolour {r['palette_color']}\nJanus {janus}\n"
             f"F@2% {fmt(r.get(fscore_key(0.02)), '.2f')}  NC {fmt(r.get('normal_consistency'), '.2f')}\n"
             f"PSNR {fmt(r.get('psnr'), '.1f')}  SSIM {fmt(r.get('ssim'), '.2f')}\n"
-            f"colour noise {fmt(r.get('color_noise'), '.3f')}"
+            f"colour noise {fmt(r.get('color_noise'), '.3f')}  speckle {fmt(r.get('color_speckle'), '.3f')}"
         )
         rows.append(([t.numpy() for t in tiles], text))
     return tile_sheet(rows, "truth front | generated front | truth back | generated back", size)

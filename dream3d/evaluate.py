@@ -12,7 +12,8 @@ The questions, each answered from the exported mesh (``mesh.glb``, +Y up, front 
   generated surface and on the ground truth's visible surface (:func:`surface_measures`).
 - **Appearance**: PSNR and SSIM of the mesh rendered lit under the world's light, against the ground truth, from
   held-out views (:func:`heldout_cameras`, :func:`appearance`); and the colour noise, the spread of the rendered
-  albedo inside the ground truth's uniformly coloured parts (:func:`color_noise`).
+  albedo inside the ground truth's uniformly coloured parts (:func:`color_noise`), and its fine-grained part, the
+  speckle of single Gaussians' colours (:func:`color_speckle`).
 - **Janus**: for front-distinct objects, is the front feature there once or twice? The generated renders are
   compared with the ground truth and with its two-faced twin where those two differ (:func:`janus_check`).
   The classifier's own answer (a back-half view judged "front") is kept beside it, but its view head learned
@@ -489,6 +490,21 @@ def appearance(gen_shaded: torch.Tensor, gt_shaded: torch.Tensor) -> dict:
     }
 
 
+def _body_pixels(
+    gen: dict[str, torch.Tensor], gt: dict[str, torch.Tensor], body: tuple, erode: int, tolerance: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generated albedo (B, H, W, 3) and the region (B, H, W) bool where the ground truth is its body colour
+    (see :func:`color_noise`)."""
+    gt_alpha, gen_alpha = gt["alpha"][..., 0], gen["alpha"][..., 0]
+    gt_colour = gt["albedo"] / gt["alpha"].clamp_min(1e-6)
+    on_body = (gt_alpha > 0.99) & ((gt_colour - torch.tensor(body, dtype=gt_colour.dtype)).abs().amax(-1) < tolerance)
+    region = on_body.numpy()
+    if erode > 0:
+        region = np.stack([ndimage.binary_erosion(r, np.ones((3, 3), bool), iterations=erode) for r in region])
+    region = torch.from_numpy(region) & (gen_alpha > 0.99)
+    return (gen["albedo"] / gen["alpha"].clamp_min(1e-6)).double(), region
+
+
 def color_noise(
     gen: dict[str, torch.Tensor], gt: dict[str, torch.Tensor], body: tuple, erode: int = 2, tolerance: float = 0.02
 ) -> float | None:
@@ -503,17 +519,37 @@ def color_noise(
     RGB distance from the mean divided by sqrt 3, so that independent noise of standard deviation s in every
     channel gives s. 0 for a perfectly uniform colour, whatever colour it is (a wrong but uniform colour is
     colour_distance's business). None where the region is empty."""
-    gt_alpha, gen_alpha = gt["alpha"][..., 0], gen["alpha"][..., 0]
-    gt_colour = gt["albedo"] / gt["alpha"].clamp_min(1e-6)
-    on_body = (gt_alpha > 0.99) & ((gt_colour - torch.tensor(body, dtype=gt_colour.dtype)).abs().amax(-1) < tolerance)
-    region = on_body.numpy()
-    if erode > 0:
-        region = np.stack([ndimage.binary_erosion(r, np.ones((3, 3), bool), iterations=erode) for r in region])
-    region = torch.from_numpy(region) & (gen_alpha > 0.99)
+    albedo, region = _body_pixels(gen, gt, body, erode, tolerance)
     if not region.any():
         return None
-    pix = (gen["albedo"] / gen["alpha"].clamp_min(1e-6))[region].double()
+    pix = albedo[region]
     return float(((pix - pix.mean(0)) ** 2).mean().sqrt())
+
+
+def color_speckle(
+    gen: dict[str, torch.Tensor],
+    gt: dict[str, torch.Tensor],
+    body: tuple,
+    erode: int = 2,
+    tolerance: float = 0.02,
+    window: int = 5,
+) -> float | None:
+    """The fine-grained part of :func:`color_noise`: the RMS (per channel, over the same region) of the generated
+    albedo's deviation from its mean over the ``window`` x ``window`` pixels around it (region pixels only).
+
+    A smooth change of colour across the object (a darker back, a patch larger than the window) is left out;
+    a speckle of single Gaussians' colours is kept, as the eye sees it. A linear ramp gives 0 where the window
+    lies inside the region; independent noise of standard deviation s gives about s (s * sqrt(1 - 1 / window^2)).
+    None where the region is empty."""
+    albedo, region = _body_pixels(gen, gt, body, erode, tolerance)
+    if not region.any():
+        return None
+    w = region[:, None].double()  # (B, 1, H, W)
+    x = albedo.permute(0, 3, 1, 2) * w  # (B, 3, H, W), 0 outside the region
+    pool = functools.partial(torch.nn.functional.avg_pool2d, kernel_size=window, stride=1, padding=window // 2)
+    local = pool(x) / pool(w).clamp_min(1e-12)  # the mean over the window's region pixels
+    dev = (albedo.permute(0, 3, 1, 2) - local).permute(0, 2, 3, 1)[region]
+    return float((dev**2).mean().sqrt())
 
 
 # ---------------------------------------------------------------------------------------------- judge
@@ -726,6 +762,7 @@ def evaluate_mesh(mesh, prompt: str, classifier="auto", cfg: EvalConfig | None =
         gen_held = {k: torch.zeros_like(v) for k, v in gt_held.items()} | {"shaded": torch.ones_like(gt_held["shaded"])}
     out.update(appearance(gen_held["shaded"], gt_held["shaded"]))
     out["color_noise"] = color_noise(gen_held, gt_held, COLORS[color], cfg.noise_erode, cfg.noise_tolerance)
+    out["color_speckle"] = color_speckle(gen_held, gt_held, COLORS[color], cfg.noise_erode, cfg.noise_tolerance)
     out["palette_color_correct"] = out["palette_color"] == color
     if classifier == "auto":
         classifier = default_classifier()
@@ -809,6 +846,7 @@ def summarize(results: list[dict]) -> dict:
         "psnr": mean("psnr"),
         "ssim": mean("ssim"),
         "color_noise": mean("color_noise"),
+        "color_speckle": mean("color_speckle"),
         "color_accuracy": mean("color_accuracy"),
         "shape_accuracy": mean("shape_accuracy"),
         "palette_color_accuracy": mean("palette_color_correct"),

@@ -63,6 +63,7 @@ SCORES = (  # score key, label, format (a format string, a function, or None for
     ("psnr", "PSNR", "{:.2f}"),
     ("ssim", "SSIM", "{:.3f}"),
     ("color_noise", "colour noise", "{:.4f}"),
+    ("color_speckle", "speckle", "{:.4f}"),
     ("color_accuracy", "colour acc", "{:.2f}"),
     ("shape_accuracy", "shape acc", "{:.2f}"),
     ("palette_color", "palette colour", "{}"),

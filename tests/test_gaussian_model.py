@@ -47,6 +47,18 @@ def test_init_and_activations():
         GaussianConfig(color_mode="sigmoid", sh_degree=2)
 
 
+def test_initial_colour_spread_around_grey():
+    """init_color_spread scales the uniform draw about 0.5 (the positions' draws are the same); 0 is grey."""
+    full, grey, half = (make_model(400, color_mode="sigmoid", init_color_spread=s) for s in (1.0, 0.0, 0.5))
+    torch.testing.assert_close(grey.means, full.means)
+    torch.testing.assert_close(grey.get_base_colors(), torch.full((400, 3), 0.5))
+    torch.testing.assert_close(half.get_base_colors() - 0.5, (full.get_base_colors() - 0.5) / 2, rtol=1e-4, atol=1e-5)
+    c = full.get_base_colors()
+    assert c.min() < 0.02 and c.max() > 0.98  # spread 1: the uniform draw, saturated channels included
+    with pytest.raises(ValueError, match="init_color_spread"):
+        GaussianConfig(init_color_spread=1.5)
+
+
 def test_sh_degree_grows_to_the_configured_maximum():
     m = make_model(10, sh_degree=2)
     assert m.features_rest.shape == (10, 8, 3)

@@ -44,6 +44,9 @@ class GaussianConfig:
     init_radius: float = 0.5
     init_opacity: float = 0.1
     init_scale: float | None = None  # None: sqrt of the mean squared distance to the 3 nearest points
+    # colours start at 0.5 + init_color_spread * (uniform - 0.5): 1 is uniform random, 0 is grey (DreamGaussian's
+    # SH ~ 0). Far-off starting colours in the sigmoid's flat tails barely move where SDS's colour signal is weak
+    init_color_spread: float = 1.0
     # appearance
     sh_degree: int = 0  # highest SH degree (0..3); the active degree starts at 0, see oneup_sh_degree
     color_mode: str = "sh"  # "sh": SH coefficients (3DGS); "sigmoid": view-independent colour logits
@@ -87,6 +90,8 @@ class GaussianConfig:
             )
         if self.split_count < 2:
             raise ValueError(f"split_count must be at least 2, got {self.split_count}")
+        if not 0 <= self.init_color_spread <= 1:
+            raise ValueError(f"init_color_spread must be in [0, 1] (0: grey, 1: uniform), got {self.init_color_spread}")
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
 
@@ -140,7 +145,7 @@ class GaussianModel(Representation):
         # uniform in the ball: direction from a normal sample, radius ~ u^(1/3)
         d = F.normalize(torch.randn(n, 3, generator=generator), dim=-1)
         means = d * cfg.init_radius * torch.rand(n, 1, generator=generator) ** (1 / 3)
-        rgb = torch.rand(n, 3, generator=generator)
+        rgb = 0.5 + cfg.init_color_spread * (torch.rand(n, 3, generator=generator) - 0.5)
         self._init_from(means, rgb)
 
     config_key = "gaussians"
