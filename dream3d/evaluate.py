@@ -544,11 +544,10 @@ def color_speckle(
     albedo, region = _body_pixels(gen, gt, body, erode, tolerance)
     if not region.any():
         return None
-    w = region[:, None].double()  # (B, 1, H, W)
-    x = albedo.permute(0, 3, 1, 2) * w  # (B, 3, H, W), 0 outside the region
+    a, w = albedo.permute(0, 3, 1, 2), region[:, None].double()  # (B, 3, H, W), (B, 1, H, W)
     pool = functools.partial(torch.nn.functional.avg_pool2d, kernel_size=window, stride=1, padding=window // 2)
-    local = pool(x) / pool(w).clamp_min(1e-12)  # the mean over the window's region pixels
-    dev = (albedo.permute(0, 3, 1, 2) - local).permute(0, 2, 3, 1)[region]
+    local = pool(a * w) / pool(w).clamp_min(1e-12)  # the mean over the window's region pixels
+    dev = (a - local).permute(0, 2, 3, 1)[region]
     return float((dev**2).mean().sqrt())
 
 
